@@ -1,0 +1,1 @@
+"""Built-in plugins, registered through the `cn_clip.training` entry points like any third party's."""

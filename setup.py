@@ -1,0 +1,46 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+
+setup(
+    name="cn-clip-pokemon",
+    version="0.1.0",
+    description="Fine-tune Chinese-CLIP (cn_clip) on your own image-name pairs, "
+    "on one GPU or the CPU, with Pokemon as the worked example.",
+    long_description=(here / "README_En.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    # patches/ lives at the top of the repository (so `git apply patches/*.patch` works in a
+    # Chinese-CLIP checkout) and ships inside the wheel as cn_clip_pokemon/patches.
+    packages=find_packages(include=["cn_clip_pokemon", "cn_clip_pokemon.*"])
+    + ["cn_clip_pokemon.patches"],
+    package_dir={"cn_clip_pokemon.patches": "patches"},
+    package_data={
+        "cn_clip_pokemon": ["data/*", "model_configs/*.json"],
+        "cn_clip_pokemon.patches": ["*.patch"],
+    },
+    install_requires=[
+        "cn_clip==1.6.0",
+        "torch>=1.12",
+        "torchvision",
+        "Pillow>=9.1",
+        "opencc>=1.1.6",
+        "lmdb",
+        "pluggy>=1.0",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+    },
+    entry_points={
+        "console_scripts": ["cn-clip-pokemon = cn_clip_pokemon.cli:main"],
+        "cn_clip.training": [
+            "pokemon = cn_clip_pokemon.default_plugins.pokemon_dataset",
+            "launchers = cn_clip_pokemon.default_plugins.launchers",
+            "tiny_models = cn_clip_pokemon.default_plugins.model_configs",
+        ],
+    },
+)
