@@ -1,0 +1,576 @@
+"""One loader for every Chinese-CLIP checkpoint shape, and the model-config names behind it.
+
+Shapes accepted by :func:`load_model`:
+
+- ours: upstream's training format plus ``"model_config"`` (the names and every ``CLIP(**kwargs)``
+  argument), so the file alone rebuilds its model;
+- upstream fine-tune checkpoints ``{"epoch", "step", "name", "state_dict", "optimizer"}`` whose keys
+  carry DistributedDataParallel's ``module.`` prefix;
+- FlashAttention layouts (``attn.Wqkv.*`` keys, see ``cn_clip.clip.model.convert_state_dict``);
+- raw state dicts (with or without ``module.``);
+- the official pretrained releases (``clip_cn_vit-b-16.pt``...: ``{"state_dict"}``, fp16, ``module.``),
+  by path or by upstream's name (``ViT-B-16``), found like upstream's ``load_from_name`` does.
+
+Without a ``model_config`` the architecture is read from tensor shapes and named after the registered
+config (ours or upstream's) it matches. Files are read with ``torch.load(weights_only=True)``, so a
+pickle that would run code is refused, never executed. Loading is strict: a key that does not fit is
+reported, grouped, with its likely cause, instead of being left at random like ``strict=False`` does.
+"""
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+from cn_clip_pokemon.errors import UserError
+
+# The CLIP(**kwargs) arguments that tensor shapes decide; the rest (dropouts, activation, head width)
+# come from the matching config, or defaults when none matches.
+VISION_SHAPE_KEYS = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size")
+TEXT_SHAPE_KEYS = (
+    "vocab_size",
+    "text_hidden_size",
+    "text_intermediate_size",
+    "text_max_position_embeddings",
+    "text_num_hidden_layers",
+    "text_type_vocab_size",
+)
+TEXT_DEFAULTS = {
+    "text_attention_probs_dropout_prob": 0.1,
+    "text_hidden_act": "gelu",
+    "text_hidden_dropout_prob": 0.1,
+    "text_initializer_range": 0.02,
+}
+# Upstream's heads are always 64 wide (except ViT-H's vision_head_width 80); shapes cannot tell.
+DEFAULT_HEAD_WIDTH = 64
+
+
+# --------------------------------------------------------------------------- model-config names
+
+
+def _upstream_config_dir():
+    import cn_clip.clip
+
+    return Path(cn_clip.clip.__file__).parent / "model_configs"
+
+
+def model_config_files():
+    """Every known config name -> JSON path: upstream's own first, then those plugins register."""
+    from cn_clip_pokemon.plugins import get_model_configs
+
+    files = {path.stem: path for path in sorted(_upstream_config_dir().glob("*.json"))}
+    for name, path in get_model_configs().items():
+        files.setdefault(name, Path(path))
+    return files
+
+
+def read_model_config(name):
+    """The config dict of a vision or text config name (vision_layers parsed to int or list)."""
+    files = model_config_files()
+    if name not in files:
+        raise UserError(
+            f"unknown model config {name!r}; known: {', '.join(sorted(files))} "
+            "(a plugin can add more through register_model_configs)"
+        )
+    with open(files[name], encoding="utf-8") as f:
+        config = json.load(f)
+    layers = config.get("vision_layers")
+    if isinstance(layers, str):
+        # upstream writes RN50's "[3,4,6,3]" as a string and eval()s it; JSON reads it safely
+        config["vision_layers"] = json.loads(layers)
+    return config
+
+
+def _is_vision_config(config):
+    return "vision_layers" in config
+
+
+def model_info_for(vision_model, text_model, input_resolution=None):
+    """CLIP(**kwargs) for a vision and a text config name, like upstream's create_model merges them."""
+    vision = read_model_config(vision_model)
+    text = read_model_config(text_model)
+    if not _is_vision_config(vision):
+        raise UserError(f"{vision_model!r} is a text config; pass it as the text model")
+    if _is_vision_config(text):
+        raise UserError(f"{text_model!r} is a vision config; pass it as the vision model")
+    info = dict(vision)
+    info.update(text)
+    if input_resolution:
+        info["image_resolution"] = int(input_resolution)
+    return info
+
+
+def _matching_config_name(wanted, keys, vision):
+    """The first config name whose shape-deciding values equal ``wanted`` (upstream's names first)."""
+    for name, path in model_config_files().items():
+        try:
+            config = read_model_config(name)
+        except (OSError, ValueError, UserError):
+            continue
+        if _is_vision_config(config) != vision:
+            continue
+        if all(config.get(key) == wanted.get(key) for key in keys):
+            return name, config
+    return None, None
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def resolve_checkpoint_path(path_or_name, download_root=None):
+    """A checkpoint file path for a path or an upstream pretrained name (``ViT-B-16``...)."""
+    from cn_clip.clip.utils import _MODELS
+
+    candidate = Path(os.path.expanduser(str(path_or_name)))
+    if candidate.is_file():
+        return candidate
+    if str(path_or_name) in _MODELS:
+        filename = _MODELS[str(path_or_name)][1]
+        roots = [download_root] if download_root else []
+        if os.environ.get("DATAPATH"):
+            roots.append(os.path.join(os.environ["DATAPATH"], "pretrained_weights"))
+        roots.append(os.path.expanduser("~/.cache/clip"))
+        for root in roots:
+            if os.path.isfile(os.path.join(root, filename)):
+                return Path(root) / filename
+        target_root = roots[0]
+        try:
+            from cn_clip.clip.utils import _download
+
+            return Path(_download(str(path_or_name), target_root))
+        except Exception as error:  # hub unreachable, huggingface_hub missing, ...
+            raise UserError(
+                f"pretrained {path_or_name} not found (looked for {filename} in {', '.join(roots)}) "
+                f"and the download failed ({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); "
+                f"put {filename} in one of those folders or pass its path"
+            ) from None
+    if candidate.exists():
+        raise UserError(f"{candidate} is not a file: pass a checkpoint file (.pt)")
+    raise UserError(
+        f"no checkpoint {str(path_or_name)!r}: not a file, nor a pretrained name "
+        f"({', '.join(_MODELS)})"
+    )
+
+
+def read_checkpoint(path):
+    """``torch.load(path, weights_only=True)`` on the CPU, with every failure as a one-line UserError."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        if "weights_only" in message.lower() or "Unsupported global" in message:
+            found = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL [\w.]+)", message)
+            what = f" ({found.group(1)})" if found else ""
+            raise UserError(
+                f"refusing to load {path}: unpickling it would run code{what}, which a checkpoint "
+                "never needs; it was not executed. Re-save the weights from a trusted copy "
+                "(torch.save of plain tensors) or use another file"
+            ) from None
+        raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file): {_first_line(error)}") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, AttributeError, TypeError, ImportError) as error:
+        raise UserError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file): {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
+
+
+def _is_tensor(value):
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def split_checkpoint(obj, path):
+    """``(state_dict, model_config or None)`` from whatever ``torch.load`` gave."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or state dict")
+    model_config = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else None
+    if isinstance(obj.get("state_dict"), dict):
+        state_dict = obj["state_dict"]
+    elif isinstance(obj.get("model"), dict):  # some exporters nest weights under "model"
+        state_dict = obj["model"]
+    elif obj and all(_is_tensor(value) for value in obj.values()):
+        state_dict = obj
+    else:
+        raise UserError(
+            f"{path} has no weights: expected a 'state_dict' entry or a raw state dict, found keys "
+            f"{', '.join(sorted(map(str, obj))[:8])}"
+        )
+    if not state_dict:
+        raise UserError(f"{path} has an empty state dict")
+    return state_dict, model_config
+
+
+def normalize_state_dict(state_dict):
+    """Plain CLIP keys: DDP's ``module.`` stripped, FlashAttention layout converted back, no pooler."""
+    from cn_clip.clip.model import convert_state_dict
+
+    state_dict = OrderedDict(
+        (key[len("module."):] if key.startswith("module.") else key, value) for key, value in state_dict.items()
+    )
+    if any(".attn.Wqkv." in key or ".attention.self.Wqkv." in key for key in state_dict):
+        # upstream's converter reads one out_proj key with a hard-coded "module." prefix, so it only
+        # works on DDP-prefixed dicts: give it one and strip the prefix again
+        prefixed = OrderedDict(("module." + key, value) for key, value in state_dict.items())
+        converted = convert_state_dict(prefixed)
+        state_dict = OrderedDict((key[len("module."):], value) for key, value in converted.items())
+    # the model has no BERT pooler (upstream drops those keys on every load)
+    return OrderedDict((key, value) for key, value in state_dict.items() if not key.startswith("bert.pooler."))
+
+
+# --------------------------------------------------------------------------- architecture from shapes
+
+
+def _count_indexed(state_dict, prefix):
+    indices = set()
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    for key in state_dict:
+        found = pattern.match(key)
+        if found:
+            indices.add(int(found.group(1)))
+    return max(indices) + 1 if indices else 0
+
+
+def infer_model_info(state_dict):
+    """CLIP(**kwargs) read from a normalized state dict's shapes, plus the config names that match."""
+    sd = state_dict
+    info = {}
+    try:
+        if "visual.conv1.weight" in sd and "visual.class_embedding" in sd:  # ViT
+            width, _, patch, _ = sd["visual.conv1.weight"].shape
+            tokens = sd["visual.positional_embedding"].shape[0]
+            grid = int(round((tokens - 1) ** 0.5))
+            info.update(
+                embed_dim=int(sd["visual.proj"].shape[1]),
+                image_resolution=int(grid * patch),
+                vision_layers=_count_indexed(sd, "visual.transformer.resblocks."),
+                vision_width=int(width),
+                vision_patch_size=int(patch),
+            )
+        elif "visual.attnpool.positional_embedding" in sd:  # ModifiedResNet
+            width = int(sd["visual.bn3.weight"].shape[0])
+            tokens = sd["visual.attnpool.positional_embedding"].shape[0]
+            info.update(
+                embed_dim=int(sd["visual.attnpool.c_proj.weight"].shape[0]),
+                image_resolution=int(round((tokens - 1) ** 0.5)) * 32,
+                vision_layers=[_count_indexed(sd, f"visual.layer{i}.") for i in range(1, 5)],
+                vision_width=width,
+                vision_patch_size=None,
+            )
+        else:
+            return None
+        words = sd["bert.embeddings.word_embeddings.weight"]
+        info.update(
+            vocab_size=int(words.shape[0]),
+            text_hidden_size=int(words.shape[1]),
+            text_intermediate_size=int(sd["bert.encoder.layer.0.intermediate.dense.weight"].shape[0]),
+            text_max_position_embeddings=int(sd["bert.embeddings.position_embeddings.weight"].shape[0]),
+            text_num_hidden_layers=_count_indexed(sd, "bert.encoder.layer."),
+            text_type_vocab_size=int(sd["bert.embeddings.token_type_embeddings.weight"].shape[0]),
+        )
+    except (KeyError, IndexError, ValueError):
+        return None
+
+    vision_name, vision_config = _matching_config_name(info, VISION_SHAPE_KEYS, vision=True)
+    text_name, text_config = _matching_config_name(info, TEXT_SHAPE_KEYS, vision=False)
+    if vision_config is not None:
+        info["vision_head_width"] = vision_config.get("vision_head_width", DEFAULT_HEAD_WIDTH)
+    text_extra = dict(TEXT_DEFAULTS)
+    text_extra["text_num_attention_heads"] = max(1, info["text_hidden_size"] // DEFAULT_HEAD_WIDTH)
+    if text_config is not None:
+        text_extra.update({key: value for key, value in text_config.items() if key.startswith("text_")})
+    for key, value in text_extra.items():
+        info.setdefault(key, value)
+    return {
+        "vision_model": vision_name,
+        "text_model": text_name,
+        "input_resolution": info["image_resolution"],
+        "model_info": info,
+    }
+
+
+# --------------------------------------------------------------------------- strict loading
+
+
+def _group_keys(keys):
+    """``visual.transformer.resblocks.{6..11}.* (72 keys)``-style labels for a list of keys."""
+    groups = OrderedDict()
+    for key in keys:
+        parts = key.split(".")
+        index_at = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if index_at is None:
+            prefix, number = ".".join(parts[:2]), None
+        else:
+            prefix, number = ".".join(parts[:index_at]), int(parts[index_at])
+        entry = groups.setdefault(prefix, {"keys": [], "numbers": set()})
+        entry["keys"].append(key)
+        if number is not None:
+            entry["numbers"].add(number)
+    labels = []
+    for prefix, entry in groups.items():
+        numbers = sorted(entry["numbers"])
+        count = len(entry["keys"])
+        if count == 1:
+            label = entry["keys"][0]
+        elif numbers:
+            span = str(numbers[0]) if len(numbers) == 1 else f"{{{numbers[0]}..{numbers[-1]}}}"
+            label = f"{prefix}.{span}.*"
+        else:
+            label = f"{prefix}.*"
+        labels.append(f"{label} ({count} key{'s' if count != 1 else ''})")
+    return labels
+
+
+def _likely_cause(missing, unexpected, mismatched, source):
+    towers = {key.split(".")[0] for key in missing + unexpected + [m[0] for m in mismatched]}
+    if missing and unexpected and not (set(missing) & set(unexpected)):
+        resnet_vs_vit = any("visual.layer" in k or "attnpool" in k for k in missing + unexpected) and any(
+            "visual.transformer" in k for k in missing + unexpected
+        )
+        if resnet_vs_vit:
+            return "a ResNet vision tower on one side and a ViT on the other: the vision model name is wrong"
+    if missing and not unexpected and not mismatched and towers == {"bert"} and all(k.startswith("bert.") for k in missing):
+        return "the file holds no text tower (a vision-only file?): use a complete Chinese-CLIP checkpoint"
+    if mismatched and not missing and not unexpected:
+        return f"same layers, different sizes: {source} does not match this file (width, resolution or vocabulary)"
+    if mismatched:
+        return f"a different architecture (sizes and layer counts differ): {source} does not match this file"
+    if (missing or unexpected) and all(re.search(r"\.\d+\.", k) for k in missing + unexpected):
+        return f"a different number of layers: {source} does not match this file"
+    return f"{source} does not match this file, or the file is not a Chinese-CLIP checkpoint"
+
+
+def load_state_dict_strictly(model, state_dict, path, source):
+    """``model.load_state_dict(strict=True)`` with a readable, grouped report when it cannot fit."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        (key, tuple(state_dict[key].shape), tuple(expected[key].shape))
+        for key in expected
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"{path} does not fit the model built from {source}:"]
+        if missing:
+            lines.append(f"  missing from the file, {len(missing)} keys: " + "; ".join(_group_keys(missing)))
+        if unexpected:
+            lines.append(f"  unexpected in the file, {len(unexpected)} keys: " + "; ".join(_group_keys(unexpected)))
+        if mismatched:
+            shown = "; ".join(f"{key} {tuple(got)} vs model {tuple(want)}" for key, got, want in mismatched[:4])
+            more = f" and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""
+            lines.append(f"  different shapes, {len(mismatched)} tensors: {shown}{more}")
+        lines.append(f"  likely cause: {_likely_cause(missing, unexpected, mismatched, source)}")
+        raise UserError("\n".join(lines))
+    model.load_state_dict(state_dict, strict=True)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def pick_device(device=None):
+    """``device`` as given, or CUDA when there is one, else the CPU."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} asked for, but CUDA is not available here: use --device cpu")
+    return device
+
+
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` returns: the model, its preprocessing, where it came from."""
+
+    def __init__(self, model, preprocess, model_config, path):
+        self.model = model
+        self.preprocess = preprocess
+        self.model_config = model_config
+        self.path = path
+
+    @property
+    def input_resolution(self):
+        return int(self.model_config["input_resolution"])
+
+    @property
+    def context_length(self):
+        # the position table bounds the text length; upstream's models all use 52
+        return min(52, int(self.model_config["model_info"]["text_max_position_embeddings"]))
+
+
+def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None):
+    """Like :func:`load_model`, but returns a :class:`LoadedCheckpoint` (config and path too)."""
+    import torch
+    from cn_clip.clip.model import CLIP, resize_pos_embed
+    from cn_clip.clip.utils import _MODEL_INFO, _MODELS, image_transform
+
+    path = resolve_checkpoint_path(path_or_name, download_root=download_root)
+    state_dict, saved_config = split_checkpoint(read_checkpoint(path), path)
+    state_dict = normalize_state_dict(state_dict)
+
+    if str(path_or_name) in _MODELS and not (vision_model or text_model):
+        vision_model, text_model = _MODEL_INFO[str(path_or_name)]["struct"].split("@")
+
+    if vision_model or text_model:
+        if not (vision_model and text_model):
+            # one name forced: the other comes from the file
+            base = saved_config or infer_model_info(state_dict) or {}
+            vision_model = vision_model or base.get("vision_model")
+            text_model = text_model or base.get("text_model")
+            if not (vision_model and text_model):
+                raise UserError(
+                    f"cannot tell the architecture of {path}: give both the vision and the text model names"
+                )
+        model_info = model_info_for(vision_model, text_model)
+        source = f"the names {vision_model}@{text_model}"
+        model_config = {"vision_model": vision_model, "text_model": text_model, "model_info": model_info}
+    elif saved_config is not None:
+        model_info = dict(saved_config["model_info"])
+        model_config = dict(saved_config)
+        source = "the checkpoint's own model_config"
+    else:
+        model_config = infer_model_info(state_dict)
+        if model_config is None:
+            keys = ", ".join(list(state_dict)[:5])
+            raise UserError(
+                f"{path} does not look like a Chinese-CLIP checkpoint (first keys: {keys}); "
+                "pass --vision-model and --text-model if it is one"
+            )
+        model_info = model_config["model_info"]
+        names = f"{model_config['vision_model'] or 'unregistered vision'}@{model_config['text_model'] or 'unregistered text'}"
+        source = f"shapes read from the file ({names})"
+
+    if isinstance(model_info.get("vision_layers"), str):
+        model_info["vision_layers"] = json.loads(model_info["vision_layers"])
+    checkpoint_resolution = model_info["image_resolution"]
+    if input_resolution:
+        model_info["image_resolution"] = int(input_resolution)
+    model_info.pop("use_flash_attention", None)  # always rebuilt with plain attention (any device)
+    model_config["model_info"] = model_info
+    model_config["input_resolution"] = int(model_info["image_resolution"])
+
+    try:
+        model = CLIP(**model_info)
+    except TypeError as error:
+        raise UserError(f"model_config of {path} is not a valid CLIP(**kwargs): {error}") from None
+    if input_resolution and int(input_resolution) != checkpoint_resolution:
+        # a ViT checkpoint trained at one resolution still runs at another: interpolate positions
+        resize_pos_embed(state_dict, model)
+    load_state_dict_strictly(model, state_dict, path, source)
+    device = pick_device(device)
+    model = model.float().to(device).eval()
+    return LoadedCheckpoint(model, image_transform(model_config["input_resolution"]), model_config, Path(path))
+
+
+def load_model(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None):
+    """Load any Chinese-CLIP checkpoint or pretrained name; returns ``(model, preprocess)``.
+
+    ``model`` is a ``cn_clip.clip.model.CLIP`` in fp32 and eval mode on ``device`` (CUDA when there is
+    one); ``preprocess`` is upstream's ``image_transform`` at the model's resolution. ``vision_model``
+    and ``text_model`` force config names; ``input_resolution`` runs a ViT at another resolution.
+    """
+    loaded = load_checkpoint(
+        path_or_name,
+        device=device,
+        vision_model=vision_model,
+        text_model=text_model,
+        input_resolution=input_resolution,
+        download_root=download_root,
+    )
+    return loaded.model, loaded.preprocess
+
+
+def model_config_for(vision_model, text_model, input_resolution=None):
+    """Our checkpoint's ``model_config`` entry for two config names."""
+    info = model_info_for(vision_model, text_model, input_resolution)
+    return {
+        "vision_model": vision_model,
+        "text_model": text_model,
+        "input_resolution": int(info["image_resolution"]),
+        "model_info": info,
+    }
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_state=None):
+    """Write ``model`` in our checkpoint format (upstream's keys plus ``model_config``), atomically.
+
+    Keys get DDP's ``module.`` prefix like upstream's training writes them, so upstream's own
+    ``load_from_name(path, vision_model_name=..., text_model_name=..., input_resolution=...)`` and
+    its ``--resume`` read the file too.
+    """
+    model = getattr(model, "module", model)
+    checkpoint = {
+        "epoch": int(epoch),
+        "step": int(step),
+        "name": name or Path(path).stem,
+        "state_dict": OrderedDict(("module." + key, value.detach().cpu()) for key, value in model.state_dict().items()),
+        "model_config": json.loads(json.dumps(model_config)),
+    }
+    if optimizer_state is not None:
+        checkpoint["optimizer"] = optimizer_state
+    atomic_torch_save(checkpoint, path)
+    return Path(path)
+
+
+def file_digest(path, memo_dir=None):
+    """SHA-256 of a file's content; with ``memo_dir`` it is remembered until size or mtime change."""
+    path = Path(path)
+    stat = path.stat()
+    signature = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    memo_file = None
+    if memo_dir is not None:
+        memo_file = Path(memo_dir) / ("digest-" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16] + ".json")
+        try:
+            memo = json.loads(memo_file.read_text(encoding="utf-8"))
+            if {key: memo.get(key) for key in signature} == signature and memo.get("sha256"):
+                return memo["sha256"]
+        except (OSError, ValueError):
+            pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    if memo_file is not None:
+        try:
+            memo_file.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(prefix=".digest.", dir=memo_file.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(dict(signature, sha256=value), f)
+            os.replace(temporary, memo_file)
+        except OSError:
+            pass  # an unwritable cache only costs a re-hash next time
+    return value
