@@ -1,0 +1,117 @@
+"""Which device, distributed backend and process layout training uses: decided here and only here.
+
+Read from the environment the way torchrun sets it (RANK, LOCAL_RANK, WORLD_SIZE), defaulting to
+one process. CUDA with NCCL when a GPU is there, gloo for everything else. Upstream's training code
+also calls torch.distributed everywhere (all_gather, all_reduce, get_world_size), so even a single
+process gets a process group, of one, with an in-memory store: no port, no launcher.
+
+``CN_CLIP_POKEMON_DEVICE`` (set by ``cn-clip-pokemon train --device``) forces a device type
+(``cpu``, ``cuda``, ``mps``...); unset or ``auto`` means CUDA when available, else the CPU.
+"""
+import logging
+import os
+from dataclasses import dataclass
+
+DEVICE_ENV = "CN_CLIP_POKEMON_DEVICE"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one training process runs and who its peers are."""
+
+    device: str  # "cpu", "cuda:1", ...
+    backend: str  # "nccl" or "gloo"
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+
+def decide_layout(environ=None, cuda_available=None, cuda_device_count=None):
+    """The device, backend and ranks for this process, from the environment (no side effects)."""
+    environ = os.environ if environ is None else environ
+    if cuda_available is None or cuda_device_count is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
+        if cuda_device_count is None:
+            cuda_device_count = torch.cuda.device_count() if cuda_available else 0
+    world_size = int(environ.get("WORLD_SIZE", "1"))
+    rank = int(environ.get("RANK", "0"))
+    local_rank = int(environ.get("LOCAL_RANK", "0"))
+    if not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world_size}")
+
+    requested = (environ.get(DEVICE_ENV) or "auto").lower()
+    if requested == "auto":
+        requested = "cuda" if cuda_available else "cpu"
+    if requested.startswith("cuda"):
+        if not cuda_available:
+            raise RuntimeError(
+                f"{DEVICE_ENV}={requested} but torch sees no CUDA device "
+                f"(torch built without CUDA, or CUDA_VISIBLE_DEVICES hides the GPUs); use --device cpu"
+            )
+        if local_rank >= cuda_device_count:
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but only {cuda_device_count} CUDA device(s) are visible: "
+                f"ask torchrun for at most {cuda_device_count} processes per node"
+            )
+        return Layout(f"cuda:{local_rank}", "nccl", rank, local_rank, world_size)
+    return Layout(requested, "gloo", rank, local_rank, world_size)
+
+
+def init_distributed_device(args):
+    """Decide the layout, select the device, start the process group; fill upstream's args fields.
+
+    Sets ``args.device`` (torch.device), ``args.local_device_rank``, ``args.rank`` and
+    ``args.world_size``, the fields upstream's training code reads. Returns the Layout.
+    """
+    import torch
+    import torch.distributed as dist
+
+    layout = decide_layout()
+    device = torch.device(layout.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if layout.distributed:
+            # torchrun has set MASTER_ADDR/MASTER_PORT for the env:// rendezvous
+            dist.init_process_group(backend=layout.backend, rank=layout.rank, world_size=layout.world_size)
+        else:
+            dist.init_process_group(backend=layout.backend, store=dist.HashStore(), rank=0, world_size=1)
+    if layout.distributed and device.type == "cpu" and layout.rank == 0:
+        logging.info("Training on the CPU with %d processes (gloo)", layout.world_size)
+    args.device = device
+    args.local_device_rank = layout.local_rank
+    args.rank = dist.get_rank()
+    args.world_size = dist.get_world_size()
+    return layout
+
+
+def autocast(device, enabled=True):
+    """Mixed precision for ``--precision amp``: fp16 on CUDA (as upstream), bf16 elsewhere.
+
+    fp16 autocast on the CPU is slow or unsupported; bf16 has fp32's range, so no loss scaling.
+    """
+    import torch
+
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled)
+
+
+def grad_scaler(device, precision):
+    """Loss scaling only where it is needed: fp16 autocast on CUDA. None for fp32/fp16 weights.
+
+    For ``amp`` off CUDA this is a disabled scaler, which passes the loss and the optimizer step
+    through unchanged, so upstream's ``scaler.scale(loss).backward(); scaler.step(opt)`` still runs.
+    """
+    import torch
+
+    if precision != "amp":
+        return None
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    return torch.amp.GradScaler(device_type, enabled=device_type == "cuda")
