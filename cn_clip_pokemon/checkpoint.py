@@ -284,8 +284,8 @@ def infer_model_info(state_dict):
 
     vision_name, vision_config = _matching_config_name(info, VISION_SHAPE_KEYS, vision=True)
     text_name, text_config = _matching_config_name(info, TEXT_SHAPE_KEYS, vision=False)
-    if vision_config is not None:
-        info["vision_head_width"] = vision_config.get("vision_head_width", DEFAULT_HEAD_WIDTH)
+    if vision_config is not None and "vision_head_width" in vision_config:
+        info["vision_head_width"] = vision_config["vision_head_width"]
     text_extra = dict(TEXT_DEFAULTS)
     text_extra["text_num_attention_heads"] = max(1, info["text_hidden_size"] // DEFAULT_HEAD_WIDTH)
     if text_config is not None:
