@@ -1,0 +1,671 @@
+"""Which Pokemon is this? `classify` pictures among names, `search` a built dataset by text or picture.
+
+Name embeddings depend only on the checkpoint's weights, the names, the prompt templates and the
+context length, so they are computed once and kept in ``<checkpoint>.cache/`` beside the checkpoint
+(keyed by the SHA-256 of the checkpoint file, remembered while its size and mtime stay the same); a
+second call encodes only the pictures. A dataset split's picture embeddings are cached the same way,
+keyed by the checkpoint and the split's picture file. When the checkpoint's folder is read-only the
+cache goes to ``~/.cache/cn_clip_pokemon/``. Cache files are written atomically and read with
+``weights_only=True``.
+
+Every picture is opened by ``images.open_picture`` (transparency composited on white) and padded to
+a square with ``images.fit_square``, exactly as the dataset builder stores pictures, before
+upstream's own ``image_transform``. Texts go through upstream's ``_preprocess_text`` and
+``tokenize`` with the model's context length (52 for upstream's models), as in training.
+"""
+import base64
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from cn_clip_pokemon.errors import UserError
+
+CACHE_FORMAT = 1
+DEFAULT_TEMPLATES = ("{}",)
+PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".svg", ".svgz"}
+
+
+# --------------------------------------------------------------------------- the embedding cache
+
+
+def cache_dir_for(checkpoint_path):
+    """``<checkpoint>.cache/`` beside the checkpoint, or a per-checkpoint folder in ~/.cache."""
+    checkpoint_path = Path(checkpoint_path).resolve()
+    beside = checkpoint_path.parent / f"{checkpoint_path.name}.cache"
+    try:
+        beside.mkdir(exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cn_clip_pokemon"
+    fallback = root / hashlib.sha1(str(checkpoint_path).encode("utf-8")).hexdigest()[:16]
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
+def _cache_key(parts):
+    text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def _read_cache(path, parts):
+    """The cached payload when ``path`` exists and was made from exactly ``parts``, else None."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged cache file is recomputed, never trusted
+        return None
+    if not isinstance(payload, dict) or payload.get("parts") != json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str):
+        return None
+    return payload
+
+
+def _write_cache(path, parts, **tensors):
+    from cn_clip_pokemon.checkpoint import atomic_torch_save
+
+    payload = {"parts": json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)}
+    payload.update(tensors)
+    try:
+        atomic_torch_save(payload, path)
+    except OSError as error:
+        print(f"cn-clip-pokemon: warning: cannot write the embedding cache {path}: {error}", file=sys.stderr)
+
+
+def checkpoint_identity(loaded):
+    """What the embeddings of a loaded checkpoint depend on: file content and the model built."""
+    from cn_clip_pokemon.checkpoint import file_digest
+
+    cache_dir = cache_dir_for(loaded.path)
+    return {
+        "format": CACHE_FORMAT,
+        "checkpoint_sha256": file_digest(loaded.path, memo_dir=cache_dir),
+        "model_info": loaded.model_config["model_info"],
+    }
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _progress(iterable, total, description, enabled):
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=description, unit="batch", disable=not enabled, leave=False)
+
+
+def fill_templates(name, templates):
+    """The texts of one name: each template filled, then upstream's text preprocessing."""
+    from cn_clip.eval.data import _preprocess_text
+
+    return [_preprocess_text(template.format(name)) for template in templates]
+
+
+def encode_texts(loaded, texts, batch_size=256, progress=True, description="encoding texts"):
+    """L2-normalized text embeddings ``[len(texts), embed_dim]`` (float32, on the CPU)."""
+    import torch
+    from cn_clip.clip import tokenize
+
+    model = loaded.model
+    device = next(model.parameters()).device
+    chunks = []
+    batches = range(0, len(texts), batch_size)
+    with torch.inference_mode():
+        for start in _progress(batches, len(batches), description, progress):
+            tokens = tokenize(texts[start : start + batch_size], context_length=loaded.context_length).to(device)
+            features = model.encode_text(tokens).float()
+            chunks.append((features / features.norm(dim=-1, keepdim=True)).cpu())
+    if not chunks:
+        return torch.zeros(0, loaded.model.text_projection.shape[1])
+    return torch.cat(chunks)
+
+
+def encode_names(loaded, names, templates=DEFAULT_TEMPLATES, batch_size=256, progress=True):
+    """One embedding per name: the mean of its normalized template embeddings, normalized again
+    (upstream's zero_shot_classifier), ``[len(names), embed_dim]``."""
+    texts = [text for name in names for text in fill_templates(name, templates)]
+    embeddings = encode_texts(loaded, texts, batch_size=batch_size, progress=progress, description="encoding names")
+    embeddings = embeddings.reshape(len(names), len(templates), -1).mean(dim=1)
+    return embeddings / embeddings.norm(dim=-1, keepdim=True)
+
+
+def name_embeddings(loaded, names, templates=DEFAULT_TEMPLATES, cache=True, batch_size=256, progress=True):
+    """:func:`encode_names`, cached beside the checkpoint per (checkpoint, names, templates)."""
+    names, templates = list(names), list(templates)
+    if not cache:
+        return encode_names(loaded, names, templates, batch_size=batch_size, progress=progress)
+    parts = dict(checkpoint_identity(loaded), kind="names", names=names, templates=templates, context_length=loaded.context_length)
+    path = cache_dir_for(loaded.path) / f"names-{_cache_key(parts)}.pt"
+    cached = _read_cache(path, parts)
+    if cached is not None:
+        return cached["embeddings"]
+    embeddings = encode_names(loaded, names, templates, batch_size=batch_size, progress=progress)
+    _write_cache(path, parts, embeddings=embeddings)
+    return embeddings
+
+
+def prepare_picture(loaded, image):
+    """A PIL picture as the model's input tensor: padded square like the builder, then upstream's transform."""
+    from cn_clip_pokemon.images import composite_on_white, fit_square
+
+    return loaded.preprocess(fit_square(composite_on_white(image), loaded.input_resolution))
+
+
+def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, description="encoding pictures"):
+    """L2-normalized picture embeddings ``[n, embed_dim]`` for an iterable of PIL pictures."""
+    import torch
+
+    model = loaded.model
+    device = next(model.parameters()).device
+    count = len(images) if count is None else count
+    chunks, batch = [], []
+
+    def flush():
+        with torch.inference_mode():
+            features = model.encode_image(torch.stack(batch).to(device)).float()
+        chunks.append((features / features.norm(dim=-1, keepdim=True)).cpu())
+        batch.clear()
+
+    batches = -(-count // batch_size) if count else None
+    bar = _progress(None, batches, description, progress)
+    for image in images:
+        batch.append(prepare_picture(loaded, image))
+        if len(batch) == batch_size:
+            flush()
+            bar.update(1)
+    if batch:
+        flush()
+        bar.update(1)
+    bar.close()
+    if not chunks:
+        return torch.zeros(0, loaded.model.text_projection.shape[1])
+    return torch.cat(chunks)
+
+
+# --------------------------------------------------------------------------- classify
+
+
+def read_names_file(path):
+    """One name per line (blank lines and lines starting with # are skipped)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except OSError as error:
+        raise UserError(f"cannot read the names file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"names file {path} is not UTF-8 text: save it as UTF-8, one name per line") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def candidate_names(names=None, names_file=None):
+    """The names to classify among: given ones (simplified, deduplicated), or all of the Pokedex."""
+    from cn_clip_pokemon.pokedex import Pokedex, to_simplified
+
+    given = []
+    for name in names or []:
+        given.extend(part.strip() for part in name.replace("，", ",").split(",") if part.strip())
+    if names_file:
+        given.extend(read_names_file(names_file))
+    if not given:
+        if names is not None and names_file is None and len(names) > 0:
+            raise UserError("--names got no name: give names separated by spaces or commas")
+        return Pokedex.load().names()
+    seen, unique = set(), []
+    for name in (to_simplified(name) for name in given):
+        if name not in seen:
+            seen.add(name)
+            unique.append(name)
+    return unique
+
+
+class Classifier:
+    """Top-k names for pictures, with the name embeddings cached beside the checkpoint.
+
+    >>> classifier = Classifier("experiments/pokemon/checkpoints/epoch_latest.pt")
+    >>> classifier.classify_paths(["pikachu.png"], top_k=3)
+    """
+
+    def __init__(self, checkpoint, names=None, templates=DEFAULT_TEMPLATES, device=None, cache=True, progress=True, loaded=None, **load_options):
+        from cn_clip_pokemon.checkpoint import load_checkpoint
+
+        self.loaded = loaded or load_checkpoint(checkpoint, device=device, **load_options)
+        self.names = list(names) if names is not None else candidate_names()
+        if not self.names:
+            raise UserError("no names to classify among")
+        self.templates = list(templates or DEFAULT_TEMPLATES)
+        self.progress = progress
+        self.name_embeddings = name_embeddings(self.loaded, self.names, self.templates, cache=cache, progress=progress)
+
+    def probabilities(self, picture_embeddings):
+        """Softmax over the names of ``logit_scale * cosine`` (the model's learned temperature)."""
+        logit_scale = self.loaded.model.logit_scale.detach().float().exp().cpu()
+        return (logit_scale * picture_embeddings @ self.name_embeddings.T).softmax(dim=-1)
+
+    def classify_images(self, images, top_k=5, batch_size=32):
+        """For each PIL picture, ``[(name, probability), ...]`` best first."""
+        images = list(images)
+        embeddings = encode_pictures(self.loaded, images, batch_size=batch_size, progress=self.progress and len(images) > batch_size)
+        probabilities = self.probabilities(embeddings)
+        top = probabilities.topk(min(top_k, len(self.names)), dim=-1)
+        return [
+            [(self.names[index], float(value)) for value, index in zip(values.tolist(), indices.tolist())]
+            for values, indices in zip(top.values, top.indices)
+        ]
+
+    def classify_paths(self, paths, top_k=5, batch_size=32):
+        """``[{"picture", "predictions": [{"name", "number", "probability"}]}]`` for picture files.
+
+        A picture that cannot be opened gets ``"error"`` instead of predictions.
+        """
+        from cn_clip_pokemon.images import open_picture
+        from cn_clip_pokemon.pokedex import Pokedex
+
+        pokedex = Pokedex.load()
+        opened, results = [], []
+        for path in paths:
+            try:
+                opened.append((path, open_picture(path)))
+            except UserError as error:
+                results.append({"picture": str(path), "error": str(error)})
+        ranked = self.classify_images([image for _, image in opened], top_k=top_k, batch_size=batch_size) if opened else []
+        by_path = {}
+        for (path, image), predictions in zip(opened, ranked):
+            by_path[str(path)] = {
+                "picture": str(path),
+                "predictions": [
+                    {"name": name, "number": pokedex.number(name), "probability": probability}
+                    for name, probability in predictions
+                ],
+                "_image": image,
+            }
+        errors = {result["picture"]: result for result in results}
+        return [by_path.get(str(path)) or errors[str(path)] for path in paths]
+
+
+def expand_pictures(paths):
+    """Picture paths, with folders expanded to the pictures directly inside them (sorted)."""
+    expanded = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
+            if not inside:
+                raise UserError(f"folder {path} has no pictures ({', '.join(sorted(PICTURE_SUFFIXES))})")
+            expanded.extend(inside)
+        else:
+            expanded.append(path)
+    return expanded
+
+
+def classify(pictures, checkpoint, names=None, templates=DEFAULT_TEMPLATES, top_k=5, device=None, cache=True, progress=True):
+    """Python API of `cn-clip-pokemon classify`: the list :meth:`Classifier.classify_paths` returns."""
+    classifier = Classifier(checkpoint, names=names, templates=templates, device=device, cache=cache, progress=progress)
+    results = classifier.classify_paths(expand_pictures(pictures), top_k=top_k)
+    for result in results:
+        result.pop("_image", None)
+    return results
+
+
+def _percent(probability):
+    return f"{probability * 100:6.2f}%"
+
+
+def _add_model_options(parser):
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help="a checkpoint file (ours, upstream's fine-tune or pretrained file, a raw state dict) "
+        "or an upstream pretrained name such as ViT-B-16",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when there is one)")
+    parser.add_argument("--vision-model", default=None, help="force the vision config name (default: read from the checkpoint)")
+    parser.add_argument("--text-model", default=None, help="force the text config name (default: read from the checkpoint)")
+    parser.add_argument("--batch-size", type=int, default=32, help="pictures per forward pass (default 32)")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="encode every name or picture again instead of using <checkpoint>.cache/"
+    )
+
+
+def _load_options(args):
+    return {"vision_model": args.vision_model, "text_model": args.text_model}
+
+
+def classify_arguments(parser):
+    parser.description = (
+        "Which Pokemon is this? Prints the top-k names with probabilities for each picture. "
+        "Pictures are opened like the dataset builder does (transparency on white, padded square). "
+        "Name embeddings are cached beside the checkpoint, so only the first call encodes the names."
+    )
+    parser.add_argument("pictures", nargs="+", metavar="PICTURE", help="picture files (PNG, JPEG, GIF, WebP, ...) or folders of them")
+    _add_model_options(parser)
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        metavar="NAME",
+        help="candidate names, separated by spaces or commas (default: all 1025 Pokemon); "
+        "traditional characters are converted to simplified",
+    )
+    parser.add_argument("--names-file", metavar="FILE", help="a UTF-8 file of candidate names, one per line")
+    parser.add_argument(
+        "--template",
+        action="append",
+        metavar="TEXT",
+        help="prompt template with {} for the name, repeatable; embeddings of several are averaged "
+        "(default: the bare name, as the Pokemon dataset trains by default)",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="names to show per picture (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--out", metavar="GRID.png", help="also write a PNG grid of the pictures with their top names")
+
+
+def classify_command(args):
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if args.template and not all("{}" in template for template in args.template):
+        raise UserError("every --template needs {} where the name goes, e.g. '一张{}的图片'")
+    names = candidate_names(args.names, args.names_file) if (args.names or args.names_file) else None
+    pictures = expand_pictures(args.pictures)
+    classifier = Classifier(
+        args.checkpoint,
+        names=names,
+        templates=args.template or DEFAULT_TEMPLATES,
+        device=args.device,
+        cache=not args.no_cache,
+        **_load_options(args),
+    )
+    results = classifier.classify_paths(pictures, top_k=args.top_k, batch_size=args.batch_size)
+    if args.out:
+        from cn_clip_pokemon.grids import save_grid
+
+        cells = [
+            (
+                result["_image"],
+                [f"{p['name']} {p['probability'] * 100:.1f}%" if i == 0 else f"~{p['name']} {p['probability'] * 100:.1f}%" for i, p in enumerate(result["predictions"][:3])],
+            )
+            for result in results
+            if "predictions" in result
+        ]
+        if cells:
+            save_grid(cells, args.out)
+    for result in results:
+        result.pop("_image", None)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(classifier.loaded.path),
+                    "names": len(classifier.names),
+                    "templates": classifier.templates,
+                    "results": results,
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        for result in results:
+            print(result["picture"])
+            if "error" in result:
+                print(f"  error: {result['error']}")
+                continue
+            for prediction in result["predictions"]:
+                number = f"  #{prediction['number']}" if prediction["number"] else ""
+                print(f"  {_percent(prediction['probability'])}  {prediction['name']}{number}")
+    if args.out and any("predictions" in r for r in results):
+        print(f"grid: {args.out}", file=sys.stderr)
+    failed = [result for result in results if "error" in result]
+    for result in failed:
+        print(f"cn-clip-pokemon: error: {result['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- dataset splits
+
+
+class SplitPictures:
+    """The pictures of one split of a built dataset, read from its LMDB (or its TSV when no LMDB)."""
+
+    def __init__(self, dataset_dir, split="test"):
+        self.dataset_dir = Path(dataset_dir)
+        self.split = split
+        if not self.dataset_dir.is_dir():
+            raise UserError(f"dataset folder {self.dataset_dir} does not exist: build it with `cn-clip-pokemon build-dataset`")
+        self.lmdb_dir = self.dataset_dir / "lmdb" / split / "imgs"
+        self.tsv = self.dataset_dir / f"{split}_imgs.tsv"
+        self._tsv_rows = None
+        self._env = None
+        if (self.lmdb_dir / "data.mdb").is_file():
+            self.source = self.lmdb_dir / "data.mdb"
+            self.image_ids = self._lmdb_ids()
+        elif self.tsv.is_file():
+            self.source = self.tsv
+            self.image_ids = sorted(self._read_tsv())
+        else:
+            raise UserError(
+                f"{self.dataset_dir} has no {split} split (neither lmdb/{split}/imgs nor {split}_imgs.tsv); "
+                f"build it, or pick another --split"
+            )
+        self.info = self._read_info()
+        self.texts = self._read_texts(split)
+
+    def _open_env(self):
+        import lmdb
+
+        if self._env is None:
+            self._env = lmdb.open(str(self.lmdb_dir), readonly=True, create=False, lock=False, readahead=False, meminit=False)
+        return self._env
+
+    def _lmdb_ids(self):
+        ids = []
+        with self._open_env().begin() as txn:
+            for key in txn.cursor().iternext(keys=True, values=False):
+                if key != b"num_images":
+                    ids.append(int(key.decode("utf-8")))
+        return sorted(ids)
+
+    def _read_tsv(self):
+        if self._tsv_rows is None:
+            rows = {}
+            with open(self.tsv, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    line = line.rstrip("\n")
+                    if not line:
+                        continue
+                    try:
+                        image_id, encoded = line.split("\t")
+                        rows[int(image_id)] = encoded
+                    except ValueError:
+                        raise UserError(f"{self.tsv} line {number} is not 'image_id<TAB>base64'") from None
+            self._tsv_rows = rows
+        return self._tsv_rows
+
+    def _read_info(self):
+        path = self.dataset_dir / "dataset_info.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise UserError(f"{path} is not valid JSON ({error}); rebuild the dataset") from None
+
+    def _read_texts(self, split):
+        path = self.dataset_dir / f"{split}_texts.jsonl"
+        if not path.is_file():
+            return []
+        texts = []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        texts.append(json.loads(line))
+                    except ValueError:
+                        raise UserError(f"{path} line {number} is not JSON") from None
+        return texts
+
+    def encoded(self, image_id):
+        """The stored urlsafe-base64 PNG of ``image_id``."""
+        if self._tsv_rows is not None or self.source == self.tsv:
+            return self._read_tsv()[image_id]
+        with self._open_env().begin() as txn:
+            value = txn.get(str(image_id).encode("utf-8"))
+        if value is None:
+            raise UserError(f"picture {image_id} is not in {self.lmdb_dir}")
+        return value.decode("utf-8", errors="ignore")
+
+    def picture(self, image_id):
+        """``image_id`` as an RGB PIL picture, opened like every picture (images.open_picture)."""
+        from cn_clip_pokemon.images import open_picture
+
+        return open_picture(io.BytesIO(base64.urlsafe_b64decode(self.encoded(image_id))))
+
+    def pictures(self):
+        for image_id in self.image_ids:
+            yield self.picture(image_id)
+
+    def label(self, image_id):
+        """The Pokemon name of a picture (dataset_info.json), else the texts paired with it."""
+        if self.info and str(image_id) in self.info.get("images", {}):
+            return self.info["images"][str(image_id)].get("name")
+        texts = [entry["text"] for entry in self.texts if image_id in entry.get("image_ids", [])]
+        return " / ".join(texts) if texts else None
+
+    def close(self):
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+
+def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True):
+    """Embeddings of every picture of a split, ``[len(pictures.image_ids), embed_dim]``, cached."""
+    from cn_clip_pokemon.checkpoint import file_digest
+
+    def compute():
+        return encode_pictures(
+            loaded,
+            pictures.pictures(),
+            count=len(pictures.image_ids),
+            batch_size=batch_size,
+            progress=progress,
+            description=f"encoding {pictures.split} pictures",
+        )
+
+    if not cache:
+        return compute()
+    import torch
+
+    cache_dir = cache_dir_for(loaded.path)
+    parts = dict(
+        checkpoint_identity(loaded),
+        kind="pictures",
+        split=pictures.split,
+        source_sha256=file_digest(pictures.source, memo_dir=cache_dir),
+        resolution=loaded.input_resolution,
+    )
+    path = cache_dir / f"pictures-{pictures.split}-{_cache_key(parts)}.pt"
+    cached = _read_cache(path, parts)
+    if cached is not None and cached["image_ids"].tolist() == pictures.image_ids:
+        return cached["embeddings"]
+    embeddings = compute()
+    _write_cache(path, parts, embeddings=embeddings, image_ids=torch.tensor(pictures.image_ids, dtype=torch.long))
+    return embeddings
+
+
+# --------------------------------------------------------------------------- search
+
+
+def search(checkpoint, dataset_dir, query=None, image=None, split="test", top_k=10, device=None, cache=True, progress=True, loaded=None, batch_size=32):
+    """Best-matching pictures of a dataset split for a text ``query`` or a picture file ``image``.
+
+    Returns ``{"query", "split", "results": [{"rank", "image_id", "score", "name"}]}``; ``score`` is
+    the cosine similarity. A picture query's own copy in the split (identical embedding) is kept:
+    it shows the search works, and ranks first.
+    """
+    from cn_clip_pokemon.checkpoint import load_checkpoint
+    from cn_clip_pokemon.pokedex import to_simplified
+
+    if (query is None) == (image is None):
+        raise UserError("search needs either a text or --image PICTURE (not both)")
+    loaded = loaded or load_checkpoint(checkpoint, device=device)
+    pictures = SplitPictures(dataset_dir, split)
+    try:
+        embeddings = split_embeddings(loaded, pictures, cache=cache, batch_size=batch_size, progress=progress)
+        if query is not None:
+            query = to_simplified(query.strip())
+            if not query:
+                raise UserError("the search text is empty")
+            probe = encode_texts(loaded, [fill_templates(query, ["{}"])[0]], progress=False)
+        else:
+            from cn_clip_pokemon.images import open_picture
+
+            probe = encode_pictures(loaded, [open_picture(image)], progress=False)
+        scores = (probe @ embeddings.T)[0]
+        top = scores.topk(min(top_k, len(pictures.image_ids)))
+        results = []
+        for rank, (score, index) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
+            image_id = pictures.image_ids[index]
+            results.append({"rank": rank, "image_id": image_id, "score": score, "name": pictures.label(image_id)})
+        return {"query": query if query is not None else str(image), "kind": "text" if query is not None else "picture", "split": split, "results": results, "_pictures": pictures}
+    except BaseException:
+        pictures.close()
+        raise
+
+
+def search_arguments(parser):
+    parser.description = (
+        "Search the pictures of a built dataset split: by text (a name such as 喷火龙, or any "
+        "description) or, with --image, by a picture (most similar pictures first). The split's "
+        "picture embeddings are cached beside the checkpoint."
+    )
+    parser.add_argument("query", nargs="?", help="the text to search for (omit it with --image)")
+    parser.add_argument("--image", metavar="PICTURE", help="search by this picture instead of a text")
+    _add_model_options(parser)
+    parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder made by `cn-clip-pokemon build-dataset`")
+    parser.add_argument("--split", default="test", help="train, valid or test (default test)")
+    parser.add_argument("--top-k", type=int, default=10, help="pictures to show (default 10)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--out", metavar="GRID.png", help="also write a PNG grid of the pictures found")
+
+
+def search_command(args):
+    from cn_clip_pokemon.checkpoint import load_checkpoint
+
+    if args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if (args.query is None) == (args.image is None):
+        raise UserError("give a search text or --image PICTURE (exactly one)")
+    loaded = load_checkpoint(args.checkpoint, device=args.device, **_load_options(args))
+    found = search(
+        args.checkpoint,
+        args.dataset,
+        query=args.query,
+        image=args.image,
+        split=args.split,
+        top_k=args.top_k,
+        cache=not args.no_cache,
+        loaded=loaded,
+        batch_size=args.batch_size,
+    )
+    pictures = found.pop("_pictures")
+    try:
+        if args.out and found["results"]:
+            from cn_clip_pokemon.grids import save_grid
+
+            cells = [
+                (pictures.picture(r["image_id"]), [f"{r['rank']}. {r['name'] or r['image_id']}", f"~{r['score']:.3f}  id {r['image_id']}"])
+                for r in found["results"]
+            ]
+            save_grid(cells, args.out, title=f"{args.split}: {found['query']}")
+            print(f"grid: {args.out}", file=sys.stderr)
+    finally:
+        pictures.close()
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+    else:
+        print(f"{found['query']}  ({args.split} split, {len(pictures.image_ids)} pictures)")
+        for result in found["results"]:
+            print(f"  {result['rank']:3d}. {result['score']:.4f}  {result['name'] or '?'}  (image {result['image_id']})")
+    return 0

@@ -1,0 +1,227 @@
+"""classify and search: the same numbers as the seed's encode-everything way, cached name and
+picture embeddings, transparency on white, and the text / JSON / grid outputs of the commands."""
+import base64
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cn_clip.clip import tokenize  # noqa: E402
+from cn_clip.clip.model import CLIP  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
+from cn_clip_pokemon import inference  # noqa: E402
+from cn_clip_pokemon.cli import main  # noqa: E402
+from cn_clip_pokemon.errors import UserError  # noqa: E402
+from cn_clip_pokemon.pokedex import Pokedex  # noqa: E402
+
+NAMES = ["妙蛙种子", "小火龙", "杰尼龟", "皮卡丘", "喷火龙"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """Our tiny registered architecture (64 px, like the sprite dataset), random weights."""
+    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
+    torch.manual_seed(0)
+    model = CLIP(**config["model_info"])
+    return ckpt.save_model(model, tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt", config)
+
+
+@pytest.fixture
+def checkpoint_copy(tiny_checkpoint, tmp_path):
+    """A private copy, so each test starts without a cache."""
+    path = tmp_path / "epoch_latest.pt"
+    path.write_bytes(tiny_checkpoint.read_bytes())
+    return path
+
+
+@pytest.fixture
+def encode_counts(monkeypatch):
+    """Counts the texts and pictures the model encodes."""
+    counts = {"texts": 0, "pictures": 0}
+    encode_text, encode_image = CLIP.encode_text, CLIP.encode_image
+
+    def counting_text(self, text):
+        counts["texts"] += text.shape[0]
+        return encode_text(self, text)
+
+    def counting_image(self, image, mask_ratio=0):
+        counts["pictures"] += image.shape[0]
+        return encode_image(self, image, mask_ratio)
+
+    monkeypatch.setattr(CLIP, "encode_text", counting_text)
+    monkeypatch.setattr(CLIP, "encode_image", counting_image)
+    return counts
+
+
+def sprite_on_transparency(path, color=(200, 40, 40)):
+    """An RGBA picture: a coloured disc on a fully transparent background whose hidden RGB is black."""
+    picture = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    for x in range(40):
+        for y in range(30):
+            if (x - 20) ** 2 + (y - 15) ** 2 < 100:
+                picture.putpixel((x, y), color + (255,))
+    picture.save(path)
+    return path
+
+
+def seed_way(model, preprocess, image, names):
+    """The seed's inference: encode every name on each call, softmax over logit_scale * cosine."""
+    with torch.no_grad():
+        image_features, text_features, scale = model(preprocess(image).unsqueeze(0), tokenize(names))
+        return (scale * image_features @ text_features.T).softmax(dim=-1)[0]
+
+
+def test_probabilities_match_the_seed_way_and_transparency_goes_white(checkpoint_copy, tmp_path):
+    picture = sprite_on_transparency(tmp_path / "disc.png")
+    classifier = inference.Classifier(checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    [result] = classifier.classify_paths([picture], top_k=len(NAMES))
+    got = {p["name"]: p["probability"] for p in result["predictions"]}
+    assert [p["name"] for p in result["predictions"]] == sorted(got, key=got.get, reverse=True)
+    assert [p["number"] for p in result["predictions"]] == [Pokedex.load().number(p["name"]) for p in result["predictions"]]
+
+    model, preprocess = ckpt.load_model(checkpoint_copy, device="cpu")
+    on_white = Image.new("RGB", (40, 40), (255, 255, 255))
+    on_white.paste(Image.open(picture), (0, 5), Image.open(picture))
+    expected = seed_way(model, preprocess, on_white, NAMES)
+    for name, probability in zip(NAMES, expected.tolist()):
+        assert got[name] == pytest.approx(probability, abs=1e-5)
+
+    # the seed's Image.open(...).convert("RGB") sees a black background: a different picture
+    black = seed_way(model, preprocess, Image.open(picture).convert("RGB").crop((0, -5, 40, 35)), NAMES)
+    assert not torch.allclose(black, expected, atol=1e-4)
+
+
+def test_second_call_encodes_only_the_pictures(checkpoint_copy, tmp_path, encode_counts):
+    picture = sprite_on_transparency(tmp_path / "disc.png")
+    first = inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    assert encode_counts == {"texts": len(NAMES), "pictures": 1}
+    cached = list((tmp_path / "epoch_latest.pt.cache").glob("names-*.pt"))
+    assert len(cached) == 1
+    assert not [p for p in cached[0].parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+    second = inference.classify([picture, picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    assert encode_counts == {"texts": len(NAMES), "pictures": 3}
+    for again in second:  # same answer (up to float rounding: a batch of 2 sums in another order)
+        assert [p["name"] for p in again["predictions"]] == [p["name"] for p in first[0]["predictions"]]
+        assert [p["probability"] for p in again["predictions"]] == pytest.approx([p["probability"] for p in first[0]["predictions"]], abs=1e-6)
+
+    # templates and names are part of the key: a new set is encoded once more
+    inference.classify([picture], checkpoint_copy, names=NAMES, templates=["一张{}的图片"], device="cpu", progress=False)
+    assert encode_counts["texts"] == 2 * len(NAMES)
+    inference.classify([picture], checkpoint_copy, names=NAMES[:3], device="cpu", progress=False)
+    assert encode_counts["texts"] == 2 * len(NAMES) + 3
+
+
+def test_new_weights_at_the_same_path_are_not_served_stale_names(checkpoint_copy, tmp_path, encode_counts):
+    picture = sprite_on_transparency(tmp_path / "disc.png")
+    before = inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
+    torch.manual_seed(5)
+    ckpt.save_model(CLIP(**config["model_info"]), checkpoint_copy, config)
+    after = inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    assert encode_counts["texts"] == 2 * len(NAMES)
+    assert before != after
+
+
+def test_names_from_file_are_simplified_and_deduplicated(tmp_path):
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("# candidates\n皮卡丘\n\n噴火龍\n皮卡丘\n", encoding="utf-8")
+    assert inference.candidate_names(["杰尼龜,皮卡丘"], names_file) == ["杰尼龟", "皮卡丘", "喷火龙"]
+    assert len(inference.candidate_names()) == 1025
+    with pytest.raises(UserError, match="cannot read the names file"):
+        inference.candidate_names(None, tmp_path / "missing.txt")
+
+
+def test_classify_command_text_json_and_grid(checkpoint_copy, tmp_path, capsys):
+    pictures = [sprite_on_transparency(tmp_path / "red.png"), sprite_on_transparency(tmp_path / "blue.png", (30, 60, 220))]
+    grid = tmp_path / "grid.png"
+    base = ["classify", *map(str, pictures), "--checkpoint", str(checkpoint_copy), "--device", "cpu"]
+
+    assert main(base + ["--names", *NAMES, "--top-k", "3", "--out", str(grid)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0] == str(pictures[0]) and text[4] == str(pictures[1])
+    percents = [float(line.split("%")[0]) for line in text[1:4]]
+    assert percents == sorted(percents, reverse=True) and 0 < sum(percents) <= 100.01
+    with Image.open(grid) as sheet:
+        assert sheet.format == "PNG" and sheet.width >= 2 * 128
+
+    # JSON over all 1025 Pokemon (the default names)
+    assert main(base + ["--json", "--top-k", "5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["names"] == 1025 and report["templates"] == ["{}"]
+    first = report["results"][0]["predictions"]
+    assert len(first) == 5 and all(isinstance(p["number"], int) for p in first)
+    assert first == sorted(first, key=lambda p: p["probability"], reverse=True)
+
+    # a picture that cannot be read: the others are still classified, exit 1, one line on stderr
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    assert main(base[:1] + [str(broken)] + base[1:] + ["--names", *NAMES, "--json"]) == 1
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)["results"]
+    assert "error" in results[0] and len(results[1]["predictions"]) == 5
+    assert "broken.png" in captured.err and "Traceback" not in captured.err
+
+
+def _picture_of(dataset, split, image_id, path):
+    """Write a stored picture of a split to ``path`` (decoded as upstream's LMDBDataset does)."""
+    for line in (dataset / f"{split}_imgs.tsv").read_text(encoding="utf-8").splitlines():
+        stored_id, encoded = line.split("\t")
+        if int(stored_id) == image_id:
+            path.write_bytes(base64.urlsafe_b64decode(encoded))
+            return path
+    raise AssertionError(f"no picture {image_id}")
+
+
+def test_search_by_text_and_by_picture_with_cached_split(sprite_dataset, checkpoint_copy, tmp_path, encode_counts, capsys):
+    info = json.loads((sprite_dataset / "dataset_info.json").read_text(encoding="utf-8"))
+    test_ids = sorted(int(i) for i, entry in info["images"].items() if entry["split"] == "test")
+
+    found = inference.search(checkpoint_copy, sprite_dataset, query="小火龍", split="test", top_k=5, device="cpu", progress=False)
+    assert found["query"] == "小火龙"  # traditional input, simplified like the training texts
+    assert len(found["results"]) == 5 and {r["image_id"] for r in found["results"]} <= set(test_ids)
+    scores = [r["score"] for r in found["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(r["name"] == info["images"][str(r["image_id"])]["name"] for r in found["results"])
+    found.pop("_pictures").close()
+    assert encode_counts == {"texts": 1, "pictures": len(test_ids)}
+
+    # picture -> similar pictures: its own stored copy comes first; the split is not encoded again
+    chosen = test_ids[3]
+    picture = _picture_of(sprite_dataset, "test", chosen, tmp_path / "query.png")
+    grid = tmp_path / "found.png"
+    assert main(["search", "--image", str(picture), "--checkpoint", str(checkpoint_copy), "--dataset", str(sprite_dataset),
+                 "--top-k", "4", "--json", "--out", str(grid), "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "picture" and report["results"][0]["image_id"] == chosen
+    assert report["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert encode_counts == {"texts": 1, "pictures": len(test_ids) + 1}
+    assert Image.open(grid).size[0] == 2 * (128 + 12)
+
+    # the text form of the command
+    assert main(["search", "妙蛙种子", "--checkpoint", str(checkpoint_copy), "--dataset", str(sprite_dataset), "--top-k", "3", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("妙蛙种子") and len(lines) == 4
+
+
+def test_search_reads_the_tsv_when_there_is_no_lmdb(sprite_dataset, checkpoint_copy, tmp_path):
+    import shutil
+
+    copy = tmp_path / "dataset"
+    shutil.copytree(sprite_dataset, copy, ignore=shutil.ignore_patterns("lmdb"))
+    from_tsv = inference.search(checkpoint_copy, copy, query="杰尼龟", top_k=3, device="cpu", progress=False, cache=False)
+    from_lmdb = inference.search(checkpoint_copy, sprite_dataset, query="杰尼龟", top_k=3, device="cpu", progress=False, cache=False)
+    for found in (from_tsv, from_lmdb):
+        found.pop("_pictures").close()
+    assert from_tsv == from_lmdb
+
+
+def test_search_errors(sprite_dataset, checkpoint_copy, tmp_path):
+    with pytest.raises(UserError, match="no nosuch split"):
+        inference.search(checkpoint_copy, sprite_dataset, query="x", split="nosuch", device="cpu")
+    with pytest.raises(UserError, match="does not exist"):
+        inference.search(checkpoint_copy, tmp_path / "none", query="x", device="cpu")
+    assert main(["search", "--checkpoint", str(checkpoint_copy), "--dataset", str(sprite_dataset)]) == 1
