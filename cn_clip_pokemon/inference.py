@@ -117,7 +117,11 @@ def encode_texts(loaded, texts, batch_size=256, progress=True, description="enco
     batches = range(0, len(texts), batch_size)
     with torch.inference_mode():
         for start in _progress(batches, len(batches), description, progress):
-            tokens = tokenize(texts[start : start + batch_size], context_length=loaded.context_length).to(device)
+            tokens = tokenize(texts[start : start + batch_size], context_length=loaded.context_length)
+            # Drop the columns that are padding in every row: the attention mask already gives them
+            # zero weight, so the embeddings are the same, and names (a few tokens of 52) encode ~5x faster.
+            used = int(tokens.ne(model.tokenizer.vocab["[PAD]"]).sum(dim=1).max())
+            tokens = tokens[:, : max(used, 1)].to(device)
             features = model.encode_text(tokens).float()
             chunks.append((features / features.norm(dim=-1, keepdim=True)).cpu())
     if not chunks:
