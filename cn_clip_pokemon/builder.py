@@ -397,6 +397,7 @@ def build_dataset(
                 f"{skipped[0]['file']}: {skipped[0]['reason']}"
             )
 
+        names = sorted({(picture.number, picture.name) for picture in kept})
         if split_by == "auto":
             split_by = choose_split_by(kept)
         splits = assign_splits(kept, split_by, valid_fraction, test_fraction, seed)
