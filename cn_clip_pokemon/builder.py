@@ -235,17 +235,21 @@ def _lmdb_map_size(value_sizes, key_size=16):
 class _LmdbWriter:
     """Puts in batches; grows the map and retries if our size estimate ever falls short."""
 
-    def __init__(self, path, map_size, batch=1000):
+    def __init__(self, path, map_size, batch_bytes=4 << 20):
         import lmdb
 
         self._lmdb = lmdb
         self.env = lmdb.open(str(path), map_size=map_size, subdir=True, lock=False, sync=False)
-        self.batch = batch
+        # A write transaction holds its dirty pages in memory: commit every few MiB, not every
+        # N items, so memory does not depend on the picture size.
+        self.batch_bytes = batch_bytes
         self.pending = []
+        self.pending_bytes = 0
 
     def put(self, key, value):
         self.pending.append((key, value))
-        if len(self.pending) >= self.batch:
+        self.pending_bytes += len(key) + len(value)
+        if self.pending_bytes >= self.batch_bytes:
             self.flush()
 
     def flush(self):
@@ -255,6 +259,7 @@ class _LmdbWriter:
                     for key, value in self.pending:
                         txn.put(key, value)
                 self.pending = []
+                self.pending_bytes = 0
             except self._lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
@@ -481,8 +486,7 @@ def build_dataset(
             "test_fraction": test_fraction,
             "names_with_unknown_tokens": report["unknown"],
         }
-        with open(temp / INFO_FILE, "w", encoding="utf-8") as file:
-            json.dump(info, file, ensure_ascii=False, indent=1)
+        (temp / INFO_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
         _replace_directory(temp, out_dir)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

@@ -34,21 +34,9 @@ def _source_name(source):
     return getattr(source, "name", None) or "<picture>"
 
 
-def _looks_like_svg(source, head):
-    if isinstance(source, (str, Path)) and str(source).lower().endswith((".svg", ".svgz")):
-        return True
+def _looks_like_svg(head):
     head = head.lstrip()
     return head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head)
-
-
-def _read_head(source):
-    if isinstance(source, (str, Path)):
-        with open(source, "rb") as file:
-            return file.read(512)
-    position = source.tell()
-    head = source.read(512)
-    source.seek(position)
-    return head
 
 
 def render_svg(source, size=SVG_SIZE):
@@ -129,13 +117,22 @@ def open_picture(source, frame=0, svg_size=SVG_SIZE):
     frame the picture does not have.
     """
     name = _source_name(source)
-    try:
-        head = _read_head(source)
-    except OSError as error:
-        raise PictureError(f"{name}: cannot read ({error.strerror or error})") from None
+    if isinstance(source, (str, Path)):
+        try:
+            with open(source, "rb") as file:
+                return _open_picture_file(file, name, frame, svg_size, str(source).lower().endswith((".svg", ".svgz")))
+        except OSError as error:  # opening or reading the file itself
+            raise PictureError(f"{name}: cannot read ({error.strerror or error})") from None
+    return _open_picture_file(source, name, frame, svg_size, name.lower().endswith((".svg", ".svgz")))
+
+
+def _open_picture_file(source, name, frame, svg_size, svg_name):
+    position = source.tell()
+    head = source.read(512)
+    source.seek(position)
     if not head:
         raise PictureError(f"{name}: empty file (0 bytes)")
-    if _looks_like_svg(source, head):
+    if svg_name or _looks_like_svg(head):
         if frame:
             raise PictureError(f"{name}: an SVG has one frame; asked for frame {frame}")
         return composite_on_white(render_svg(source, svg_size))
@@ -170,30 +167,36 @@ def open_picture(source, frame=0, svg_size=SVG_SIZE):
 def fit_square(image, size, resample=None):
     """Pad ``image`` with white to a square (keeping its aspect), then resize to ``size`` x ``size``.
 
-    Default filter: shrinking uses LANCZOS; enlarging by 2x or more (pixel-art sprites, ~50 px to
-    224) first scales by the largest whole factor with NEAREST, which keeps every sprite pixel a
-    sharp equal-sized block, then finishes the remaining < 2x with BICUBIC. Plain NEAREST to a
-    non-integer factor gives uneven pixel widths; plain BICUBIC smears the outlines.
+    Default filters: shrinking uses LANCZOS. Enlarging by 2x or more is pixel art here (sprites,
+    ~50 px to 224), so it scales by a whole factor with NEAREST: every sprite pixel becomes a sharp
+    block of equal size. When a whole factor that divides ``size`` fits (50 px -> 4x in a 56 px
+    canvas -> 224), the margin takes the remainder and no other filter touches the picture; else
+    NEAREST by the largest whole factor is finished with BICUBIC. (Plain NEAREST to a fractional
+    factor gives uneven pixel widths; plain BICUBIC smears the outlines.) Smaller enlargements use
+    BICUBIC, like upstream's own preprocessing.
     """
     width, height = image.size
     side = max(width, height)
-    if (width, height) != (side, side):
-        square = Image.new("RGB", (side, side), WHITE)
-        square.paste(image.convert("RGB"), ((side - width) // 2, (side - height) // 2))
+    canvas, factor = side, 1
+    if resample is None and side < size and size // side >= 2:
+        exact = max((f for f in range(2, size // side + 1) if size % f == 0), default=0)
+        # Use the exact factor when the picture still fills most of the square (80%) with it.
+        if exact and side * exact >= 0.8 * size:
+            canvas, factor = size // exact, exact
+        else:
+            factor = size // side
+    if (width, height) != (canvas, canvas) or image.mode != "RGB":
+        square = Image.new("RGB", (canvas, canvas), WHITE)
+        square.paste(image.convert("RGB"), ((canvas - width) // 2, (canvas - height) // 2))
         image = square
-    elif image.mode != "RGB":
-        image = image.convert("RGB")
-    if side == size:
+    if factor > 1:
+        image = image.resize((canvas * factor, canvas * factor), Image.Resampling.NEAREST)
+    if image.size == (size, size):
         return image
     if resample is not None:
         return image.resize((size, size), resample)
-    if side > size:
+    if image.width > size:
         return image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    factor = size // side
-    if factor >= 2:
-        image = image.resize((side * factor, side * factor), Image.Resampling.NEAREST)
-        if side * factor == size:
-            return image
     return image.resize((size, size), Image.Resampling.BICUBIC)
 
 

@@ -159,3 +159,13 @@ def test_encode_picture_is_what_upstream_decodes():
     decoded = Image.open(io.BytesIO(base64.urlsafe_b64decode(encoded)))
     assert decoded.format == "PNG" and decoded.tobytes() == image.tobytes()
     assert decode_picture(encoded).tobytes() == image.tobytes()
+
+
+def test_fit_square_enlarges_a_sprite_sized_picture_without_new_colours():
+    rng = np.random.default_rng(0)
+    colours = np.array([[255, 0, 0], [0, 0, 255], [10, 200, 30]], dtype=np.uint8)
+    sprite = Image.fromarray(colours[rng.integers(0, 3, size=(46, 50))], "RGB")  # a BW sprite's size
+    fitted = fit_square(sprite, 224)
+    assert fitted.size == (224, 224)
+    found = {tuple(colour) for colour in np.asarray(fitted).reshape(-1, 3)}
+    assert found == {tuple(colour) for colour in colours} | {WHITE}  # whole 4x blocks, white margin
