@@ -62,7 +62,11 @@ def scratch_datapath(tmp_path):
     for name, colour in colours.items():
         Image.new("RGBA", (40, 30), colour).save(imgs / name)
     datapath = tmp_path / "data"
-    datapath.mkdir()
+    # ${DATAPATH}/pictures as fetch-sprites lays it out: a folder per Pokemon, several views
+    for folder, colour in (("0001妙蛙种子", "green"), ("0025皮卡丘", "yellow")):
+        (datapath / "pictures" / folder).mkdir(parents=True)
+        for view, size in (("front_00", (30, 30)), ("back_00", (20, 36)), ("shiny_00", (36, 20))):
+            Image.new("RGBA", size, colour).save(datapath / "pictures" / folder / f"{view}.png")
     env = dict(os.environ, DATAPATH=str(datapath), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return tmp_path, env
 
