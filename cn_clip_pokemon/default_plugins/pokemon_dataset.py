@@ -1,1 +1,117 @@
-"""(placeholder: filled in by its stage)."""
+"""The "pokemon" dataset plugin: upstream's LMDBDataset with batches that never repeat a Pokemon.
+
+Training selects it with ``--dataset pokemon`` (patches/0004); ``cn-clip-pokemon train`` adds that
+flag by itself when the training LMDB sits in a dataset built by ``cn-clip-pokemon build-dataset``
+(``DATASET/lmdb/train`` beside ``DATASET/dataset_info.json``). ``--dataset none`` keeps upstream's
+shuffled DistributedSampler.
+
+The pictures are read by upstream's own LMDBDataset; only the order changes: see sampler.py. Pairs
+are grouped by Pokemon (dataset_info.json says which Pokemon each image shows), so two prompt
+templates of one name never meet in a batch either; without dataset_info.json, by text.
+"""
+import json
+import os
+import pickle
+from functools import lru_cache
+from pathlib import Path
+
+from cn_clip_pokemon.hookspecs import hookimpl
+
+DATASET_INFO = "dataset_info.json"
+
+
+def dataset_info_path(lmdb_split_dir):
+    """DATASET/dataset_info.json for DATASET/lmdb/SPLIT (it may not exist)."""
+    return Path(lmdb_split_dir).resolve().parent.parent / DATASET_INFO
+
+
+def pair_groups(lmdb_split_dir):
+    """One key per pair of the LMDB split, in pair order: ("pokemon", number) or ("text", text)."""
+    info_path = dataset_info_path(lmdb_split_dir)
+    stamp = os.stat(Path(lmdb_split_dir) / "pairs" / "data.mdb").st_mtime_ns
+    info_stamp = info_path.stat().st_mtime_ns if info_path.is_file() else None
+    return _pair_groups(str(Path(lmdb_split_dir).resolve()), stamp, info_stamp)
+
+
+@lru_cache(maxsize=4)
+def _pair_groups(lmdb_split_dir, _stamp, _info_stamp):
+    import lmdb
+
+    info_path = dataset_info_path(lmdb_split_dir)
+    numbers = {}
+    if info_path.is_file():
+        with open(info_path, encoding="utf-8") as f:
+            images = json.load(f).get("images", {})
+        numbers = {image_id: meta.get("number") for image_id, meta in images.items()}
+    env = lmdb.open(os.path.join(lmdb_split_dir, "pairs"), readonly=True, lock=False, readahead=False)
+    try:
+        with env.begin(buffers=True) as txn:
+            count = int(bytes(txn.get(b"num_samples")).decode("utf-8"))
+            groups = []
+            for index in range(count):
+                image_id, _text_id, text = pickle.loads(bytes(txn.get(str(index).encode("utf-8"))))
+                number = numbers.get(str(image_id))
+                groups.append(("pokemon", number) if number is not None else ("text", text))
+    finally:
+        env.close()
+    return tuple(groups)
+
+
+class PokemonDataset:
+    """Gives upstream's training its dataset, sampler and loader (patches/0004's get_dataset)."""
+
+    description = (
+        "upstream LMDBDataset; batches never hold two pairs of the same Pokemon (or text), "
+        "shrink when there are fewer than a batch, and reshuffle pictures every epoch"
+    )
+
+    def get_dataset(self, args, is_train, max_txt_length=64, epoch_id=0):
+        import torch.distributed as dist
+        from cn_clip.training.data import DataInfo, LMDBDataset, fetch_resolution
+        from torch.utils.data import DataLoader
+
+        from cn_clip_pokemon.sampler import UniqueGroupBatchSampler
+
+        db_path = args.train_data if is_train else args.val_data
+        dataset = LMDBDataset(
+            db_path,
+            split="train" if is_train else "val",
+            max_txt_length=max_txt_length,
+            use_augment=args.use_augment if is_train else False,
+            resolution=fetch_resolution(args.vision_model),
+        )
+        distributed = dist.is_available() and dist.is_initialized()
+        sampler = UniqueGroupBatchSampler(
+            pair_groups(db_path),
+            batch_size=args.batch_size if is_train else args.valid_batch_size,
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            seed=args.seed,
+        )
+        # validation batches stay the same from epoch to epoch, as upstream's
+        sampler.set_epoch(epoch_id if is_train else 0)
+        num_workers = args.num_workers if is_train else args.valid_num_workers
+        device = getattr(args, "device", None)
+        dataloader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            pin_memory=getattr(device, "type", None) == "cuda",
+        )
+        dataloader.num_samples = sampler.num_samples
+        dataloader.num_batches = len(sampler)
+        return DataInfo(dataloader, sampler, dataset, epoch_id)
+
+    def build_dataset(self, *args, **kwargs):
+        """cn_clip_pokemon.builder.build_dataset (imported on use)."""
+        from cn_clip_pokemon.builder import build_dataset
+
+        return build_dataset(*args, **kwargs)
+
+
+pokemon_dataset = PokemonDataset()
+
+
+@hookimpl
+def register_datasets(register):
+    register("pokemon", pokemon_dataset)

@@ -1,0 +1,208 @@
+"""`cn-clip-pokemon train`: upstream's own cn_clip.training.main on the CPU, one GPU, or torchrun.
+
+Every flag of upstream's training keeps its meaning and is passed through untouched; this module
+adds only the process layout (``--nproc-per-node``, ``--nnodes``, ``--node-rank``,
+``--master-addr``, ``--master-port``, ``--device``, ``--launcher``). One process runs upstream's
+main in this process with patches/ applied in memory; more than one hands the same command to
+torchrun (``python -m torch.distributed.run ... -m cn_clip_pokemon train ...``), whose workers
+then each run one process of the same kind.
+
+Before any model is built it checks what a user can get wrong (missing LMDB folders, weight files,
+unknown model or dataset names) and says which command makes the missing thing.
+"""
+import argparse
+import os
+import sys
+
+from cn_clip_pokemon.errors import UserError
+
+LAUNCHER_FLAGS = ("--launcher", "--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--device")
+
+
+def launcher_parser():
+    parser = argparse.ArgumentParser(
+        prog="cn-clip-pokemon train",
+        add_help=False,
+        allow_abbrev=False,  # never swallow an abbreviation of one of upstream's flags
+        description=(
+            "Fine-tune Chinese-CLIP with upstream's own training (cn_clip.training.main), on the CPU, "
+            "one GPU, or many through torchrun. Every upstream flag below keeps its meaning."
+        ),
+        epilog=(
+            "Example (CPU, tiny model, a dataset made by `cn-clip-pokemon build-dataset`): "
+            "cn-clip-pokemon train --train-data DATASET/lmdb/train --vision-model ViT-T-8-64 "
+            "--text-model RBT-Tiny-chinese --batch-size 64 --max-epochs 2 --logs experiments --name tiny"
+        ),
+    )
+    group = parser.add_argument_group("process layout (cn-clip-pokemon)")
+    group.add_argument("-h", "--help", action="store_true", help="show this help and upstream's options")
+    group.add_argument(
+        "--launcher",
+        default="auto",
+        help="a registered launcher (see `cn-clip-pokemon plugins`): local, torchrun, ... "
+        "(default auto: torchrun when more than one process is asked for, else local)",
+    )
+    group.add_argument("--nproc-per-node", type=int, default=1, help="processes per node, one per GPU (default 1)")
+    group.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
+    group.add_argument("--node-rank", type=int, default=0, help="rank of this node (default 0)")
+    group.add_argument("--master-addr", default=None, help="address of node 0 (several nodes)")
+    group.add_argument("--master-port", type=int, default=None, help="free port on node 0 (several nodes)")
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when there is a GPU, else the CPU), cpu, cuda, or another torch device type",
+    )
+    return parser
+
+
+def _has_flag(argv, flag):
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
+
+
+def _flag_value(argv, flag):
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def print_help(parser):
+    parser.print_help()
+    print("\nupstream options (cn_clip.training.main, passed through unchanged):\n")
+    from cn_clip_pokemon import patching
+
+    patching.install()
+    from cn_clip.training.params import parse_args
+
+    try:
+        parse_args(["--help"])
+    except SystemExit:
+        pass
+
+
+def cpu_worker_count():
+    """Data-loading processes for a CPU run: a worker feeds ~1,000+ small pictures/s, and every
+    core a worker takes is one the training step does not get (upstream's default is 4)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores // 4))
+
+
+def prepare_upstream_argv(argv):
+    """Check upstream's flags and fill in our defaults; returns (argv, args) or raises UserError."""
+    from cn_clip_pokemon import patching, plugins
+    from cn_clip_pokemon.default_plugins.pokemon_dataset import dataset_info_path
+    from cn_clip_pokemon.devices import decide_layout
+
+    argv = list(argv)
+    patching.install()
+    from cn_clip.training.params import parse_args
+
+    args = parse_args(argv)  # argparse exits 2 on bad usage, as for every command
+    _check_lmdb(args.train_data, "--train-data", "train")
+    if args.val_data is not None:
+        _check_lmdb(args.val_data, "--val-data", "valid")
+    for flag, path in (("--clip-weight-path", args.clip_weight_path), ("--bert-weight-path", args.bert_weight_path)):
+        if path is not None and not os.path.isfile(path):
+            raise UserError(
+                f"{flag} {path}: no such file. Put the pretrained weights there (clip_cn_vit-b-16.pt "
+                "etc. from Chinese-CLIP's model list: `python -c \"from cn_clip.clip import load_from_name; "
+                "load_from_name('ViT-B-16', download_root='DIR')\"` downloads it where the hub is "
+                f"reachable), or leave out {flag} to start from random initialisation"
+            )
+    from cn_clip.training.data import model_config_file
+
+    for flag, name in (("--vision-model", args.vision_model), ("--text-model", args.text_model)):
+        try:
+            model_config_file(name)
+        except ValueError as error:
+            raise UserError(f"{flag}: {error}") from None
+    datasets = plugins.get_datasets()
+    if args.dataset is None:
+        if dataset_info_path(args.train_data).is_file() and "pokemon" in datasets:
+            # built by build-dataset: batches that never repeat a Pokemon
+            argv += ["--dataset", "pokemon"]
+    elif args.dataset.lower() != "none" and args.dataset not in datasets:
+        raise UserError(f"--dataset {args.dataset}: no such dataset plugin; registered: {', '.join(sorted(datasets))}, or none")
+    try:
+        on_cpu = decide_layout().device == "cpu"
+    except (RuntimeError, ValueError) as error:
+        raise UserError(str(error)) from None
+    if on_cpu and not _has_flag(argv, "--num-workers"):
+        argv += ["--num-workers", str(cpu_worker_count())]
+    return argv, parse_args(argv)
+
+
+def _check_lmdb(path, flag, split):
+    missing = [p for p in (path, os.path.join(path, "pairs"), os.path.join(path, "imgs")) if not os.path.isdir(p)]
+    if missing:
+        raise UserError(
+            f"{flag} {path}: {missing[0]} is not a folder (an LMDB split has imgs/ and pairs/). "
+            f"Make it with `cn-clip-pokemon build-dataset --images PICTURES --out DATASET`, then pass "
+            f"{flag} DATASET/lmdb/{split}"
+        )
+
+
+def run_upstream_main(argv):
+    """Upstream's cn_clip.training.main.main(argv) in this process, patches applied; returns 0."""
+    from cn_clip_pokemon import patching
+
+    patching.install()
+    import torch.distributed as dist
+    from cn_clip.training import main as upstream_main
+
+    try:
+        upstream_main.main(argv)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def torchrun_command(options, argv):
+    """The torchrun command line that starts ``cn-clip-pokemon train ARGV`` on every process."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={options.nproc_per_node}"]
+    if options.nnodes == 1 and options.master_addr is None and options.master_port is None:
+        command.append("--standalone")  # one node: torchrun picks a free port itself
+    else:
+        command += [f"--nnodes={options.nnodes}", f"--node-rank={options.node_rank}"]
+        if options.master_addr is not None:
+            command.append(f"--master-addr={options.master_addr}")
+        if options.master_port is not None:
+            command.append(f"--master-port={options.master_port}")
+    return command + ["-m", "cn_clip_pokemon", "train", *argv]
+
+
+def inside_torchrun():
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_WORLD_SIZE" in os.environ
+
+
+def train_main(argv):
+    """`cn-clip-pokemon train ...`: returns the exit code."""
+    from cn_clip_pokemon import plugins
+    from cn_clip_pokemon.devices import DEVICE_ENV
+
+    parser = launcher_parser()
+    options, upstream_argv = parser.parse_known_args(argv)
+    if options.help:
+        print_help(parser)
+        return 0
+    for value, flag in ((options.nproc_per_node, "--nproc-per-node"), (options.nnodes, "--nnodes")):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1")
+    if options.device != "auto":
+        os.environ[DEVICE_ENV] = options.device  # torchrun's workers inherit it
+    upstream_argv, _ = prepare_upstream_argv(upstream_argv)
+
+    launchers = plugins.get_launchers()
+    name = options.launcher
+    if name == "auto":
+        many = options.nproc_per_node * options.nnodes > 1
+        name = "torchrun" if many and not inside_torchrun() else "local"
+    if name not in launchers:
+        raise UserError(f"--launcher {name}: no such launcher; registered: {', '.join(sorted(launchers))}")
+    return launchers[name].launch(options, upstream_argv)
