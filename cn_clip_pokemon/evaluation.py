@@ -230,7 +230,7 @@ def evaluate(
                         pictures.picture(m["image_id"]),
                         [
                             f"{m['predicted']} {m['predicted_probability'] * 100:.1f}%",
-                            f"~is {m['truth']} {m['truth_probability'] * 100:.1f}% (#{m['truth_rank']})",
+                            f"~is {m['truth']} {m['truth_probability'] * 100:.1f}% (rank {m['truth_rank']})",
                         ],
                     )
                     for m in mistakes
