@@ -174,7 +174,9 @@ def torchrun_command(options, argv):
             command.append(f"--master-addr={options.master_addr}")
         if options.master_port is not None:
             command.append(f"--master-port={options.master_port}")
-    return command + ["-m", "cn_clip_pokemon", "train", *argv]
+    # "--" ends torchrun's own options: its parser would otherwise take upstream's --logs for an
+    # ambiguous abbreviation of its --logs-specs and refuse the command
+    return command + ["-m", "--", "cn_clip_pokemon", "train", *argv]
 
 
 def inside_torchrun():

@@ -108,8 +108,7 @@ def apply_patched_file(source, patched_file, patch_name, origin, version=None):
     lower_bound = 0  # hunks apply in order, never before the end of the previous one
     hunks = list(patched_file)
     for number, hunk in enumerate(hunks, start=1):
-        expected = [line.value for line in hunk.source_lines()]
-        replacement = [line.value for line in hunk.target_lines()]
+        expected, replacement = _hunk_sides(hunk)
         stated = max(hunk.source_start - 1, 0) if expected else hunk.source_start
         guess = stated + delta
         position = _find_block(lines, expected, guess, lower_bound)
@@ -124,6 +123,25 @@ def apply_patched_file(source, patched_file, patch_name, origin, version=None):
         delta += (position - guess) + len(replacement) - len(expected)
         lower_bound = position + len(replacement)
     return "".join(lines)
+
+
+def _hunk_sides(hunk):
+    """The hunk's old and new lines, honouring "\\ No newline at end of file" markers."""
+    expected, replacement = [], []
+    previous = None
+    for line in hunk:
+        if line.line_type == "\\":  # the line before has no newline in the side(s) it belongs to
+            if previous in (" ", "-"):
+                expected[-1] = expected[-1].rstrip("\n")
+            if previous in (" ", "+"):
+                replacement[-1] = replacement[-1].rstrip("\n")
+            continue
+        if line.line_type in (" ", "-"):
+            expected.append(line.value)
+        if line.line_type in (" ", "+"):
+            replacement.append(line.value)
+        previous = line.line_type
+    return expected, replacement
 
 
 def _find_block(lines, block, guess, lower_bound):

@@ -374,7 +374,7 @@ def test_many_processes_go_through_torchrun():
     command = torchrun_command(options, rest)
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=4" in command and "--standalone" in command
-    assert command[-6:] == ["-m", "cn_clip_pokemon", "train", "--train-data", "x", "--name", "n"][-6:]
+    assert command[-8:] == ["-m", "--", "cn_clip_pokemon", "train", "--train-data", "x", "--name", "n"]
     options, rest = launcher_parser().parse_known_args(
         ["--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1", "--master-port", "29500", "--name", "n"]
     )
@@ -383,15 +383,18 @@ def test_many_processes_go_through_torchrun():
     assert "--standalone" not in command
 
 
-def test_two_cpu_processes_through_torchrun(runner, sprite_dataset, tmp_path):
-    """gloo, DDP and the sampler's rank split for real: 2 processes, 2 steps."""
+def test_two_cpu_processes_under_torchrun(runner, sprite_dataset, tmp_path):
+    """gloo, DDP and the sampler's rank split for real: 2 processes, 2 steps.
+
+    torchrun starts the runner script itself here (each worker then trains in-process, as the
+    workers of `--nproc-per-node 2` do): the workers of `--nproc-per-node` run `python -m
+    cn_clip_pokemon`, which would not have the runner's test model configs."""
     logs = tmp_path / "logs"
-    result = run(train_command(
-        runner, sprite_dataset / "lmdb" / "train", logs, "--nproc-per-node", "2", "--max-steps", "2",
-        "--batch-size", "4",
-    ), timeout=240)
-    assert "torch.distributed.run" in result.stdout
+    command = train_command(runner, sprite_dataset / "lmdb" / "train", logs, "--max-steps", "2", "--batch-size", "4")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "--"]
+    result = run(torchrun + command[1:], timeout=240)
+    log_text = result.stdout + result.stderr
+    assert "Rank 1 |" in log_text and "Global Batch Size: 8" in log_text
     steps = [m for m in read_metrics(logs) if not m.get("epoch_end")]
-    assert [m["step"] for m in steps] == [1, 2]
-    assert "Global Batch Size: 8" in result.stdout + result.stderr
+    assert [m["step"] for m in steps] == [1, 2]  # written once, by rank 0
     assert load_checkpoint(logs / "run" / "checkpoints" / "epoch_latest.pt")["step"] == 2
