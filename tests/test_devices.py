@@ -1,0 +1,97 @@
+"""cn_clip_pokemon.devices: the one place that picks device, backend and ranks."""
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+from cn_clip_pokemon.devices import DEVICE_ENV, autocast, decide_layout, grad_scaler
+
+
+def test_alone_on_a_cpu_is_one_gloo_process():
+    layout = decide_layout({}, cuda_available=False, cuda_device_count=0)
+    assert (layout.device, layout.backend, layout.rank, layout.local_rank, layout.world_size) == ("cpu", "gloo", 0, 0, 1)
+    assert not layout.distributed
+
+
+def test_alone_with_a_gpu_is_cuda_with_nccl_without_any_launcher():
+    layout = decide_layout({}, cuda_available=True, cuda_device_count=1)
+    assert (layout.device, layout.backend, layout.world_size) == ("cuda:0", "nccl", 1)
+
+
+def test_torchrun_environment_gives_ranks_and_the_local_gpu():
+    env = {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1"}
+    layout = decide_layout(env, cuda_available=True, cuda_device_count=4)
+    assert (layout.device, layout.backend, layout.rank, layout.local_rank, layout.world_size) == ("cuda:1", "nccl", 5, 1, 8)
+    assert layout.distributed
+    cpu = decide_layout(env, cuda_available=False, cuda_device_count=0)
+    assert (cpu.device, cpu.backend, cpu.rank, cpu.world_size) == ("cpu", "gloo", 5, 8)
+
+
+def test_device_can_be_forced_and_impossible_requests_say_why():
+    assert decide_layout({DEVICE_ENV: "cpu"}, cuda_available=True, cuda_device_count=1).device == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        decide_layout({DEVICE_ENV: "cuda"}, cuda_available=False, cuda_device_count=0)
+    with pytest.raises(RuntimeError, match="only 2 CUDA device"):
+        decide_layout({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}, cuda_available=True, cuda_device_count=2)
+    with pytest.raises(ValueError, match="RANK=4"):
+        decide_layout({"WORLD_SIZE": "2", "RANK": "4"}, cuda_available=False, cuda_device_count=0)
+
+
+def test_amp_is_bf16_on_cpu_fp16_on_cuda_and_scaling_only_on_cuda():
+    layer = torch.nn.Linear(8, 8)
+    with autocast(torch.device("cpu")):
+        assert layer(torch.randn(2, 8)).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), enabled=False):
+        assert layer(torch.randn(2, 8)).dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": only the dtype matters here
+        assert autocast(torch.device("cuda", 0)).fast_dtype == torch.float16
+    assert grad_scaler(torch.device("cpu"), "fp32") is None
+    cpu_scaler = grad_scaler(torch.device("cpu"), "amp")
+    assert not cpu_scaler.is_enabled()
+    # a disabled scaler passes upstream's scale/step/update calls through unchanged
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    loss = layer(torch.ones(1, 8)).sum()
+    assert cpu_scaler.scale(loss) is loss
+    loss.backward()
+    before = layer.weight.detach().clone()
+    cpu_scaler.step(optimizer)
+    cpu_scaler.update()
+    assert not torch.equal(before, layer.weight)
+
+
+def test_fp16_amp_on_cuda_asks_for_an_enabled_scaler(monkeypatch):
+    made = []
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: made.append((device, enabled)))
+    grad_scaler(torch.device("cuda", 1), "amp")
+    grad_scaler(torch.device("cpu"), "amp")
+    assert grad_scaler(torch.device("cuda", 1), "fp16") is None
+    assert made == [("cuda", True), ("cpu", False)]
+
+
+def test_a_single_process_gets_a_process_group_of_one_without_a_launcher():
+    script = textwrap.dedent(
+        """
+        import os
+        from argparse import Namespace
+        import torch.distributed as dist
+        from cn_clip_pokemon.devices import init_distributed_device
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(name, None)
+        args = Namespace()
+        layout = init_distributed_device(args)
+        assert dist.is_initialized() and dist.get_backend() == "gloo" and dist.get_world_size() == 1
+        assert (str(args.device), args.rank, args.world_size, args.local_device_rank) == ("cpu", 0, 1, 0)
+        import torch
+        t = torch.ones(3)
+        dist.all_reduce(t)  # what upstream's evaluate does
+        assert t.tolist() == [1.0, 1.0, 1.0]
+        print("ok")
+        """
+    )
+    env = {"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
