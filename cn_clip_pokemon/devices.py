@@ -91,16 +91,39 @@ def init_distributed_device(args):
     return layout
 
 
-def autocast(device, enabled=True):
-    """Mixed precision for ``--precision amp``: fp16 on CUDA (as upstream), bf16 elsewhere.
+def cpu_has_fast_bf16():
+    """Whether this CPU runs bf16 matrix maths natively (AVX-512 or AMX through oneDNN)."""
+    import torch
 
-    fp16 autocast on the CPU is slow or unsupported; bf16 has fp32's range, so no loss scaling.
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(device):
+    """The autocast dtype of ``--precision amp`` on ``device``, or None for plain fp32.
+
+    fp16 on CUDA, as upstream. bf16 elsewhere (fp32's range, so no loss scaling), except on a CPU
+    without native bf16, where emulated bf16 steps were measured ~20x slower than fp32 (AVX2).
     """
     import torch
 
     device_type = getattr(device, "type", str(device).split(":")[0])
-    dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled)
+    if device_type == "cuda":
+        return torch.float16
+    if device_type == "cpu" and not cpu_has_fast_bf16():
+        return None
+    return torch.bfloat16
+
+
+def autocast(device, enabled=True):
+    """The autocast context of ``--precision amp`` (see amp_dtype); a no-op where amp means fp32."""
+    import torch
+
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    dtype = amp_dtype(device)
+    return torch.autocast(device_type=device_type, dtype=dtype or torch.bfloat16, enabled=enabled and dtype is not None)
 
 
 def grad_scaler(device, precision):
@@ -114,4 +137,6 @@ def grad_scaler(device, precision):
     if precision != "amp":
         return None
     device_type = getattr(device, "type", str(device).split(":")[0])
+    if amp_dtype(device) is None:
+        logging.warning("--precision amp on a CPU without native bf16: training in fp32 (faster here)")
     return torch.amp.GradScaler(device_type, enabled=device_type == "cuda")

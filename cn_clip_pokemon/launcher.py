@@ -114,6 +114,13 @@ def prepare_upstream_argv(argv):
                 "load_from_name('ViT-B-16', download_root='DIR')\"` downloads it where the hub is "
                 f"reachable), or leave out {flag} to start from random initialisation"
             )
+    if args.resume is not None and not os.path.isfile(args.resume):
+        # upstream would log "no checkpoint found" and quietly train from scratch
+        raise UserError(
+            f"--resume {args.resume}: no such file. Give an existing checkpoint (epoch_latest.pt, or "
+            "pretrained weights such as clip_cn_vit-b-16.pt with --reset-data-offset --reset-optimizer), "
+            "or leave out --resume: a run continues from its own epoch_latest.pt by itself"
+        )
     from cn_clip.training.data import model_config_file
 
     for flag, name in (("--vision-model", args.vision_model), ("--text-model", args.text_model)):

@@ -40,19 +40,30 @@ def test_device_can_be_forced_and_impossible_requests_say_why():
         decide_layout({"WORLD_SIZE": "2", "RANK": "4"}, cuda_available=False, cuda_device_count=0)
 
 
-def test_amp_is_bf16_on_cpu_fp16_on_cuda_and_scaling_only_on_cuda():
+def test_amp_is_fp16_on_cuda_and_bf16_on_a_cpu_that_has_it(monkeypatch):
+    from cn_clip_pokemon import devices
+
     layer = torch.nn.Linear(8, 8)
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: True)
     with autocast(torch.device("cpu")):
         assert layer(torch.randn(2, 8)).dtype == torch.bfloat16
     with autocast(torch.device("cpu"), enabled=False):
         assert layer(torch.randn(2, 8)).dtype == torch.float32
+    # emulated bf16 is many times slower than fp32: such a CPU trains in fp32
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    with autocast(torch.device("cpu")):
+        assert layer(torch.randn(2, 8)).dtype == torch.float32
+    assert devices.amp_dtype(torch.device("cuda", 0)) == torch.float16
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "CUDA is not available": only the dtype matters here
         assert autocast(torch.device("cuda", 0)).fast_dtype == torch.float16
+
+
+def test_a_disabled_scaler_passes_upstreams_calls_through():
+    layer = torch.nn.Linear(8, 8)
     assert grad_scaler(torch.device("cpu"), "fp32") is None
     cpu_scaler = grad_scaler(torch.device("cpu"), "amp")
     assert not cpu_scaler.is_enabled()
-    # a disabled scaler passes upstream's scale/step/update calls through unchanged
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
     loss = layer(torch.ones(1, 8)).sum()
     assert cpu_scaler.scale(loss) is loss

@@ -398,3 +398,48 @@ def test_two_cpu_processes_under_torchrun(runner, sprite_dataset, tmp_path):
     steps = [m for m in read_metrics(logs) if not m.get("epoch_end")]
     assert [m["step"] for m in steps] == [1, 2]  # written once, by rank 0
     assert load_checkpoint(logs / "run" / "checkpoints" / "epoch_latest.pt")["step"] == 2
+
+
+# --- run_scripts/ --------------------------------------------------------------------------------
+
+RUN_SCRIPTS = Path(__file__).resolve().parents[1] / "run_scripts"
+
+
+def run_script(name, *args):
+    env = dict(cpu_env(), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(["bash", str(RUN_SCRIPTS / name), *args], env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.parametrize(
+    "script, dataset",
+    [
+        ("pokemon_finetune_vit-b-16.sh", "pokemon"),
+        ("muge_finetune_vit-b-16_rbt-base.sh", "MUGE"),
+        ("flickr30k_finetune_vit-b-16_rbt-base.sh", "Flickr30k-CN"),
+        ("pokemon_finetune_tiny_cpu.sh", "pokemon"),
+    ],
+)
+def test_run_scripts_say_what_is_missing_before_starting(script, dataset, tmp_path):
+    result = run_script(script)
+    assert result.returncode != 0 and "usage" in result.stderr
+    datapath = tmp_path / "data"
+    result = run_script(script, str(datapath))
+    assert result.returncode == 1
+    assert f"{datapath}/datasets/{dataset}/lmdb/train not found" in result.stderr
+    if "vit-b-16" in script:  # the dataset is there, the pretrained weights are not
+        (datapath / "datasets" / dataset / "lmdb" / "train").mkdir(parents=True)
+        result = run_script(script, str(datapath))
+        assert result.returncode == 1
+        assert f"{datapath}/pretrained_weights/clip_cn_vit-b-16.pt not found" in result.stderr
+
+
+def test_tiny_cpu_script_trains_with_extra_flags_passed_through(sprite_dataset, tmp_path):
+    datapath = tmp_path / "data"
+    (datapath / "datasets").mkdir(parents=True)
+    (datapath / "datasets" / "pokemon").symlink_to(sprite_dataset, target_is_directory=True)
+    result = run_script("pokemon_finetune_tiny_cpu.sh", str(datapath), "--max-steps", "2", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = datapath / "experiments" / "pokemon_tiny_cpu"
+    latest = load_checkpoint(run_dir / "checkpoints" / "epoch_latest.pt")
+    assert latest["step"] == 2
+    assert latest["model_config"]["vision_model"] == "ViT-T-8-64"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Train tiny Chinese-CLIP towers (ViT-T-8-64 + RBT-Tiny-chinese) on the Pokemon dataset, on the CPU,
+# from random initialisation: the whole path on a laptop in minutes, no weights to download.
+#
+#   bash run_scripts/pokemon_finetune_tiny_cpu.sh ${DATAPATH} [more `cn-clip-pokemon train` flags]
+#
+# Needs ${DATAPATH}/datasets/pokemon/lmdb/{train,valid}, made by
+#   cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon
+# (pictures stored at 64-96 px keep the data loader ahead of training).
+# Writes ${DATAPATH}/experiments/pokemon_tiny_cpu/. Run it again after an interruption: it continues
+# from that run's epoch_latest.pt.
+#
+# What to edit: epochs, batch size and learning rate below. Flags given after DATAPATH come last
+# and win, e.g. `--max-epochs 1`.
+set -euo pipefail
+
+DATAPATH=${1:?usage: bash $0 DATAPATH [more cn-clip-pokemon train flags]}
+shift
+dataset=${DATAPATH}/datasets/pokemon
+
+if [ ! -d "${dataset}/lmdb/train" ]; then
+    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset} --image-size 96" >&2
+    exit 1
+fi
+
+cn-clip-pokemon train \
+    --device cpu \
+    --train-data "${dataset}/lmdb/train" \
+    --val-data "${dataset}/lmdb/valid" \
+    --logs "${DATAPATH}/experiments" \
+    --name pokemon_tiny_cpu \
+    --vision-model ViT-T-8-64 \
+    --text-model RBT-Tiny-chinese \
+    --context-length 12 \
+    --batch-size 128 \
+    --valid-batch-size 128 \
+    --lr 1e-3 \
+    --wd 0.05 \
+    --warmup 100 \
+    --max-epochs 10 \
+    --precision amp \
+    --log-interval 10 \
+    --report-training-batch-acc \
+    "$@"
