@@ -135,23 +135,37 @@ def resolve_checkpoint_path(path_or_name, download_root=None):
         for root in roots:
             if os.path.isfile(os.path.join(root, filename)):
                 return Path(root) / filename
-        target_root = roots[0]
+        hint = f"put {filename} in one of those folders, or pass its path"
+        looked = f"pretrained {path_or_name} not found (looked for {filename} in {', '.join(roots)})"
+        if not _hub_reachable():
+            raise UserError(f"{looked} and the Hugging Face hub is not reachable to download it; {hint}")
         try:
             from cn_clip.clip.utils import _download
 
-            return Path(_download(str(path_or_name), target_root))
-        except Exception as error:  # hub unreachable, huggingface_hub missing, ...
-            raise UserError(
-                f"pretrained {path_or_name} not found (looked for {filename} in {', '.join(roots)}) "
-                f"and the download failed ({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); "
-                f"put {filename} in one of those folders or pass its path"
-            ) from None
+            return Path(_download(str(path_or_name), roots[0]))
+        except Exception as error:  # huggingface_hub missing, file gone, connection dropped...
+            raise UserError(f"{looked} and the download failed ({type(error).__name__}: {_first_line(error)}); {hint}") from None
     if candidate.exists():
         raise UserError(f"{candidate} is not a file: pass a checkpoint file (.pt)")
     raise UserError(
         f"no checkpoint {str(path_or_name)!r}: not a file, nor a pretrained name "
         f"({', '.join(_MODELS)})"
     )
+
+
+def _hub_reachable(timeout=3.0):
+    """Whether a download from the Hugging Face hub can even start (offline mode, DNS, TCP)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def read_checkpoint(path):
