@@ -225,3 +225,30 @@ def test_search_errors(sprite_dataset, checkpoint_copy, tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         inference.search(checkpoint_copy, tmp_path / "none", query="x", device="cpu")
     assert main(["search", "--checkpoint", str(checkpoint_copy), "--dataset", str(sprite_dataset)]) == 1
+
+
+def test_grid_captions_show_chinese(tmp_path):
+    from PIL import ImageChops, ImageDraw
+
+    from cn_clip_pokemon import grids
+
+    font, has_cjk = grids.caption_font(14)
+    if not has_cjk:
+        pytest.skip("no font with Chinese glyphs on this machine (Debian: apt-get install fonts-wqy-microhei)")
+
+    def drawn(text):
+        canvas = Image.new("L", (40, 20), 255)
+        ImageDraw.Draw(canvas).text((2, 2), text, font=font, fill=0)
+        return canvas
+
+    # a font without the glyphs draws the same empty box (or nothing) for both characters
+    assert ImageChops.difference(drawn("皮"), drawn("卡")).getbbox() is not None
+    assert drawn("皮").getextrema()[0] < 128
+
+    cells = [(Image.new("RGBA", (30, 20), (0, 0, 0, 0)), ["皮卡丘 97.3%", "~雷丘 1.2%"]) for _ in range(3)]
+    path = grids.save_grid(cells, tmp_path / "grid.png", columns=2, cell_size=64)
+    with Image.open(path) as sheet:
+        assert sheet.size == (2 * (64 + 12), 2 * (64 + 12 + 2 * 18))
+        # transparent pictures land on white, never black
+        assert sheet.getpixel((6 + 32, 6 + 32)) == (255, 255, 255)
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
