@@ -209,21 +209,16 @@ def candidate_names(names=None, names_file=None):
     """The names to classify among: given ones (simplified, deduplicated), or all of the Pokedex."""
     from cn_clip_pokemon.pokedex import Pokedex, to_simplified
 
+    if names is None and names_file is None:
+        return Pokedex.load().names()
     given = []
     for name in names or []:
         given.extend(part.strip() for part in name.replace("，", ",").split(",") if part.strip())
     if names_file:
         given.extend(read_names_file(names_file))
     if not given:
-        if names is not None and names_file is None and len(names) > 0:
-            raise UserError("--names got no name: give names separated by spaces or commas")
-        return Pokedex.load().names()
-    seen, unique = set(), []
-    for name in (to_simplified(name) for name in given):
-        if name not in seen:
-            seen.add(name)
-            unique.append(name)
-    return unique
+        raise UserError("no candidate names: --names and --names-file gave none")
+    return list(dict.fromkeys(to_simplified(name) for name in given))
 
 
 class Classifier:

@@ -133,6 +133,9 @@ def test_names_from_file_are_simplified_and_deduplicated(tmp_path):
     assert len(inference.candidate_names()) == 1025
     with pytest.raises(UserError, match="cannot read the names file"):
         inference.candidate_names(None, tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(UserError, match="no candidate names"):
+        inference.candidate_names(None, tmp_path / "empty.txt")
 
 
 def test_classify_command_text_json_and_grid(checkpoint_copy, tmp_path, capsys):
