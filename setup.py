@@ -31,9 +31,12 @@ setup(
         "lmdb",
         "pluggy>=1.0",
         "tqdm",
+        "matplotlib",  # the demo's training curve
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # dream-world SVG art (fetch-sprites --dream-world); needs the system's libcairo2
+        "svg": ["cairosvg>=2.7"],
+        "test": ["pytest>=7", "cairosvg>=2.7"],
     },
     entry_points={
         "console_scripts": ["cn-clip-pokemon = cn_clip_pokemon.cli:main"],
