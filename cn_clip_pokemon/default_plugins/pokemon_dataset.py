@@ -73,6 +73,9 @@ class PokemonDataset:
         from cn_clip_pokemon.sampler import UniqueGroupBatchSampler
 
         db_path = args.train_data if is_train else args.val_data
+        # read (and closed) before LMDBDataset opens the same files: LMDB wants one environment
+        # per file per process
+        groups = pair_groups(db_path)
         dataset = LMDBDataset(
             db_path,
             split="train" if is_train else "val",
@@ -82,7 +85,7 @@ class PokemonDataset:
         )
         distributed = dist.is_available() and dist.is_initialized()
         sampler = UniqueGroupBatchSampler(
-            pair_groups(db_path),
+            groups,
             batch_size=args.batch_size if is_train else args.valid_batch_size,
             num_replicas=dist.get_world_size() if distributed else 1,
             rank=dist.get_rank() if distributed else 0,
