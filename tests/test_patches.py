@@ -132,3 +132,16 @@ def test_installing_after_upstream_was_imported_is_refused():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert "cn_clip.training.params imported before" in result.stdout, result.stderr
+
+
+def test_all_patches_apply_at_once_as_users_run_it(tmp_path):
+    """`git apply patches/*.patch` in a Chinese-CLIP checkout (the README's instruction)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: `git apply` cannot be run")
+    shutil.copytree(installed_cn_clip(), tmp_path / "cn_clip", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    result = subprocess.run(["git", "apply", *map(str, PATCH_FILES)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for module_name, (_, source, _) in patching.patched_sources().items():
+        relative = module_name.replace(".", "/") + ".py"
+        assert source == (tmp_path / relative).read_text(encoding="utf-8"), relative
