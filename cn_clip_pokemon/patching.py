@@ -241,23 +241,17 @@ _finder = None
 def install():
     """Install the import hook (once); the patched cn_clip modules load on their first import.
 
-    Raises PatchError if a patch does not apply, and RuntimeError if a targeted module was already
-    imported unpatched (install before anything imports cn_clip.training).
+    Raises PatchError if a patch does not apply. A targeted module already imported unpatched (say
+    cn_clip.training.data, for its LMDBDataset) is dropped from sys.modules, so that the next import
+    gives the patched code; references taken earlier keep the unpatched module, which stays usable.
     """
     global _finder
     if _finder is not None:
         return _finder
     sources = patched_sources()
-    stale = [
-        name
-        for name in sources
-        if name in sys.modules and not hasattr(sys.modules[name], "__cn_clip_pokemon_patches__")
-    ]
-    if stale:
-        raise RuntimeError(
-            f"{', '.join(stale)} imported before cn_clip_pokemon.patching.install(): "
-            "install the patches before anything imports cn_clip.training"
-        )
+    for name in sources:
+        if name in sys.modules and not hasattr(sys.modules[name], "__cn_clip_pokemon_patches__"):
+            del sys.modules[name]
     _finder = PatchFinder(sources)
     sys.meta_path.insert(0, _finder)
     return _finder

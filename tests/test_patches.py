@@ -119,19 +119,24 @@ def test_import_hook_patches_upstream_in_memory_only():
     assert main_file.read_bytes() == before
 
 
-def test_installing_after_upstream_was_imported_is_refused():
+def test_modules_imported_before_the_hook_are_imported_again_patched():
     script = textwrap.dedent(
         """
-        import cn_clip.training.params
+        import inspect
+        import cn_clip.training.params as early
+        from cn_clip.training.data import LMDBDataset
         from cn_clip_pokemon import patching
-        try:
-            patching.install()
-        except RuntimeError as error:
-            print(error)
+        patching.install()
+        import cn_clip.training.params as params
+        import cn_clip.training.main as main
+        assert "argv" in inspect.signature(params.parse_args).parameters
+        assert "argv" not in inspect.signature(early.parse_args).parameters  # an old reference stays as it was
+        assert main.parse_args is params.parse_args and hasattr(main, "__cn_clip_pokemon_patches__")
+        print("ok")
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert "cn_clip.training.params imported before" in result.stdout, result.stderr
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_all_patches_apply_at_once_as_users_run_it(tmp_path):
