@@ -16,9 +16,6 @@ import sys
 
 from cn_clip_pokemon.errors import UserError
 
-LAUNCHER_FLAGS = ("--launcher", "--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--device")
-
-
 def launcher_parser():
     parser = argparse.ArgumentParser(
         prog="cn-clip-pokemon train",
@@ -57,15 +54,6 @@ def launcher_parser():
 
 def _has_flag(argv, flag):
     return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
-
-
-def _flag_value(argv, flag):
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def print_help(parser):

@@ -16,6 +16,9 @@ groups not yet in it. Different seeds per epoch give different batches and diffe
 Fewer distinct groups than a global batch: the batch shrinks to the number of groups (rounded down
 to a multiple of the number of processes, at least one per process); it never crashes. Only with
 fewer groups than processes do duplicates become unavoidable (logged).
+
+An epoch's batches cost O(batches x groups) to draw (about 0.1 s for 649 Pokemon and 50,000
+pairs): made for thousands of texts, not for MUGE's millions (use upstream's sampler there).
 """
 import logging
 import math
