@@ -23,7 +23,11 @@ def launcher_parser():
         allow_abbrev=False,  # never swallow an abbreviation of one of upstream's flags
         description=(
             "Fine-tune Chinese-CLIP with upstream's own training (cn_clip.training.main), on the CPU, "
-            "one GPU, or many through torchrun. Every upstream flag below keeps its meaning."
+            "one GPU, or many through torchrun. Every upstream flag below keeps its meaning. A dataset "
+            "made by `cn-clip-pokemon build-dataset` trains with --dataset pokemon (no batch holds a "
+            "Pokemon twice) unless --dataset none is given; on the CPU --num-workers defaults to a "
+            "quarter of the cores (at least 1). Running the same command again continues from "
+            "LOGS/NAME/checkpoints/epoch_latest.pt."
         ),
         epilog=(
             "Example (CPU, tiny model, a dataset made by `cn-clip-pokemon build-dataset`): "
