@@ -24,7 +24,7 @@ setup(
     },
     install_requires=[
         "cn_clip==1.6.0",
-        "torch>=1.12",
+        "torch>=1.13",  # torch.load(weights_only=True)
         "torchvision",
         "Pillow>=9.1",
         "opencc>=1.1.6",
