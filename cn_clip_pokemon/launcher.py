@@ -151,9 +151,14 @@ def run_upstream_main(argv):
     from cn_clip_pokemon import patching
 
     patching.install()
+    import torch
     import torch.distributed as dist
     from cn_clip.training import main as upstream_main
+    from cn_clip.training.params import parse_args
 
+    # upstream uses --seed for its sampler only: seed the model's initialisation too, so that a
+    # command run twice starts from the same weights
+    torch.manual_seed(parse_args(argv).seed)
     try:
         upstream_main.main(argv)
     finally:
