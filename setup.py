@@ -30,6 +30,7 @@ setup(
         "opencc>=1.1.6",
         "lmdb",
         "pluggy>=1.0",
+        "unidiff>=0.7",  # parses patches/ for the in-memory patch hook
         "tqdm",
         "matplotlib",  # the demo's training curve
     ],
