@@ -14,47 +14,4 @@
 # DATAPATH come last and win, e.g. `--nproc-per-node 8 --batch-size 128` for upstream's setting.
 set -euo pipefail
 
-DATAPATH=${1:?usage: bash $0 DATAPATH [more cn-clip-pokemon train flags]}
-shift
-dataset=${DATAPATH}/datasets/MUGE
-weights=${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt
-name=muge_finetune_vit-b-16_roberta-base_bs64_1gpu
-latest=${DATAPATH}/experiments/${name}/checkpoints/epoch_latest.pt
-
-if [ ! -d "${dataset}/lmdb/train" ]; then
-    echo "error: ${dataset}/lmdb/train not found; get MUGE as Chinese-CLIP's README says, then run upstream's cn_clip/preprocess/build_lmdb_dataset.py --data_dir ${dataset} --splits train,valid" >&2
-    exit 1
-fi
-if [ -f "${latest}" ]; then
-    start=(--resume "${latest}")  # continue this run: epoch, step and optimizer
-elif [ -f "${weights}" ]; then
-    start=(--resume "${weights}" --reset-data-offset --reset-optimizer)  # start from the pretrained weights
-else
-    echo "error: ${weights} not found; download clip_cn_vit-b-16.pt (ViT-B-16) from Chinese-CLIP's model list into ${DATAPATH}/pretrained_weights/" >&2
-    exit 1
-fi
-
-cn-clip-pokemon train \
-    --train-data "${dataset}/lmdb/train" \
-    --val-data "${dataset}/lmdb/valid" \
-    "${start[@]}" \
-    --logs "${DATAPATH}/experiments" \
-    --name "${name}" \
-    --save-step-frequency 999999 \
-    --save-epoch-frequency 1 \
-    --log-interval 1 \
-    --report-training-batch-acc \
-    --context-length 52 \
-    --warmup 100 \
-    --batch-size 64 \
-    --valid-batch-size 64 \
-    --valid-step-interval 150 \
-    --valid-epoch-interval 1 \
-    --accum-freq 1 \
-    --lr 5e-5 \
-    --wd 0.001 \
-    --max-epochs 3 \
-    --vision-model ViT-B-16 \
-    --text-model RoBERTa-wwm-ext-base-chinese \
-    --use-augment \
-    "$@"
+exec bash "$(dirname "$0")/finetune_vit-b-16_rbt-base.sh" MUGE "$@"

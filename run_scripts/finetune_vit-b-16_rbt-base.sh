@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Upstream's MUGE / Flickr30k-CN fine-tuning (ViT-B-16 + RoBERTa-wwm-ext-base), made single-GPU:
+# no torch.distributed.launch, no MASTER_ADDR/RANK to set by hand. Called by
+# muge_finetune_vit-b-16_rbt-base.sh and flickr30k_finetune_vit-b-16_rbt-base.sh (the two upstream
+# scripts had the same flags), or directly:
+#
+#   bash run_scripts/finetune_vit-b-16_rbt-base.sh MUGE|Flickr30k-CN ${DATAPATH} [more `cn-clip-pokemon train` flags]
+#
+# Needs (upstream's DATAPATH layout and data, see Chinese-CLIP's README):
+#   ${DATAPATH}/datasets/${DATASET}/lmdb/{train,valid}
+#   ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt
+# Writes ${DATAPATH}/experiments/{muge,flickr30k}_finetune_vit-b-16_roberta-base_bs64_1gpu/. Run it
+# again after an interruption: it continues from that run's epoch_latest.pt.
+#
+# What to edit: upstream used 8 GPUs x 128; one 24 GB GPU holds 64 with amp. Flags given after
+# DATAPATH come last and win, e.g. `--nproc-per-node 8 --batch-size 128` for upstream's setting.
+set -euo pipefail
+
+DATASET=${1:?usage: bash $0 MUGE|Flickr30k-CN DATAPATH [more cn-clip-pokemon train flags]}
+DATAPATH=${2:?usage: bash $0 ${DATASET} DATAPATH [more cn-clip-pokemon train flags]}
+shift 2
+dataset=${DATAPATH}/datasets/${DATASET}
+weights=${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt
+name=$(echo "${DATASET%%-*}" | tr "[:upper:]" "[:lower:]")_finetune_vit-b-16_roberta-base_bs64_1gpu
+latest=${DATAPATH}/experiments/${name}/checkpoints/epoch_latest.pt
+
+if [ ! -d "${dataset}/lmdb/train" ]; then
+    echo "error: ${dataset}/lmdb/train not found; get ${DATASET} as Chinese-CLIP's README says, then run upstream's cn_clip/preprocess/build_lmdb_dataset.py --data_dir ${dataset} --splits train,valid" >&2
+    exit 1
+fi
+if [ -f "${latest}" ]; then
+    start=(--resume "${latest}")  # continue this run: epoch, step and optimizer
+elif [ -f "${weights}" ]; then
+    start=(--resume "${weights}" --reset-data-offset --reset-optimizer)  # start from the pretrained weights
+else
+    echo "error: ${weights} not found; download clip_cn_vit-b-16.pt (ViT-B-16) from Chinese-CLIP's model list into ${DATAPATH}/pretrained_weights/" >&2
+    exit 1
+fi
+
+cn-clip-pokemon train \
+    --train-data "${dataset}/lmdb/train" \
+    --val-data "${dataset}/lmdb/valid" \
+    "${start[@]}" \
+    --logs "${DATAPATH}/experiments" \
+    --name "${name}" \
+    --save-step-frequency 999999 \
+    --save-epoch-frequency 1 \
+    --log-interval 1 \
+    --report-training-batch-acc \
+    --context-length 52 \
+    --warmup 100 \
+    --batch-size 64 \
+    --valid-batch-size 64 \
+    --valid-step-interval 150 \
+    --valid-epoch-interval 1 \
+    --accum-freq 1 \
+    --lr 5e-5 \
+    --wd 0.001 \
+    --max-epochs 3 \
+    --vision-model ViT-B-16 \
+    --text-model RoBERTa-wwm-ext-base-chinese \
+    --use-augment \
+    "$@"
