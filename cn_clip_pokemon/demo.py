@@ -25,14 +25,18 @@ from cn_clip_pokemon.errors import UserError
 SEED_CANDIDATES = ["杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"]
 PIKACHU = 25
 
-# The tiny recipe, tuned to train in about ten minutes on two CPU cores from random initialisation
-# (run_scripts/pokemon_finetune_tiny_cpu.sh uses the same flags; a test keeps them equal).
+# The tiny recipe, tuned to train in about ten minutes on two CPU cores from random initialisation.
+# run_scripts/pokemon_finetune_tiny_cpu.sh passes the same flags (a test keeps them equal), and the
+# demo's work folder is a ${DATAPATH}, so that script continues the demo's run.
 TINY = {
-    "vision_model": "ViT-T-8-64",
-    "text_model": "RBT-Tiny-chinese",
+    "name": "pokemon_tiny_cpu",
     "image_size": 64,
     "frames": 4,
     "train_flags": [
+        "--device", "cpu",
+        "--vision-model", "ViT-T-8-64",
+        "--text-model", "RBT-Tiny-chinese",
+        "--context-length", "12",
         "--batch-size", "128",
         "--valid-batch-size", "128",
         "--lr", "1e-3",
@@ -40,35 +44,34 @@ TINY = {
         "--warmup", "100",
         "--max-epochs", "10",
         "--precision", "amp",
-        "--context-length", "12",
-        "--num-workers", "1",
-        "--valid-num-workers", "1",
         "--log-interval", "10",
         "--report-training-batch-acc",
     ],
     "minutes": 10,
 }
 
-# Fine-tuning the real model instead (--config vit-b-16 --pretrained FILE): one 24 GB GPU.
+# Fine-tuning the real model instead (--config vit-b-16 --pretrained FILE): one 24 GB GPU, the flags
+# of run_scripts/pokemon_finetune_vit-b-16.sh.
 VIT_B_16 = {
-    "vision_model": "ViT-B-16",
-    "text_model": "RoBERTa-wwm-ext-base-chinese",
+    "name": "pokemon_finetune_vit-b-16",
     "image_size": 224,
     "frames": 4,
     "train_flags": [
-        "--batch-size", "128",
-        "--valid-batch-size", "128",
-        "--lr", "3e-6",
+        "--vision-model", "ViT-B-16",
+        "--text-model", "RoBERTa-wwm-ext-base-chinese",
+        "--context-length", "52",
+        "--batch-size", "64",
+        "--valid-batch-size", "64",
+        "--lr", "5e-5",
         "--wd", "0.001",
         "--warmup", "100",
-        "--max-epochs", "10",
+        "--max-epochs", "20",
         "--precision", "amp",
-        "--context-length", "52",
-        "--num-workers", "4",
-        "--valid-num-workers", "2",
+        "--use-augment",
+        "--save-epoch-frequency", "1",
+        "--valid-epoch-interval", "1",
         "--log-interval", "10",
         "--report-training-batch-acc",
-        "--grad-checkpointing",
     ],
     "minutes": None,
 }
@@ -134,7 +137,12 @@ def _epochs(recipe, args):
     return epochs
 
 
-def _train_argv(recipe, args, dataset, experiments, name, epochs):
+def _flag(recipe, flag):
+    flags = recipe["train_flags"]
+    return flags[flags.index(flag) + 1]
+
+
+def _train_argv(recipe, args, dataset, experiments, epochs, checkpoint):
     flags = list(recipe["train_flags"])
     flags[flags.index("--max-epochs") + 1] = str(epochs)
     argv = [
@@ -142,13 +150,12 @@ def _train_argv(recipe, args, dataset, experiments, name, epochs):
         "--train-data", dataset / "lmdb" / "train",
         "--val-data", dataset / "lmdb" / "valid",
         "--logs", experiments,
-        "--name", name,
-        "--vision-model", recipe["vision_model"],
-        "--text-model", recipe["text_model"],
+        "--name", recipe["name"],
         *flags,
     ]
-    if args.pretrained is not None:
-        argv += ["--clip-weight-path", args.pretrained]
+    if args.pretrained is not None and not checkpoint.exists():
+        # upstream's way to start from released weights (its run scripts do the same)
+        argv += ["--resume", args.pretrained, "--reset-data-offset", "--reset-optimizer"]
     return argv
 
 
@@ -183,9 +190,10 @@ def save_initial_model(recipe, path, pretrained=None, seed=123):
 
     from cn_clip_pokemon.checkpoint import load_model, model_config_for, save_model
 
-    config = model_config_for(recipe["vision_model"], recipe["text_model"])
+    vision_model, text_model = _flag(recipe, "--vision-model"), _flag(recipe, "--text-model")
+    config = model_config_for(vision_model, text_model)
     if pretrained is not None:
-        model, _ = load_model(str(pretrained), device="cpu", vision_model=recipe["vision_model"], text_model=recipe["text_model"])
+        model, _ = load_model(str(pretrained), device="cpu", vision_model=vision_model, text_model=text_model)
     else:
         from cn_clip.clip.model import CLIP
 
@@ -293,7 +301,7 @@ def demo_command(args):
     pictures = work / "pictures"
     dataset = work / "datasets" / "pokemon"
     experiments = work / "experiments"
-    name = f"pokemon-{args.config}"
+    name = recipe["name"]
     checkpoint = experiments / name / "checkpoints" / "epoch_latest.pt"
     frames = args.frames or recipe["frames"]
     seconds = {}
@@ -340,7 +348,7 @@ def demo_command(args):
     if checkpoint.exists() and _checkpoint_epoch(checkpoint) >= epochs:
         _reuse("train", f"{checkpoint} (epoch {_checkpoint_epoch(checkpoint)})")
     else:
-        _, seconds["train"] = run_stage("train", _train_argv(recipe, args, dataset, experiments, name, epochs))
+        _, seconds["train"] = run_stage("train", _train_argv(recipe, args, dataset, experiments, epochs, checkpoint))
 
     # 5. evaluation, predictions, curve
     worst = work / "worst_confusions.png"
@@ -371,7 +379,11 @@ def demo_command(args):
     seconds["total"] = time.time() - started
     report = {
         "config": args.config,
-        "model": {"vision": recipe["vision_model"], "text": recipe["text_model"], "pretrained": str(args.pretrained) if args.pretrained else None},
+        "model": {
+            "vision": _flag(recipe, "--vision-model"),
+            "text": _flag(recipe, "--text-model"),
+            "pretrained": str(args.pretrained) if args.pretrained else None,
+        },
         "epochs": epochs,
         "evaluation": {key: evaluation[key] for key in ("pictures", "names", "zero_shot", "text_to_image", "image_to_text")},
         "pikachu": {"picture": str(pikachu), "candidates": SEED_CANDIDATES, "before": before or {}, "after": after or {}},

@@ -62,9 +62,38 @@ def test_demo_learns_far_better_than_chance(demo_run):
 
 def test_rerunning_the_demo_reuses_what_is_built(demo_run, shared_datasets):
     workdir, _ = demo_run
-    checkpoint = workdir / "experiments" / "pokemon-tiny" / "checkpoints" / "epoch_latest.pt"
+    checkpoint = workdir / "experiments" / "pokemon_tiny_cpu" / "checkpoints" / "epoch_latest.pt"
     before = checkpoint.stat().st_mtime_ns
     again = run_demo(workdir, shared_datasets)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("(reusing") >= 3
     assert checkpoint.stat().st_mtime_ns == before, "training ran again instead of being reused"
+
+
+def _script_flags(script):
+    """The `cn-clip-pokemon train` flags a run script passes, less the paths it computes."""
+    text = (Path(__file__).resolve().parents[1] / "run_scripts" / script).read_text(encoding="utf-8")
+    block = text.split("cn-clip-pokemon train \\\n", 1)[1].split('"$@"')[0]
+    words = [w for line in block.splitlines() for w in line.strip().rstrip("\\").split()]
+    path_flags = {"--train-data", "--val-data", "--logs", "--name"}
+    flags, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in path_flags:
+            skip = True
+        elif not word.startswith('"$'):
+            flags.append(word)
+    return flags
+
+
+@pytest.mark.parametrize(
+    "config, script",
+    [("tiny", "pokemon_finetune_tiny_cpu.sh"), ("vit-b-16", "pokemon_finetune_vit-b-16.sh")],
+)
+def test_the_demo_trains_with_its_run_script_flags(config, script):
+    recipe = demo.CONFIGS[config]
+    assert _script_flags(script) == recipe["train_flags"]
+    text = (Path(__file__).resolve().parents[1] / "run_scripts" / script).read_text(encoding="utf-8")
+    # the same experiment folder, so the script continues what the demo trained
+    assert f"name={recipe['name']}" in text or f"--name {recipe['name']}" in text
