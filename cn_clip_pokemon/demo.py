@@ -142,9 +142,17 @@ def _flag(recipe, flag):
     return flags[flags.index(flag) + 1]
 
 
+def _cuda_available():
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _train_argv(recipe, args, dataset, experiments, epochs, checkpoint):
     flags = list(recipe["train_flags"])
     flags[flags.index("--max-epochs") + 1] = str(epochs)
+    if "--device" in flags and _cuda_available():
+        flags[flags.index("--device") + 1] = "auto"  # the tiny recipe is for CPUs, but use a GPU when there is one
     argv = [
         "train",
         "--train-data", dataset / "lmdb" / "train",
