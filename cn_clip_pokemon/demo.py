@@ -386,6 +386,10 @@ def demo_command(args):
         plot_training_curve(metrics, curve)
 
     seconds["total"] = time.time() - started
+    previous = work / "report.json"
+    if previous.exists():  # a rerun keeps the timings of the stages it reused
+        earlier = json.loads(previous.read_text(encoding="utf-8")).get("seconds", {})
+        seconds = {**{k: v for k, v in earlier.items() if k != "total"}, **seconds}
     report = {
         "config": args.config,
         "model": {
