@@ -233,8 +233,15 @@ def _test_sample(dataset, pictures, count=24):
     return [pictures / entry["source"] for entry in chosen[::step][:count]]
 
 
-def _probabilities(result):
-    """classify --json output for one picture -> {name: probability} over the seed's candidates."""
+def ask_about_pikachu(picture, checkpoint, when):
+    """The seed's example: `classify` Pikachu among its four names -> {name: probability}."""
+    if picture is None:
+        return None
+    result, _ = run_stage(
+        f"{when}: Pikachu among the seed's four names",
+        ["classify", picture, "--checkpoint", checkpoint, "--names", *SEED_CANDIDATES, "--top-k", len(SEED_CANDIDATES), "--json"],
+        capture_json=True,
+    )
     (item,) = result["results"]
     return {entry["name"]: round(float(entry["probability"]), 4) for entry in item["predictions"]}
 
@@ -343,14 +350,7 @@ def demo_command(args):
     initial = experiments / f"{name}-initial.pt"
     if not initial.exists():
         save_initial_model(recipe, initial, args.pretrained)
-    before = None
-    if pikachu is not None:
-        result, _ = run_stage(
-            "before training: Pikachu among the seed's four names",
-            ["classify", pikachu, "--checkpoint", initial, "--names", *SEED_CANDIDATES, "--top-k", len(SEED_CANDIDATES), "--json"],
-            capture_json=True,
-        )
-        before = _probabilities(result)
+    before = ask_about_pikachu(pikachu, initial, "before training")
 
     # 4. training
     epochs = _epochs(recipe, args)
@@ -372,14 +372,7 @@ def demo_command(args):
         ["classify", *_test_sample(dataset, pictures), "--checkpoint", checkpoint, "--names-file", names_file, "--top-k", 3, "--json", "--out", predictions],
         capture_json=True,
     )
-    after = None
-    if pikachu is not None:
-        result, _ = run_stage(
-            "after training: Pikachu among the seed's four names",
-            ["classify", pikachu, "--checkpoint", checkpoint, "--names", *SEED_CANDIDATES, "--top-k", len(SEED_CANDIDATES), "--json"],
-            capture_json=True,
-        )
-        after = _probabilities(result)
+    after = ask_about_pikachu(pikachu, checkpoint, "after training")
     curve = work / "training_curve.png"
     metrics = experiments / name / "metrics.jsonl"
     if metrics.exists():
