@@ -38,7 +38,7 @@ cn-clip-pokemon train \
     --wd 0.1 \
     --warmup 50 \
     --mask-ratio 0.5 \
-    --max-epochs 4 \
+    --max-epochs 3 \
     --precision amp \
     --log-interval 10 \
     --report-training-batch-acc \
