@@ -17,11 +17,13 @@ Splits (seeded, reproducible):
 - ``view``: each Pokemon's pictures are shuffled with a generator seeded by (seed, number) and dealt
   to test, valid, train; each Pokemon keeps at least one training picture. Test pictures are unseen
   pictures of seen Pokemon. A Pokemon's split does not change when other Pokemon are added.
-- ``pokemon``: whole Pokemon are dealt to the splits (test Pokemon are never seen in training).
-- ``auto``: ``view`` when most Pokemon have two or more pictures, else ``pokemon``.
+- ``pokemon``: whole Pokemon (those found in the input) are dealt to the splits (test Pokemon are
+  never seen in training).
+- ``auto``: ``view`` when most Pokemon found have two or more pictures, else ``pokemon``.
 Split sizes are ``fraction * count`` rounded at random (seeded), so they are right on average.
-Identical pictures (same pixels after resizing) are kept once, the first in path order, and the
-others are reported as duplicates, so no picture can appear in two splits.
+Identical pictures (same pixels after resizing) are kept once, the first in (number, path) order,
+and the others are reported as duplicates, so no picture can appear in two splits. Image ids follow
+the same order.
 
 The build runs in a temporary folder beside the output and is renamed into place at the end: a
 failed or interrupted build leaves any previous dataset as it was.
@@ -49,6 +51,8 @@ SPLIT_BY = ("auto", "view", "pokemon")
 INFO_FILE = "dataset_info.json"
 INFO_FORMAT = 1
 DEFAULT_IMAGE_SIZE = 224
+INITIAL_MAP_SIZE = 32 << 20
+GROUP_MEMORY = 64 << 20  # one Pokemon's encoded pictures held in memory before spilling to disk
 
 
 class Picture(NamedTuple):
@@ -70,36 +74,42 @@ def scan_pictures(images_dir, pokedex):
     if not images_dir.is_dir():
         raise UserError(f"{images_dir} is not a folder; give --images the folder of pictures")
     pictures, skipped = [], []
-    for entry in sorted(images_dir.iterdir(), key=lambda path: path.name):
+    # Plain strings and os.scandir: a sprite set is ten thousand files, and pathlib costs ~0.1 ms each.
+    with os.scandir(images_dir) as scan:
+        entries = sorted(scan, key=lambda entry: entry.name)
+    for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
             try:
                 number, name, _ = pokedex.parse_picture_name(entry.name, is_folder=True)
             except ValueError as error:
-                files = [path for path in _files_under(entry)]
+                files = _files_under(entry.path)
                 skipped.append({"file": entry.name + "/", "reason": f"folder name: {error} ({len(files)} file(s) not used)"})
                 continue
-            for path in _files_under(entry):
-                view = path.relative_to(entry).with_suffix("").as_posix()
-                pictures.append(Picture(str(path), path.relative_to(images_dir).as_posix(), number, name, view))
+            for inside in _files_under(entry.path):
+                view = os.path.splitext(inside)[0]
+                pictures.append(Picture(os.path.join(entry.path, inside), f"{entry.name}/{inside}", number, name, view))
         elif entry.is_file():
             try:
                 number, name, view = pokedex.parse_picture_name(entry.name)
             except ValueError as error:
                 skipped.append({"file": entry.name, "reason": str(error)})
                 continue
-            pictures.append(Picture(str(entry), entry.name, number, name, view))
+            pictures.append(Picture(entry.path, entry.name, number, name, view))
         else:
             skipped.append({"file": entry.name, "reason": "not a regular file or folder"})
     return pictures, skipped
 
 
 def _files_under(folder):
+    """The files under ``folder`` (hidden ones left out), sorted, relative to it with "/" separators."""
     found = []
     for directory, subdirs, files in os.walk(folder):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found.extend(Path(directory) / name for name in sorted(files) if not name.startswith("."))
+        prefix = os.path.relpath(directory, folder)
+        prefix = "" if prefix == "." else prefix.replace(os.sep, "/") + "/"
+        found.extend(prefix + name for name in sorted(files) if not name.startswith("."))
     return found
 
 
@@ -107,15 +117,19 @@ def _files_under(folder):
 
 
 def process_picture(task):
-    """Worker: open, composite on white, fit to a square, encode. ``(index, base64, digest, error)``."""
+    """Worker: open, composite on white, fit to a square, encode. ``(index, base64, digest, error)``.
+
+    The base64 text comes back as ASCII bytes: the parent only copies it into files and LMDB, and
+    bytes go there without another encoding pass per write.
+    """
     from cn_clip_pokemon.images import PictureError, encode_picture, fit_square, open_picture
 
     index, path, image_size = task
     try:
-        encoded = encode_picture(fit_square(open_picture(path), image_size))
+        encoded = encode_picture(fit_square(open_picture(path), image_size)).encode("ascii")
         # Same pixels give the same PNG (same encoder, same settings) and different pixels a
         # different one, so the encoded text identifies the picture; it is 5x smaller to hash.
-        digest = hashlib.sha1(encoded.encode("ascii")).digest()
+        digest = hashlib.sha1(encoded).digest()
         return index, encoded, digest, None
     except PictureError as error:
         reason = str(error)
@@ -199,49 +213,59 @@ def choose_split_by(pictures):
     return "view" if statistics.median(per_pokemon.values()) >= 2 else "pokemon"
 
 
+def _dealt(position, n_valid, n_test):
+    return "test" if position < n_test else "valid" if position < n_test + n_valid else "train"
+
+
+def view_splits(pictures, valid_fraction, test_fraction, seed):
+    """Splits for the pictures of one Pokemon (same order), dealt by view; see the module docstring."""
+    rng = random.Random(f"{seed}:{pictures[0].number}")
+    order = sorted(range(len(pictures)), key=lambda i: pictures[i].relative)
+    rng.shuffle(order)
+    n_valid, n_test = _deal_counts(len(order), valid_fraction, test_fraction, rng)
+    splits = [None] * len(pictures)
+    for position, index in enumerate(order):
+        splits[index] = _dealt(position, n_valid, n_test)
+    return splits
+
+
+def pokemon_splits(numbers, valid_fraction, test_fraction, seed):
+    """``{number: split}``: whole Pokemon dealt to the splits."""
+    rng = random.Random(seed)
+    numbers = sorted(set(numbers))
+    rng.shuffle(numbers)
+    n_valid, n_test = _deal_counts(len(numbers), valid_fraction, test_fraction, rng)
+    return {number: _dealt(position, n_valid, n_test) for position, number in enumerate(numbers)}
+
+
 def assign_splits(pictures, split_by, valid_fraction, test_fraction, seed):
     """A split name for each picture (same order as ``pictures``); see the module docstring."""
+    if split_by != "view":
+        split_of = pokemon_splits([picture.number for picture in pictures], valid_fraction, test_fraction, seed)
+        return [split_of[picture.number] for picture in pictures]
     by_number = {}
     for index, picture in enumerate(pictures):
         by_number.setdefault(picture.number, []).append(index)
     splits = ["train"] * len(pictures)
-    if split_by == "view":
-        for number, indices in sorted(by_number.items()):
-            rng = random.Random(f"{seed}:{number}")
-            order = sorted(indices, key=lambda i: pictures[i].relative)
-            rng.shuffle(order)
-            n_valid, n_test = _deal_counts(len(order), valid_fraction, test_fraction, rng)
-            for position, index in enumerate(order):
-                splits[index] = "test" if position < n_test else "valid" if position < n_test + n_valid else "train"
-    else:
-        rng = random.Random(seed)
-        numbers = sorted(by_number)
-        rng.shuffle(numbers)
-        n_valid, n_test = _deal_counts(len(numbers), valid_fraction, test_fraction, rng)
-        for position, number in enumerate(numbers):
-            split = "test" if position < n_test else "valid" if position < n_test + n_valid else "train"
-            for index in by_number[number]:
-                splits[index] = split
+    for indices in by_number.values():
+        for index, split in zip(indices, view_splits([pictures[i] for i in indices], valid_fraction, test_fraction, seed)):
+            splits[index] = split
     return splits
 
 
 # ---------------------------------------------------------------- LMDB
 
 
-def _lmdb_map_size(value_sizes, key_size=16, small_values=False):
-    """Room for these values: LMDB stores a value over ~2 KB in whole 4 KiB overflow pages,
-    small ones inline in leaf pages (counted here as if those were only half full)."""
-    page = 4096
-    if small_values:
-        return max(1 << 20, 2 * sum(size + key_size + 16 for size in value_sizes) + (4 << 20))
-    pages = sum((size + key_size + 64) // page + 1 for size in value_sizes)
-    return max(1 << 20, int(pages * page * 1.25) + (4 << 20))
+def _lmdb_map_size(value_sizes, key_size=16):
+    """Room for these small values: LMDB stores them inline in leaf pages (counted here as if
+    those were only half full)."""
+    return max(1 << 20, 2 * sum(size + key_size + 16 for size in value_sizes) + (4 << 20))
 
 
 class _LmdbWriter:
     """Puts in batches; grows the map and retries if our size estimate ever falls short."""
 
-    def __init__(self, path, map_size, batch_bytes=4 << 20, reopen_bytes=64 << 20):
+    def __init__(self, path, map_size, batch_bytes=4 << 20, reopen_bytes=16 << 20):
         import lmdb
 
         self._lmdb = lmdb
@@ -288,6 +312,72 @@ class _LmdbWriter:
         self.flush()
         self.env.sync(True)
         self.env.close()
+
+
+class _ImageWriter:
+    """Writes kept pictures to ``{split}_imgs.tsv`` and ``lmdb/{split}/imgs`` as they come.
+
+    Pictures arrive grouped by Pokemon; a group is held (in memory up to ``GROUP_MEMORY``, then in a
+    temporary file) until its last picture is in, then ``deal(group)`` gives each picture's split.
+    Image ids run 0..N-1 over all splits. Each picture's dataset_info entry goes to a side file.
+    """
+
+    def __init__(self, folder, deal):
+        self.deal = deal
+        self.writers, self.tsv_files = {}, {}
+        for split in SPLITS:
+            (folder / "lmdb" / split).mkdir(parents=True)
+            # The map starts small and doubles when full, so it ends within 2x of the data.
+            self.writers[split] = _LmdbWriter(folder / "lmdb" / split / "imgs", INITIAL_MAP_SIZE)
+            self.tsv_files[split] = open(folder / f"{split}_imgs.tsv", "wb")
+        self.fragment_path = folder / "images.json.part"
+        self.fragment = open(self.fragment_path, "w", encoding="utf-8")
+        self.folder = folder
+        self.split_images = {split: {} for split in SPLITS}  # split -> number -> [image ids]
+        self.names = {}  # number -> name, of the Pokemon with a kept picture
+        self.count = 0
+        self.group, self.spool = [], None
+
+    def add(self, picture, encoded):
+        if self.group and picture.number != self.group[0].number:
+            self._write_group()
+        if self.spool is None:
+            self.spool = tempfile.SpooledTemporaryFile(max_size=GROUP_MEMORY, dir=self.folder)
+        self.group.append(picture)
+        self.spool.write(encoded + b"\n")
+
+    def _write_group(self):
+        splits = self.deal(self.group)
+        self.spool.seek(0)
+        for picture, split, line in zip(self.group, splits, self.spool):
+            key = str(self.count).encode("ascii")
+            self.tsv_files[split].write(key + b"\t" + line)
+            self.writers[split].put(key, line[:-1])
+            self.split_images[split].setdefault(picture.number, []).append(self.count)
+            self.names[picture.number] = picture.name
+            entry = {"split": split, "number": picture.number, "name": picture.name,
+                     "source": picture.relative, "view": picture.view}
+            self.fragment.write(("" if self.count == 0 else ",\n") + f'  "{self.count}": '
+                                + json.dumps(entry, ensure_ascii=False))
+            self.count += 1
+        self.spool.close()
+        self.group, self.spool = [], None
+
+    def finish(self):
+        """Write the last Pokemon's pictures and each split's image count."""
+        if self.group:
+            self._write_group()
+        for split in SPLITS:
+            count = sum(len(ids) for ids in self.split_images[split].values())
+            self.writers[split].put(b"num_images", str(count).encode("utf-8"))
+
+    def close(self):
+        for split in SPLITS:
+            self.writers[split].close()
+            self.tsv_files[split].close()
+        self.fragment.close()
+        if self.spool is not None:
+            self.spool.close()
 
 
 # ---------------------------------------------------------------- the build
@@ -391,73 +481,55 @@ def build_dataset(
         groups = "; ".join(" = ".join(group) for group in report["identical"])
         raise UserError(f"these names tokenize identically, so the model cannot tell them apart: {groups}")
 
+    # A Pokemon's pictures go through the workers one after another, so its view split can be dealt
+    # as soon as its last picture is in, and each picture written to its split's TSV and LMDB in the
+    # same pass, with no second pass over the whole set. Splits depend only on file names (and, by view, on which
+    # of a Pokemon's pictures made it through), never on other Pokemon.
+    pictures.sort(key=lambda picture: (picture.number, picture.relative))
+    if split_by == "auto":
+        split_by = choose_split_by(pictures)
+    if split_by == "view":
+        def deal(group):
+            return view_splits(group, valid_fraction, test_fraction, seed)
+    else:
+        split_of = pokemon_splits([picture.number for picture in pictures], valid_fraction, test_fraction, seed)
+
+        def deal(group):
+            return [split_of[group[0].number]] * len(group)
+
     out_dir = _prepare_output(out_dir)
     temp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        # Pass 1: every picture through the workers into one spool file, in path order, dropping
-        # failures and duplicates. Splits are dealt afterwards, over the pictures that made it.
-        spool_path = temp / "spool.tsv"
-        kept, sizes, first_seen = [], [], {}
-        tasks = ((index, picture.source, image_size) for index, picture in enumerate(pictures))
-        bar = tqdm(total=len(pictures), unit="picture", desc="build-dataset", disable=not progress)
-        with open(spool_path, "w", encoding="ascii") as spool, bar:
-            for index, encoded, digest, error in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
-                bar.update(1)
-                picture = pictures[index]
-                if error is None and digest in first_seen:
-                    error = f"same picture as {pictures[first_seen[digest]].relative} (duplicate)"
-                if error is not None:
-                    if strict:
-                        raise UserError(f"{picture.source}: {error} (--strict)")
-                    skipped.append({"file": picture.relative, "reason": error})
-                    continue
-                first_seen[digest] = index
-                spool.write(encoded)
-                spool.write("\n")
-                kept.append(picture)
-                sizes.append(len(encoded))
-        del first_seen
-        if not kept:
+        images = _ImageWriter(temp, deal)
+        try:
+            first_seen = {}
+            tasks = ((index, picture.source, image_size) for index, picture in enumerate(pictures))
+            bar = tqdm(total=len(pictures), unit="picture", desc="build-dataset", disable=not progress)
+            with bar:
+                for index, encoded, digest, error in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
+                    bar.update(1)
+                    picture = pictures[index]
+                    if error is None and digest in first_seen:
+                        error = f"same picture as {pictures[first_seen[digest]].relative} (duplicate)"
+                    if error is not None:
+                        if strict:
+                            raise UserError(f"{picture.source}: {error} (--strict)")
+                        skipped.append({"file": picture.relative, "reason": error})
+                        continue
+                    first_seen[digest] = index
+                    images.add(picture, encoded)
+            del first_seen
+            images.finish()
+        finally:
+            images.close()
+        if not images.count:
             raise UserError(
                 f"none of the {len(pictures)} pictures in {images_dir} could be used; first problem: "
                 f"{skipped[0]['file']}: {skipped[0]['reason']}"
             )
-
-        names = sorted({(picture.number, picture.name) for picture in kept})
-        if split_by == "auto":
-            split_by = choose_split_by(kept)
-        splits = assign_splits(kept, split_by, valid_fraction, test_fraction, seed)
-
-        # Pass 2: deal the spool into the split TSVs and LMDBs; image ids run 0..N-1 over all splits.
-        # Each picture's dataset_info entry goes to a side file, not memory (see _write_info).
-        split_images = {split: {} for split in SPLITS}  # split -> number -> [image ids]
-        writers, tsv_files = {}, {}
-        images_fragment = temp / "images.json.part"
-        for split in SPLITS:
-            (temp / "lmdb" / split).mkdir(parents=True)
-            map_size = _lmdb_map_size(size for size, s in zip(sizes, splits) if s == split)
-            writers[split] = _LmdbWriter(temp / "lmdb" / split / "imgs", map_size)
-            tsv_files[split] = open(temp / f"{split}_imgs.tsv", "w", encoding="ascii")
-        try:
-            with open(spool_path, encoding="ascii") as spool, open(images_fragment, "w", encoding="utf-8") as fragment:
-                for image_id, (picture, split, line) in enumerate(zip(kept, splits, spool)):
-                    encoded = line.rstrip("\n")
-                    tsv_files[split].write(f"{image_id}\t{encoded}\n")
-                    writers[split].put(str(image_id).encode("utf-8"), encoded.encode("ascii"))
-                    split_images[split].setdefault(picture.number, []).append(image_id)
-                    entry = {"split": split, "number": picture.number, "name": picture.name,
-                             "source": picture.relative, "view": picture.view}
-                    fragment.write(("" if image_id == 0 else ",\n") + f'  "{image_id}": '
-                                   + json.dumps(entry, ensure_ascii=False))
-            for split in SPLITS:
-                count = sum(len(ids) for ids in split_images[split].values())
-                writers[split].put(b"num_images", str(count).encode("utf-8"))
-        finally:
-            for split in SPLITS:
-                writers[split].close()
-                tsv_files[split].close()
-        spool_path.unlink()
-        del sizes, splits
+        split_images = images.split_images
+        images_fragment = images.fragment_path
+        names = sorted(images.names.items())
 
         # Texts: one text per (name, template); text ids are shared by all splits.
         numbers_in_order = [number for number, _ in names]
@@ -473,7 +545,7 @@ def build_dataset(
             pair_count = images_in_split * len(templates)
             # Pairs in the order upstream's build_lmdb_dataset.py writes them from the JSONL.
             writer = _LmdbWriter(
-                temp / "lmdb" / split / "pairs", _lmdb_map_size([64 + longest_text] * pair_count, small_values=True)
+                temp / "lmdb" / split / "pairs", _lmdb_map_size([64 + longest_text] * pair_count)
             )
             position = 0
             with open(temp / f"{split}_texts.jsonl", "w", encoding="utf-8") as jsonl:

@@ -191,7 +191,7 @@ def test_a_failure_midway_leaves_the_previous_dataset(sprite_dataset, sprite_pic
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(builder, "_lmdb_map_size", fail)  # after every picture is encoded
+    monkeypatch.setattr(builder, "_write_info", fail)  # after every picture is written
     with pytest.raises(OSError, match="disk full"):
         build_dataset(sprite_pictures, out, image_size=32, workers=1, progress=False)
     assert (out / "dataset_info.json").read_bytes() == before
@@ -282,3 +282,20 @@ def test_one_process_and_two_write_the_same_dataset(sprite_pictures, tmp_path, c
     assert "built" in capsys.readouterr().out
     for name in [f"{split}_{kind}" for split in SPLITS for kind in ("imgs.tsv", "texts.jsonl")] + ["dataset_info.json"]:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_a_full_lmdb_map_grows_and_a_large_pokemon_spills_to_disk(sprite_pictures, tmp_path, monkeypatch):
+    import cn_clip_pokemon.builder as builder
+
+    build_dataset(sprite_pictures, tmp_path / "roomy", image_size=48, workers=1, progress=False)
+    # A map far too small for one split, and each Pokemon's pictures spilled to a file after 1 KiB.
+    monkeypatch.setattr(builder, "INITIAL_MAP_SIZE", 64 << 10)
+    monkeypatch.setattr(builder, "GROUP_MEMORY", 1 << 10)
+    build_dataset(sprite_pictures, tmp_path / "tight", image_size=48, workers=1, progress=False)
+    for split in SPLITS:
+        assert read_lmdb(tmp_path / "tight" / "lmdb" / split / "imgs") == read_lmdb(tmp_path / "roomy" / "lmdb" / split / "imgs")
+        name = f"{split}_imgs.tsv"
+        assert (tmp_path / "tight" / name).read_bytes() == (tmp_path / "roomy" / name).read_bytes()
+    tight = lmdb.open(str(tmp_path / "tight" / "lmdb" / "train" / "imgs"), readonly=True, lock=False)
+    assert tight.info()["map_size"] > 64 << 10
+    tight.close()
