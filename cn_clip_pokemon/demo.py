@@ -213,20 +213,25 @@ def save_initial_model(recipe, path, pretrained=None, seed=123):
 
 
 def _pick_pikachu(dataset, pictures):
-    """Pikachu's first test picture (unseen in training), else any picture of Pikachu."""
+    """Pikachu's first test picture (unseen in training), else any picture of Pikachu; front views
+    (the sprite people know) first."""
     info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
     ours = [entry for entry in info["images"].values() if entry["number"] == PIKACHU]
     if not ours:
         return None
-    ours.sort(key=lambda entry: (entry["split"] != "test", entry["source"]))
+    ours.sort(key=lambda entry: (entry["split"] != "test", not _is_front(entry), entry["source"]))
     return pictures / ours[0]["source"]
 
 
+def _is_front(entry):
+    return entry["view"].rsplit("/", 1)[-1].startswith("front")
+
+
 def _test_sample(dataset, pictures, count=24):
-    """A spread of test pictures, one per Pokemon, for the predictions grid."""
+    """A spread of test pictures, one per Pokemon (a front view where there is one), for the grid."""
     info = json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))
     first_per_pokemon = {}
-    for entry in sorted(info["images"].values(), key=lambda e: (e["number"], e["source"])):
+    for entry in sorted(info["images"].values(), key=lambda e: (e["number"], not _is_front(e), e["source"])):
         if entry["split"] == "test":
             first_per_pokemon.setdefault(entry["number"], entry)
     chosen = list(first_per_pokemon.values())
