@@ -258,6 +258,7 @@ def plot_training_curve(metrics_file, out):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = [json.loads(line) for line in Path(metrics_file).read_text(encoding="utf-8").splitlines() if line.strip()]
     curves = {}
@@ -279,8 +280,9 @@ def plot_training_curve(metrics_file, out):
                 acc_ax.plot(epochs, [100 * (v or 0) for v in values], style, marker="o", label=f"{split} {key[:3]}")
     loss_ax.set(title="contrastive loss", xlabel="epoch", ylabel="loss")
     acc_ax.set(title="in-batch accuracy", xlabel="epoch", ylabel="%", ylim=(0, 100))
-    loss_ax.legend()
-    acc_ax.legend()
+    for axis in (loss_ax, acc_ax):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        axis.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
