@@ -299,3 +299,24 @@ def test_a_full_lmdb_map_grows_and_a_large_pokemon_spills_to_disk(sprite_picture
     tight = lmdb.open(str(tmp_path / "tight" / "lmdb" / "train" / "imgs"), readonly=True, lock=False)
     assert tight.info()["map_size"] > 64 << 10
     tight.close()
+
+
+def test_a_pokemon_in_folders_and_flat_files_is_dealt_as_one(sprite_pictures, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sprite_pictures / "0025皮卡丘", mixed / "0025皮卡丘")
+    shutil.copytree(sprite_pictures / "0004小火龙", mixed / "0004小火龙")
+    # Flat files of the same Pokemon that sort far from their folder by path.
+    shutil.copy(sprite_pictures / "0001妙蛙种子" / "front_00.png", mixed / "皮卡丘_flat.png")
+    shutil.copy(sprite_pictures / "0007杰尼龟" / "front_00.png", mixed / "小火龙.png")
+    build_dataset(mixed, tmp_path / "out", image_size=16, valid_fraction=0.2, test_fraction=0.2, progress=False)
+    info = json.loads((tmp_path / "out" / "dataset_info.json").read_text(encoding="utf-8"))
+    images = sorted(info["images"].items(), key=lambda item: int(item[0]))
+    # Image ids run Pokemon by Pokemon, each Pokemon's pictures in path order.
+    order = [(entry["number"], entry["source"]) for _, entry in images]
+    assert order == sorted(order) and {number for number, _ in order} == {4, 25}
+    # Each Pokemon's splits are dealt over all its pictures, wherever they were in the folder.
+    for number in (4, 25):
+        ours = [entry for _, entry in images if entry["number"] == number]
+        pictures = [Picture("", entry["source"], number, entry["name"], entry["view"]) for entry in ours]
+        assert [entry["split"] for entry in ours] == assign_splits(pictures, "view", 0.2, 0.2, seed=0)
+        assert {"train", "test"} <= {entry["split"] for entry in ours}
