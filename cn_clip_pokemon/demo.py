@@ -150,7 +150,7 @@ def _cuda_available():
     return torch.cuda.is_available()
 
 
-def _train_argv(recipe, args, dataset, experiments, epochs, checkpoint):
+def _train_argv(recipe, args, dataset, experiments, epochs):
     flags = list(recipe["train_flags"])
     flags[flags.index("--max-epochs") + 1] = str(epochs)
     if "--device" in flags and _cuda_available():
@@ -163,9 +163,8 @@ def _train_argv(recipe, args, dataset, experiments, epochs, checkpoint):
         "--name", recipe["name"],
         *flags,
     ]
-    if args.pretrained is not None and not checkpoint.exists():
-        # upstream's way to start from released weights (its run scripts do the same)
-        argv += ["--resume", args.pretrained, "--reset-data-offset", "--reset-optimizer"]
+    if args.pretrained is not None:
+        argv += ["--pretrained", args.pretrained]
     return argv
 
 
@@ -365,7 +364,7 @@ def demo_command(args):
     if checkpoint.exists() and _checkpoint_epoch(checkpoint) >= epochs:
         _reuse("train", f"{checkpoint} (epoch {_checkpoint_epoch(checkpoint)})")
     else:
-        _, seconds["train"] = run_stage("train", _train_argv(recipe, args, dataset, experiments, epochs, checkpoint))
+        _, seconds["train"] = run_stage("train", _train_argv(recipe, args, dataset, experiments, epochs))
 
     # 5. evaluation, predictions, curve
     worst = work / "worst_confusions.png"

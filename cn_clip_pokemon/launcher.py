@@ -2,7 +2,8 @@
 
 Every flag of upstream's training keeps its meaning and is passed through untouched; this module
 adds only the process layout (``--nproc-per-node``, ``--nnodes``, ``--node-rank``,
-``--master-addr``, ``--master-port``, ``--device``, ``--launcher``). One process runs upstream's
+``--master-addr``, ``--master-port``, ``--device``, ``--launcher``) and ``--pretrained``, upstream's
+way to start from released weights in one flag. One process runs upstream's
 main in this process with patches/ applied in memory; more than one hands the same command to
 torchrun (``python -m torch.distributed.run ... -m cn_clip_pokemon train ...``), whose workers
 then each run one process of the same kind.
@@ -53,7 +54,24 @@ def launcher_parser():
         default="auto",
         help="auto (CUDA when there is a GPU, else the CPU), cpu, cuda, or another torch device type",
     )
+    group.add_argument(
+        "--pretrained",
+        metavar="FILE",
+        default=None,
+        help="start from released weights such as clip_cn_vit-b-16.pt (upstream's --resume FILE "
+        "--reset-data-offset --reset-optimizer), unless this run (--logs/--name) already has "
+        "checkpoints/epoch_latest.pt: then it continues from that",
+    )
     return parser
+
+
+def pretrained_argv(pretrained, args):
+    """Upstream's flags that start this run from ``pretrained``: none when the run has its own
+    epoch_latest.pt, which upstream's main then resumes by itself."""
+    own = os.path.join(args.logs, args.name, "checkpoints", "epoch_latest.pt")
+    if os.path.isfile(own):
+        return []
+    return ["--resume", pretrained, "--reset-data-offset", "--reset-optimizer"]
 
 
 def _has_flag(argv, flag):
@@ -101,10 +119,10 @@ def prepare_upstream_argv(argv):
     for flag, path in (("--clip-weight-path", args.clip_weight_path), ("--bert-weight-path", args.bert_weight_path)):
         if path is not None and not os.path.isfile(path):
             raise UserError(
-                f"{flag} {path}: no such file. Put the pretrained weights there (clip_cn_vit-b-16.pt "
-                "etc. from Chinese-CLIP's model list: `python -c \"from cn_clip.clip import load_from_name; "
-                "load_from_name('ViT-B-16', download_root='DIR')\"` downloads it where the hub is "
-                f"reachable), or leave out {flag} to start from random initialisation"
+                f"{flag} {path}: no such file. {flag} takes the weights of one tower (OpenAI CLIP for "
+                "the image encoder, BERT for the text encoder); to fine-tune a released Chinese-CLIP "
+                "checkpoint such as clip_cn_vit-b-16.pt give --pretrained FILE instead, or leave out "
+                f"{flag} to start from random initialisation"
             )
     if args.resume is not None and not os.path.isfile(args.resume):
         # upstream would log "no checkpoint found" and quietly train from scratch
@@ -202,7 +220,17 @@ def train_main(argv):
             parser.error(f"{flag} must be at least 1")
     if options.device != "auto":
         os.environ[DEVICE_ENV] = options.device  # torchrun's workers inherit it
-    upstream_argv, _ = prepare_upstream_argv(upstream_argv)
+    if options.pretrained is not None:
+        if _has_flag(upstream_argv, "--resume"):
+            parser.error("--pretrained and --resume both say where to start: give one")
+        if not os.path.isfile(options.pretrained):
+            raise UserError(
+                f"{options.pretrained} not found; download the weights (clip_cn_vit-b-16.pt for ViT-B-16) "
+                "from Chinese-CLIP's model list and put them there"
+            )
+    upstream_argv, args = prepare_upstream_argv(upstream_argv)
+    if options.pretrained is not None:
+        upstream_argv += pretrained_argv(options.pretrained, args)
 
     launchers = plugins.get_launchers()
     name = options.launcher

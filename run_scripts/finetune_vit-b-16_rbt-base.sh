@@ -22,25 +22,16 @@ shift 2
 dataset=${DATAPATH}/datasets/${DATASET}
 weights=${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt
 name=$(echo "${DATASET%%-*}" | tr "[:upper:]" "[:lower:]")_finetune_vit-b-16_roberta-base_bs64_1gpu
-latest=${DATAPATH}/experiments/${name}/checkpoints/epoch_latest.pt
 
 if [ ! -d "${dataset}/lmdb/train" ]; then
     echo "error: ${dataset}/lmdb/train not found; get ${DATASET} as Chinese-CLIP's README says, then run upstream's cn_clip/preprocess/build_lmdb_dataset.py --data_dir ${dataset} --splits train,valid" >&2
-    exit 1
-fi
-if [ -f "${latest}" ]; then
-    start=(--resume "${latest}")  # continue this run: epoch, step and optimizer
-elif [ -f "${weights}" ]; then
-    start=(--resume "${weights}" --reset-data-offset --reset-optimizer)  # start from the pretrained weights
-else
-    echo "error: ${weights} not found; download clip_cn_vit-b-16.pt (ViT-B-16) from Chinese-CLIP's model list into ${DATAPATH}/pretrained_weights/" >&2
     exit 1
 fi
 
 cn-clip-pokemon train \
     --train-data "${dataset}/lmdb/train" \
     --val-data "${dataset}/lmdb/valid" \
-    "${start[@]}" \
+    --pretrained "${weights}" \
     --logs "${DATAPATH}/experiments" \
     --name "${name}" \
     --save-step-frequency 999999 \

@@ -19,25 +19,16 @@ shift
 dataset=${DATAPATH}/datasets/pokemon
 weights=${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt
 name=pokemon_finetune_vit-b-16
-latest=${DATAPATH}/experiments/${name}/checkpoints/epoch_latest.pt
 
 if [ ! -d "${dataset}/lmdb/train" ]; then
     echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset}" >&2
-    exit 1
-fi
-if [ -f "${latest}" ]; then
-    start=(--resume "${latest}")  # continue this run: epoch, step and optimizer
-elif [ -f "${weights}" ]; then
-    start=(--resume "${weights}" --reset-data-offset --reset-optimizer)  # start from the pretrained weights
-else
-    echo "error: ${weights} not found; download clip_cn_vit-b-16.pt (ViT-B-16) from Chinese-CLIP's model list into ${DATAPATH}/pretrained_weights/" >&2
     exit 1
 fi
 
 cn-clip-pokemon train \
     --train-data "${dataset}/lmdb/train" \
     --val-data "${dataset}/lmdb/valid" \
-    "${start[@]}" \
+    --pretrained "${weights}" \
     --logs "${DATAPATH}/experiments" \
     --name "${name}" \
     --vision-model ViT-B-16 \

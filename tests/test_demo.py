@@ -76,7 +76,7 @@ def _script_flags(script):
     text = (Path(__file__).resolve().parents[1] / "run_scripts" / script).read_text(encoding="utf-8")
     block = text.split("cn-clip-pokemon train \\\n", 1)[1].split('"$@"')[0]
     words = [w for line in block.splitlines() for w in line.strip().rstrip("\\").split()]
-    path_flags = {"--train-data", "--val-data", "--logs", "--name"}
+    path_flags = {"--train-data", "--val-data", "--logs", "--name", "--pretrained"}
     flags, skip = [], False
     for word in words:
         if skip:

@@ -7,6 +7,7 @@ real sprite dataset (tests/conftest.py: #1-25, 8 pictures each, 64 px).
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -359,6 +360,40 @@ def test_missing_weights_and_unknown_models_are_reported(sprite_dataset, tmp_pat
     assert "ViT-Q-99" in error and "ViT-B-16" in error and "ViT-T-8-64" in error
     assert cli_main(["train", "--train-data", train, "--dataset", "cats"]) == 1
     assert "pokemon" in capsys.readouterr().err
+
+
+def test_pretrained_weights_must_exist_and_exclude_resume(sprite_dataset, tmp_path, capsys):
+    train = str(sprite_dataset / "lmdb" / "train")
+    weights = tmp_path / "pretrained_weights" / "clip_cn_vit-b-16.pt"
+    assert cli_main(["train", "--train-data", train, "--pretrained", str(weights)]) == 1
+    assert f"{weights} not found" in capsys.readouterr().err
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    with pytest.raises(SystemExit) as usage:
+        cli_main(["train", "--train-data", train, "--pretrained", str(weights), "--resume", str(weights)])
+    assert usage.value.code == 2 and "give one" in capsys.readouterr().err
+
+
+def test_pretrained_starts_a_run_once_then_the_run_continues_itself(runner, sprite_dataset, tmp_path):
+    train = sprite_dataset / "lmdb" / "train"
+    run(train_command(runner, train, tmp_path / "earlier", "--max-steps", "2"))
+    weights = tmp_path / "pretrained_weights" / "weights.pt"  # upstream's checkpoint format, module. keys
+    weights.parent.mkdir()
+    shutil.copy(tmp_path / "earlier" / "run" / "checkpoints" / "epoch_latest.pt", weights)
+
+    logs = tmp_path / "logs"
+    command = train_command(runner, train, logs, "--pretrained", str(weights), "--max-steps", "2")
+    result = run(command)
+    log_text = result.stdout + result.stderr
+    assert f"loaded checkpoint '{weights}'" in log_text
+    assert "optimizer state is restored" not in log_text  # --reset-optimizer
+    assert [m["step"] for m in read_metrics(logs) if not m.get("epoch_end")] == [1, 2]  # --reset-data-offset
+
+    result = run(command)  # the same command again: this run's own checkpoint, not the weights
+    latest = logs / "run" / "checkpoints" / "epoch_latest.pt"
+    log_text = result.stdout + result.stderr
+    assert f"loaded checkpoint '{latest}'" in log_text and f"'{weights}'" not in log_text
+    assert "optimizer state is restored" in log_text
 
 
 def test_help_shows_our_flags_and_upstreams(capsys):
