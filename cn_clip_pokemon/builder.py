@@ -383,7 +383,8 @@ class _ImageWriter:
 # ---------------------------------------------------------------- the build
 
 
-def _check_templates(templates):
+def check_templates(templates):
+    """The templates, each checked to hold one {} for the name, duplicates dropped; default the bare name."""
     templates = list(dict.fromkeys(templates)) if templates else ["{}"]
     for template in templates:
         if template.count("{}") != 1:
@@ -459,7 +460,7 @@ def build_dataset(
     if not 8 <= int(image_size) <= 4096:
         raise UserError(f"image size {image_size} is out of range (8-4096 pixels)")
     image_size = int(image_size)
-    templates = _check_templates(templates)
+    templates = check_templates(templates)
     pokedex = pokedex or Pokedex.load()
     workers = max(1, int(workers)) if workers else _available_cores()
 

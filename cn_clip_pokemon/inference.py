@@ -364,8 +364,10 @@ def classify_arguments(parser):
 def classify_command(args):
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
-    if args.template and not all("{}" in template for template in args.template):
-        raise UserError("every --template needs {} where the name goes, e.g. '一张{}的图片'")
+    if args.template:
+        from cn_clip_pokemon.builder import check_templates
+
+        check_templates(args.template)  # the same rule as the dataset's templates
     names = candidate_names(args.names, args.names_file) if (args.names or args.names_file) else None
     pictures = expand_pictures(args.pictures)
     classifier = Classifier(

@@ -255,3 +255,9 @@ def test_grid_captions_show_chinese(tmp_path):
         # transparent pictures land on white, never black
         assert sheet.getpixel((6 + 32, 6 + 32)) == (255, 255, 255)
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_classify_refuses_a_template_without_one_place_for_the_name(tmp_path, capsys):
+    for template in ("一张图片", "{}和{}"):
+        assert main(["classify", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "m.pt"), "--template", template]) == 1
+        assert f"template {template!r} must hold exactly one {{}}" in capsys.readouterr().err
