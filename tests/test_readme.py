@@ -128,7 +128,17 @@ def test_readme_python_snippets_name_real_things(readme):
                 assert hasattr(imported, name.strip()), f"{readme}: {module} has no {name.strip()}"
 
 
+@pytest.mark.parametrize("line", [l for l in all_command_lines() if l.startswith("python bench/")])
+def test_readme_bench(line):
+    words = shlex.split(line)
+    assert (REPO / words[1]).is_file(), f"{words[1]} is missing"
+    done = subprocess.run([sys.executable, words[1], "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    missing = [word.split("=")[0] for word in words[2:] if word.startswith("--") and word.split("=")[0] not in done.stdout]
+    assert not missing, f"`{words[1]} --help` does not know {missing} used in the README"
+
+
 def test_other_lines_are_known():
-    known = ("cn-clip-pokemon", "bash run_scripts/", "python3 -m venv", "pip install")
+    known = ("cn-clip-pokemon", "bash run_scripts/", "python3 -m venv", "pip install", "python bench/")
     for line in all_command_lines():
         assert line.startswith(known), f"the README shows a command no test checks: {line}"
