@@ -9,7 +9,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from cn_clip_pokemon.builder import SPLITS, Picture, assign_splits, build_dataset
+from cn_clip_pokemon.builder import SPLITS, Picture, build_dataset, view_splits
 from cn_clip_pokemon.cli import main as cli_main
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.images import decode_picture
@@ -240,17 +240,29 @@ def test_auto_split_is_by_pokemon_for_one_picture_each(sprite_pictures, tmp_path
     assert summary["split_by"] == "pokemon" and summary["splits"]["train"]["images"] >= 15
 
 
-def test_assign_splits_is_seeded_and_stable():
+def assign_splits(pictures, valid_fraction, test_fraction, seed):
+    """The builder's view splits over pictures of several Pokemon, each Pokemon dealt on its own."""
+    by_number = {}
+    for index, picture in enumerate(pictures):
+        by_number.setdefault(picture.number, []).append(index)
+    splits = [None] * len(pictures)
+    for indices in by_number.values():
+        for index, split in zip(indices, view_splits([pictures[i] for i in indices], valid_fraction, test_fraction, seed)):
+            splits[index] = split
+    return splits
+
+
+def test_view_splits_are_seeded_and_stable():
     pictures = [Picture(Path(f"{n}/{v}.png"), f"{n}/{v}.png", n, str(n), str(v)) for n in range(1, 41) for v in range(10)]
-    first = assign_splits(pictures, "view", 0.1, 0.2, seed=7)
-    assert first == assign_splits(pictures, "view", 0.1, 0.2, seed=7)
-    assert first != assign_splits(pictures, "view", 0.1, 0.2, seed=8)
+    first = assign_splits(pictures, 0.1, 0.2, seed=7)
+    assert first == assign_splits(pictures, 0.1, 0.2, seed=7)
+    assert first != assign_splits(pictures, 0.1, 0.2, seed=8)
     assert abs(first.count("test") - 80) <= 15 and abs(first.count("valid") - 40) <= 12
     # Adding Pokemon does not move the pictures of the others.
-    fewer = assign_splits(pictures[:200], "view", 0.1, 0.2, seed=7)
+    fewer = assign_splits(pictures[:200], 0.1, 0.2, seed=7)
     assert fewer == first[:200]
     # A Pokemon with a single picture keeps it for training.
-    assert assign_splits(pictures[:1], "view", 0.5, 0.4, seed=0) == ["train"]
+    assert assign_splits(pictures[:1], 0.5, 0.4, seed=0) == ["train"]
 
 
 def test_templates_make_one_text_per_name_and_template(sprite_pictures, tmp_path):
@@ -291,7 +303,16 @@ def test_a_full_lmdb_map_grows_and_a_large_pokemon_spills_to_disk(sprite_picture
     # A map far too small for one split, and each Pokemon's pictures spilled to a file after 1 KiB.
     monkeypatch.setattr(builder, "INITIAL_MAP_SIZE", 64 << 10)
     monkeypatch.setattr(builder, "GROUP_MEMORY", 1 << 10)
+    spools = []
+
+    class RecordedSpool(builder.tempfile.SpooledTemporaryFile):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            spools.append(self)
+
+    monkeypatch.setattr(builder.tempfile, "SpooledTemporaryFile", RecordedSpool)
     build_dataset(sprite_pictures, tmp_path / "tight", image_size=48, workers=1, progress=False)
+    assert spools and all(spool._rolled for spool in spools)  # every Pokemon went through a file
     for split in SPLITS:
         assert read_lmdb(tmp_path / "tight" / "lmdb" / split / "imgs") == read_lmdb(tmp_path / "roomy" / "lmdb" / split / "imgs")
         name = f"{split}_imgs.tsv"
@@ -318,5 +339,5 @@ def test_a_pokemon_in_folders_and_flat_files_is_dealt_as_one(sprite_pictures, tm
     for number in (4, 25):
         ours = [entry for _, entry in images if entry["number"] == number]
         pictures = [Picture("", entry["source"], number, entry["name"], entry["view"]) for entry in ours]
-        assert [entry["split"] for entry in ours] == assign_splits(pictures, "view", 0.2, 0.2, seed=0)
+        assert [entry["split"] for entry in ours] == assign_splits(pictures, 0.2, 0.2, seed=0)
         assert {"train", "test"} <= {entry["split"] for entry in ours}
