@@ -168,6 +168,25 @@ def _hub_reachable(timeout=3.0):
         return False
 
 
+def numpy_scalar_globals():
+    """The numpy names a plain numpy scalar unpickles through, and nothing else.
+
+    Upstream's training writes learning rates as ``numpy.float64`` into the optimizer state (its
+    cosine schedule computes them with numpy), so ``weights_only=True`` alone refuses every checkpoint
+    unpatched upstream training wrote. A scalar needs ``multiarray.scalar`` (which only builds a
+    number from a dtype and raw bytes) and the dtype classes; none of them can run code.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64)
+    return [scalar, np.dtype] + sorted({type(np.dtype(kind)) for kind in kinds}, key=lambda t: t.__name__)
+
+
 def read_checkpoint(path):
     """``torch.load(path, weights_only=True)`` on the CPU, with every failure as a one-line UserError."""
     import pickle
@@ -176,7 +195,8 @@ def read_checkpoint(path):
 
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         message = str(error)
         if "weights_only" in message.lower() or "Unsupported global" in message:
