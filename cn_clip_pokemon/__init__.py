@@ -4,6 +4,24 @@ __version__ = "0.1.0"
 from cn_clip_pokemon.hookspecs import hookimpl  # noqa: E402  (re-exported for plugin authors)
 
 
+def _install_patches():
+    """patches/ apply to every cn_clip module imported after this package (a meta-path hook, ~30 ms).
+
+    So upstream's own tools (load_from_name, eval, deploy) see the fixed model code and plugin
+    configs too, and an installed flash-attn 2 never breaks a model build. A patch that does not
+    apply is reported by the commands that need cn_clip, which call ``patching.install()`` again.
+    """
+    from cn_clip_pokemon import patching
+
+    try:
+        patching.install()
+    except patching.PatchError:
+        pass
+
+
+_install_patches()
+
+
 def load_model(path_or_name, device=None, **kwargs):
     """Load any Chinese-CLIP checkpoint: returns ``(model, preprocess)``. See checkpoint.load_model."""
     from cn_clip_pokemon.checkpoint import load_model as _load_model

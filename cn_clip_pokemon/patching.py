@@ -159,13 +159,22 @@ def _find_block(lines, block, guess, lower_bound):
 
 
 def _original_spec(module_name):
-    """Where upstream's module lives, found by the normal path machinery (not by this hook)."""
-    parent = module_name.rpartition(".")[0]
-    search = None
-    if parent:
-        package = importlib.import_module(parent) if parent not in sys.modules else sys.modules[parent]
-        search = getattr(package, "__path__", None)
-    return importlib.machinery.PathFinder.find_spec(module_name, search)
+    """Where upstream's module lives, found by the normal path machinery (not by this hook).
+
+    Only the top-level package is looked up: importing a parent package to search its ``__path__``
+    would run upstream's ``cn_clip/clip/__init__.py``, which imports the unpatched model module
+    (and, with flash-attn 2 installed, fails there).
+    """
+    top, _, rest = module_name.partition(".")
+    top_spec = importlib.machinery.PathFinder.find_spec(top)
+    if top_spec is None or not top_spec.submodule_search_locations:
+        return None
+    parts = rest.split(".") if rest else []
+    for location in top_spec.submodule_search_locations:
+        candidate = Path(location, *parts[:-1], parts[-1] + ".py") if parts else Path(location, "__init__.py")
+        if candidate.is_file():
+            return importlib.util.spec_from_file_location(module_name, candidate)
+    return None
 
 
 def patched_sources(patches=None):
@@ -242,15 +251,18 @@ def install():
     """Install the import hook (once); the patched cn_clip modules load on their first import.
 
     Raises PatchError if a patch does not apply. A targeted module already imported unpatched (say
-    cn_clip.training.data, for its LMDBDataset) is dropped from sys.modules, so that the next import
-    gives the patched code; references taken earlier keep the unpatched module, which stays usable.
+    cn_clip.training.data, for its LMDBDataset) is dropped from sys.modules with every other cn_clip
+    module, so that the next import gives the patched code; references taken earlier keep the unpatched module, which stays usable.
     """
     global _finder
     if _finder is not None:
         return _finder
     sources = patched_sources()
-    for name in sources:
-        if name in sys.modules and not hasattr(sys.modules[name], "__cn_clip_pokemon_patches__"):
+    stale = [name for name in sources if name in sys.modules and not hasattr(sys.modules[name], "__cn_clip_pokemon_patches__")]
+    if stale:
+        # other cn_clip modules hold names taken from the unpatched ones (cn_clip.clip re-exports
+        # the model's functions): drop them all, so every later import sees one patched cn_clip
+        for name in [name for name in sys.modules if name == "cn_clip" or name.startswith("cn_clip.")]:
             del sys.modules[name]
     _finder = PatchFinder(sources)
     sys.meta_path.insert(0, _finder)
