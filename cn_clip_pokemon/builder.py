@@ -5,8 +5,13 @@ Input, either layout (or both mixed), file and folder names parsed by ``Pokedex.
     flat                     IMAGES/0001妙蛙种子.png, IMAGES/0025-皮卡丘.jpg, IMAGES/皮卡丘_2.png
     one folder per Pokemon   IMAGES/0025皮卡丘/front_00.png, IMAGES/0025皮卡丘/back_00.png, ...
 
-Names starting with "." (.DS_Store, ._x AppleDouble copies, .sprites.json) are not pictures and are
-passed over; every other file becomes a picture or an entry in ``skipped`` with its reason.
+Every entry of the input is accounted for: it becomes a picture, or an entry in ``skipped`` with its
+kind and reason. Names starting with "." (.DS_Store, ._x AppleDouble copies, .sprites.json) are not
+read and are listed as hidden; so are symlink loops, dangling symlinks, FIFOs and devices (never
+opened: a FIFO would block), folders that cannot be listed and empty folders. A symlink to a
+picture is read; a symlinked folder is followed at the top level only, so a loop cannot recur. Names
+that are not valid UTF-8 or hold control characters are shown escaped (``0025\\xff.png``); such a
+flat file cannot be named a Pokemon and is skipped, one inside a Pokemon's folder is built.
 
 Output, exactly upstream's format (``cn_clip/preprocess``, ``cn_clip.training.data.LMDBDataset``):
 ``{split}_imgs.tsv`` (image_id TAB urlsafe-base64 PNG), ``{split}_texts.jsonl`` ({"text_id", "text",
@@ -25,9 +30,18 @@ Identical pictures (same pixels after resizing) are kept once, the first in (num
 and the others are reported as duplicates, so no picture can appear in two splits. Image ids follow
 the same order.
 
-The build runs in a temporary folder beside the output and is renamed into place at the end: a
-failed or interrupted build leaves any previous dataset as it was.
+The build runs in a temporary folder beside the output (``.NAME.tmp-*``, locked while the build
+runs) and is swapped into place at the end with one atomic rename-exchange (Linux ``renameat2``),
+so at every instant ``--out`` holds a complete dataset, the old or the new one. Elsewhere the old
+dataset is first moved aside to ``.NAME.old-*``; if a build is killed between the two renames, the
+next build puts it back. Each build starts by removing the leftovers of interrupted builds that it
+recognises (its own temporary folders, holding only files it writes).
+
+The builder owns only what it writes: ``--out`` must be empty, new, or hold only the names listed in
+``OUTPUT_NAMES`` (with a ``dataset_info.json`` of ours), and ``--images`` may not lie inside it. A
+symlinked ``--out`` stays a symlink: the dataset is built at its target.
 """
+import errno
 import hashlib
 import json
 import math
@@ -35,7 +49,9 @@ import multiprocessing
 import os
 import pickle
 import random
+import re
 import shutil
+import stat
 import statistics
 import sys
 import tempfile
@@ -44,6 +60,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from cn_clip_pokemon.dataset_format import check_templates, fill_template  # the one template rule
 from cn_clip_pokemon.errors import UserError
 
 SPLITS = ("train", "valid", "test")
@@ -52,6 +69,7 @@ INFO_FILE = "dataset_info.json"
 INFO_FORMAT = 1
 DEFAULT_IMAGE_SIZE = 224
 INITIAL_MAP_SIZE = 32 << 20
+MESSAGE_ENTRIES = 20  # skipped entries named in a one-line error; the command prints them all
 GROUP_MEMORY = 64 << 20  # one Pokemon's encoded pictures held in memory before spilling to disk
 
 
@@ -67,50 +85,209 @@ class Picture(NamedTuple):
 
 # ---------------------------------------------------------------- finding the pictures
 
+# The kinds of skipped entries (each entry of ``skipped`` has "file", "kind" and "reason").
+SKIP_HIDDEN = "hidden"
+SKIP_UNDECODABLE = "name not UTF-8"
+SKIP_NAME = "not a Pokemon name"
+SKIP_SYMLINK_LOOP = "symlink loop"
+SKIP_DANGLING = "dangling symlink"
+SKIP_SYMLINKED_FOLDER = "symlinked folder"
+SKIP_NOT_A_FILE = "not a regular file"
+SKIP_UNREADABLE = "unreadable"
+SKIP_EMPTY_FOLDER = "empty folder"
+SKIP_OUTPUT = "the --out folder"
+SKIP_BAD_PICTURE = "bad picture"
+SKIP_DUPLICATE = "duplicate"
 
-def scan_pictures(images_dir, pokedex):
-    """``(pictures, skipped)`` for a flat folder, a folder per Pokemon, or a mix of the two."""
+
+def printable(text):
+    r"""``text`` safe to print and to write as UTF-8: undecodable bytes and control characters escaped.
+
+    File names are bytes on Linux; Python hands back the undecodable ones as lone surrogates, which
+    no UTF-8 file or terminal accepts. ``0025\udcff.png`` becomes ``0025\\xff.png``, a newline ``\\n``.
+    """
+    if text.isprintable():  # the common case, one C loop; lone surrogates are not printable
+        return text
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name's byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+
+
+def _skip(file, kind, reason):
+    return {"file": file, "kind": kind, "reason": reason}
+
+
+def _entry_type(entry):
+    """``("file" | "folder", is_symlink)``, or ``(None, (kind, reason))`` for an entry that is not read.
+
+    Costs nothing for plain files and folders (the directory listing says what they are), one
+    stat for a symlink.
+    """
+    try:
+        if not entry.is_symlink():
+            if entry.is_file(follow_symlinks=False):
+                return "file", False
+            if entry.is_dir(follow_symlinks=False):
+                return "folder", False
+            mode = entry.stat(follow_symlinks=False).st_mode
+            return None, (SKIP_NOT_A_FILE, f"not a regular file or folder ({_mode_name(mode)}), not opened")
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return None, (SKIP_SYMLINK_LOOP, "symlink loop (it leads back to itself), not followed")
+            if error.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None, (SKIP_DANGLING, f"dangling symlink to {printable(os.readlink(entry.path))} (missing)")
+            return None, (SKIP_UNREADABLE, f"cannot follow the symlink ({error.strerror})")
+    except OSError as error:
+        return None, (SKIP_UNREADABLE, f"cannot read ({error.strerror or error})")
+    if stat.S_ISREG(mode):
+        return "file", True
+    if stat.S_ISDIR(mode):
+        return "folder", True
+    return None, (SKIP_NOT_A_FILE, f"symlink to a {_mode_name(mode)}, not opened")
+
+
+def _mode_name(mode):
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _is_utf8(name):
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _sorted_entries(folder):
+    with os.scandir(folder) as scan:
+        return sorted(scan, key=lambda entry: entry.name)
+
+
+def scan_pictures(images_dir, pokedex, exclude=None):
+    """``(pictures, skipped)`` for a flat folder, a folder per Pokemon, or a mix of the two.
+
+    Every entry ends up in one or the other. ``exclude`` is a folder path (``images_dir`` joined
+    with the rest) listed as skipped and not read: the --out folder when it lies inside.
+    """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise UserError(f"{images_dir} is not a folder; give --images the folder of pictures")
+    try:
+        # Plain strings and os.scandir: 4-5x faster than pathlib over a sprite set's ten thousand files.
+        entries = _sorted_entries(images_dir)
+    except OSError as error:
+        raise UserError(f"cannot list {images_dir} ({error.strerror or error}); check its permissions") from None
+    images_real = os.path.realpath(images_dir)
     pictures, skipped = [], []
-    # Plain strings and os.scandir: 4-5x faster than pathlib over a sprite set's ten thousand files.
-    with os.scandir(images_dir) as scan:
-        entries = sorted(scan, key=lambda entry: entry.name)
     for entry in entries:
+        shown = printable(entry.name)
         if entry.name.startswith("."):
+            skipped.append(_skip(shown, SKIP_HIDDEN, "name starts with '.', not read"))
             continue
-        if entry.is_dir():
+        kind, detail = _entry_type(entry)
+        if kind is None:
+            skipped.append(_skip(shown, *detail))
+        elif kind == "folder":
+            if entry.path == exclude:
+                skipped.append(_skip(shown + "/", SKIP_OUTPUT, "the --out folder, not read"))
+                continue
+            if detail and _leads_back(entry.path, images_real):
+                skipped.append(_skip(shown + "/", SKIP_SYMLINK_LOOP, "symlink to a folder holding --images, not followed"))
+                continue
+            if not _is_utf8(entry.name):
+                files = _count_files(entry.path)
+                skipped.append(_skip(shown + "/", SKIP_UNDECODABLE, f"folder name is not valid UTF-8 ({files} file(s) "
+                                     "not used); rename it like 0025皮卡丘"))
+                continue
             try:
                 number, name, _ = pokedex.parse_picture_name(entry.name, is_folder=True)
             except ValueError as error:
-                files = _files_under(entry.path)
-                skipped.append({"file": entry.name + "/", "reason": f"folder name: {error} ({len(files)} file(s) not used)"})
+                files = _count_files(entry.path)
+                skipped.append(_skip(shown + "/", SKIP_NAME, f"folder name: {printable(str(error))} ({files} file(s) not used)"))
                 continue
-            for inside in _files_under(entry.path):
-                view = os.path.splitext(inside)[0]
-                pictures.append(Picture(os.path.join(entry.path, inside), f"{entry.name}/{inside}", number, name, view))
-        elif entry.is_file():
+            _scan_pokemon_folder(entry.path, shown, number, name, pictures, skipped, exclude)
+        elif not _is_utf8(entry.name):
+            skipped.append(_skip(shown, SKIP_UNDECODABLE, "file name is not valid UTF-8, so no Pokemon can be read "
+                                 "from it; rename it like 0025皮卡丘.png"))
+        else:
             try:
                 number, name, view = pokedex.parse_picture_name(entry.name)
             except ValueError as error:
-                skipped.append({"file": entry.name, "reason": str(error)})
+                skipped.append(_skip(shown, SKIP_NAME, printable(str(error))))
                 continue
-            pictures.append(Picture(entry.path, entry.name, number, name, view))
-        else:
-            skipped.append({"file": entry.name, "reason": "not a regular file or folder"})
+            pictures.append(Picture(entry.path, shown, number, name, printable(view)))
     return pictures, skipped
 
 
-def _files_under(folder):
-    """The files under ``folder`` (hidden ones left out), sorted, relative to it with "/" separators."""
-    found = []
-    for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        prefix = os.path.relpath(directory, folder)
-        prefix = "" if prefix == "." else prefix.replace(os.sep, "/") + "/"
-        found.extend(prefix + name for name in sorted(files) if not name.startswith("."))
-    return found
+def _scan_pokemon_folder(folder, shown, number, name, pictures, skipped, exclude):
+    """The pictures under one Pokemon's folder, at any depth; symlinked subfolders are not followed."""
+    stack = [(folder, "")]  # (path, its place inside the Pokemon's folder: "" or "sub/")
+    while stack:
+        directory, inside = stack.pop()
+        try:
+            entries = _sorted_entries(directory)
+        except OSError as error:
+            skipped.append(_skip(f"{shown}/{inside}", SKIP_UNREADABLE,
+                                 f"cannot list this folder ({error.strerror or error}); check its permissions"))
+            continue
+        if not entries:
+            skipped.append(_skip(f"{shown}/{inside}", SKIP_EMPTY_FOLDER, "empty folder, nothing to read"))
+            continue
+        subfolders = []
+        for entry in entries:
+            relative = inside + printable(entry.name)
+            if entry.name.startswith("."):
+                skipped.append(_skip(f"{shown}/{relative}", SKIP_HIDDEN, "name starts with '.', not read"))
+                continue
+            kind, detail = _entry_type(entry)
+            if kind is None:
+                skipped.append(_skip(f"{shown}/{relative}", *detail))
+            elif kind == "file":
+                view = os.path.splitext(relative)[0]
+                pictures.append(Picture(entry.path, f"{shown}/{relative}", number, name, view))
+            elif entry.path == exclude:
+                skipped.append(_skip(f"{shown}/{relative}/", SKIP_OUTPUT, "the --out folder, not read"))
+            elif detail:
+                # Only top-level folders are followed through a symlink: below, one could loop.
+                skipped.append(_skip(f"{shown}/{relative}/", SKIP_SYMLINKED_FOLDER,
+                                     "symlink to a folder inside a Pokemon's folder, not followed"))
+            else:
+                subfolders.append((entry.path, relative + "/"))
+        stack.extend(reversed(subfolders))
+
+
+def _count_files(folder):
+    """How many entries other than folders lie under ``folder`` (symlinks not followed, errors ignored)."""
+    count, stack = 0, [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as scan:
+                for entry in scan:
+                    try:
+                        is_folder = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_folder = False
+                    if is_folder:
+                        stack.append(entry.path)
+                    else:
+                        count += 1
+        except OSError:
+            continue
+    return count
+
+
+def _leads_back(path, images_real):
+    """Whether the folder at ``path`` is ``images_real`` or holds it (following it would loop)."""
+    real = os.path.realpath(path)
+    return os.path.commonpath([real, images_real]) == real
 
 
 # ---------------------------------------------------------------- the work done per picture
@@ -315,8 +492,8 @@ class _ImageWriter:
             # The map starts small and doubles when full, so it ends within 2x of the data.
             self.writers[split] = _LmdbWriter(folder / "lmdb" / split / "imgs", INITIAL_MAP_SIZE)
             self.tsv_files[split] = open(folder / f"{split}_imgs.tsv", "wb")
-        self.fragment_path = folder / "images.json.part"
-        self.fragment = open(self.fragment_path, "w", encoding="utf-8")
+        self.fragment_path = folder / IMAGES_FRAGMENT
+        self.fragment = open(self.fragment_path, "w", encoding="utf-8", errors="backslashreplace")
         self.folder = folder
         self.split_images = {split: {} for split in SPLITS}  # split -> number -> [image ids]
         self.names = {}  # number -> name, of the Pokemon with a kept picture
@@ -365,45 +542,237 @@ class _ImageWriter:
             self.spool.close()
 
 
-# ---------------------------------------------------------------- the build
+# ---------------------------------------------------------------- the output folder
+
+# Exactly what build-dataset writes in --out, and nothing else: a rebuild replaces the whole folder,
+# so it refuses one holding anything more. FILE marks a file, a dict a folder and what it may hold.
+FILE = "file"
+LMDB_FOLDER = "lmdb"
+IMAGES_FRAGMENT = "images.json.part"  # only in the temporary folder, while the build runs
+OUTPUT_LAYOUT = {
+    **{f"{split}_{kind}": FILE for split in SPLITS for kind in ("imgs.tsv", "texts.jsonl")},
+    INFO_FILE: FILE,
+    # lock.mdb is LMDB's own, made by a reader that opens the database with locking on.
+    LMDB_FOLDER: {split: {database: {"data.mdb": FILE, "lock.mdb": FILE} for database in ("imgs", "pairs")}
+                  for split in SPLITS},
+}
+OUTPUT_NAMES = frozenset(OUTPUT_LAYOUT)
+TEMP_LAYOUT = {**OUTPUT_LAYOUT, IMAGES_FRAGMENT: FILE}
+# The start of every dataset_info.json this builder has written (json.dumps, indent=1, format first).
+INFO_HEAD = b'{\n "format": '
+TEMP_SUFFIX = r"[a-z0-9_]{8}"  # tempfile.mkdtemp's random part
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
 
 
-def check_templates(templates):
-    """The templates, each checked to hold one {} for the name, duplicates dropped; default the bare name."""
-    templates = list(dict.fromkeys(templates)) if templates else ["{}"]
-    for template in templates:
-        if template.count("{}") != 1:
-            raise UserError(f"template {template!r} must hold exactly one {{}} where the name goes, e.g. 一张{{}}的图片")
-    return templates
+def _first_foreign(folder, layout):
+    """The first path under ``folder`` (relative, "/" after a folder) that ``layout`` does not allow, or None."""
+    for entry in _sorted_entries(folder):
+        expected = layout.get(entry.name)
+        is_folder = entry.is_dir(follow_symlinks=False)
+        if expected == FILE and entry.is_file(follow_symlinks=False):
+            continue
+        if isinstance(expected, dict) and is_folder:
+            inner = _first_foreign(entry.path, expected)
+            if inner is None:
+                continue
+            return f"{entry.name}/{inner}"
+        return entry.name + ("/" if is_folder else "")
+    return None
 
 
-def _prepare_output(out_dir):
+def _holds_our_info(folder):
+    try:
+        with open(os.path.join(folder, INFO_FILE), "rb") as file:
+            return file.read(len(INFO_HEAD)) == INFO_HEAD
+    except OSError:
+        return False
+
+
+def _is_our_dataset(folder):
+    """A real folder holding only what build-dataset writes, with its dataset_info.json."""
+    try:
+        return (os.path.isdir(folder) and not os.path.islink(folder) and _first_foreign(folder, OUTPUT_LAYOUT) is None
+                and _holds_our_info(folder))
+    except OSError:
+        return False
+
+
+def _check_output(out_dir, images_dir):
+    """``(target, exclude, notes)``: the real folder to build into, checked, after undoing leftovers.
+
+    A symlinked --out is followed, so the link stays and the dataset appears at its target.
+    ``exclude`` is the --out folder's path under --images when it lies there (else None); ``notes``
+    say what was cleaned up.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise UserError(f"{out_dir} is a file; give --out a folder")
-        if any(out_dir.iterdir()) and not (out_dir / INFO_FILE).exists():
+    shown = printable(str(out_dir))
+    if os.path.islink(out_dir):
+        try:
+            os.stat(out_dir)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UserError(f"--out {shown} is a symlink loop; point it at a folder, or give another --out") from None
+    target = Path(os.path.realpath(out_dir))
+    images_real = os.path.realpath(images_dir)
+    if os.path.commonpath([images_real, str(target)]) == str(target):
+        raise UserError(
+            f"--images {printable(str(images_dir))} lies inside --out {shown}, and a build replaces all of {shown}: "
+            "move the pictures out of it, or choose another --out"
+        )
+    notes = _clean_leftovers(target)
+    if target.exists():
+        if not target.is_dir():
+            raise UserError(f"{shown} is a file; give --out a folder")
+        try:
+            foreign = _first_foreign(target, OUTPUT_LAYOUT)
+            our_info = _holds_our_info(target)
+            empty = not any(target.iterdir())
+        except OSError as error:
+            raise UserError(f"cannot look inside --out {shown} ({error.strerror or error}); check its permissions") from None
+        if foreign is not None:
             raise UserError(
-                f"{out_dir} is not empty and holds no {INFO_FILE}, so it is not a dataset this command "
-                "built; choose another --out (it would be replaced)"
+                f"{shown} holds {printable(foreign)}, which build-dataset did not write, so it is not a dataset this "
+                f"command built (a build replaces the whole folder): move {printable(foreign)} out of it, or choose an "
+                "empty or new --out"
             )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return out_dir
+        if not empty and not our_info:
+            raise UserError(
+                f"{shown} is not empty and holds no {INFO_FILE} of build-dataset, so it is not a dataset this command "
+                "built (a build replaces the whole folder): choose an empty or new --out"
+            )
+    exclude = None
+    if os.path.commonpath([images_real, str(target)]) == images_real:
+        exclude = os.path.join(str(images_dir), os.path.relpath(target, images_real))
+    return target, exclude, notes
+
+
+def _clean_leftovers(target):
+    """Undo what interrupted builds of ``target`` left beside it; returns one line per thing done.
+
+    ``.NAME.old-*`` holds the previous dataset when a build without rename-exchange was killed
+    between its two renames: put back if ``target`` is missing, else removed. ``.NAME.tmp-*`` is a
+    killed build's temporary folder: removed unless a running build holds its lock. Either is
+    touched only when it holds nothing but what build-dataset writes.
+    """
+    notes = []
+    try:
+        entries = _sorted_entries(target.parent)
+    except OSError:
+        return notes
+    holders = [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)
+               and re.fullmatch(re.escape(f".{target.name}.old-") + TEMP_SUFFIX, entry.name)]
+    temps = [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)
+             and re.fullmatch(re.escape(f".{target.name}.tmp-") + TEMP_SUFFIX, entry.name)]
+    if holders and not os.path.lexists(target):
+        complete = [holder for holder in holders if _is_our_dataset(os.path.join(holder, target.name))]
+        if complete:
+            newest = max(complete, key=lambda holder: os.stat(os.path.join(holder, target.name, INFO_FILE)).st_mtime)
+            os.rename(os.path.join(newest, target.name), target)
+            notes.append(f"put back the previous dataset from {printable(newest)} (a build was stopped while replacing it)")
+    for holder in holders:
+        inside = os.path.join(holder, target.name)
+        try:
+            names = os.listdir(holder)
+            ours = names == [] or (names == [target.name] and not os.path.islink(inside) and os.path.isdir(inside)
+                                   and _first_foreign(inside, OUTPUT_LAYOUT) is None)
+        except OSError:
+            ours = False
+        notes.append(_remove_leftover(holder) if ours else
+                     f"left {printable(holder)} alone: it holds files build-dataset does not write")
+    for temp in temps:
+        lock = _try_lock(temp)
+        if lock is None:
+            continue  # a build running now holds it
+        try:
+            try:
+                ours = _first_foreign(temp, TEMP_LAYOUT) is None
+            except OSError:
+                ours = False
+            notes.append(_remove_leftover(temp) if ours else
+                         f"left {printable(temp)} alone: it holds files build-dataset does not write")
+        finally:
+            os.close(lock)
+    return notes
+
+
+def _remove_leftover(path):
+    try:
+        shutil.rmtree(path)
+    except OSError as error:
+        return f"could not remove {printable(path)}, left by an interrupted build ({error.strerror or error}); delete it yourself"
+    return f"removed {printable(path)}, left by an interrupted build"
+
+
+def _try_lock(folder):
+    """A descriptor holding an exclusive lock on ``folder``, or None when another process holds one.
+
+    A build holds the lock on its temporary folder while it runs; the kernel drops it when the
+    process dies, even by kill -9, so a folder nobody holds is a leftover.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): never take a folder for a leftover
+        return None
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def _exchange(first, second):
+    """Swap two paths in one atomic step (Linux ``renameat2`` RENAME_EXCHANGE); False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):  # kernel or filesystem without it
+        return False
+    raise OSError(code, os.strerror(code), os.fsdecode(second))
 
 
 def _replace_directory(new, target):
-    """Put ``new`` at ``target``; an old ``target`` is moved aside first and removed only after."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-        os.replace(target, old / target.name)
+    """Put the finished dataset ``new`` at ``target``, which at no instant lacks a complete dataset."""
     # mkdtemp makes the folder private (0700); give it the permissions a plain mkdir would.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(new, 0o777 & ~umask)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        # ``new`` now holds the old dataset; if this removal is cut short, the next build finishes it.
+        shutil.rmtree(new, ignore_errors=True)
+        return
+    # No atomic swap here: move the old dataset aside, then the new one in. A build killed between
+    # the two renames leaves the old one in .NAME.old-*, and the next build puts it back.
+    holder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    os.replace(target, holder / target.name)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(holder / target.name, target)
+        holder.rmdir()
+        raise
+    shutil.rmtree(holder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the build
 
 
 def _available_cores():
@@ -446,19 +815,20 @@ def build_dataset(
         raise UserError(f"image size {image_size} is out of range (8-4096 pixels)")
     image_size = int(image_size)
     templates = check_templates(templates)
+    for template in templates:
+        if not _is_utf8(template):  # a command-line argument's undecodable bytes
+            raise UserError(f"template {printable(template)} is not valid UTF-8; write it in UTF-8, e.g. 一张{{}}的图片")
     pokedex = pokedex or Pokedex.load()
     workers = max(1, int(workers)) if workers else _available_cores()
 
     images_dir = Path(images_dir)
-    pictures, skipped = scan_pictures(images_dir, pokedex)
+    # The output is checked (and an interrupted build's leftovers undone) before any picture is read.
+    target, exclude, cleaned = _check_output(out_dir, images_dir)
+    pictures, skipped = scan_pictures(images_dir, pokedex, exclude=exclude)
     if strict and skipped:
-        raise UserError(f"{images_dir / skipped[0]['file']}: {skipped[0]['reason']} (--strict)")
+        raise UserError(f"{printable(str(images_dir / skipped[0]['file']))}: {skipped[0]['reason']} (--strict)")
     if not pictures:
-        detail = f"; {len(skipped)} entries skipped, first: {skipped[0]['file']}: {skipped[0]['reason']}" if skipped else ""
-        raise UserError(
-            f"no pictures found in {images_dir}{detail}. Name them like 0025皮卡丘.png, or put them in "
-            "folders named like 0025皮卡丘/"
-        )
+        raise NothingToBuild(f"no pictures found in {printable(str(images_dir))}", skipped)
 
     # Names the model could never tell apart are refused before any work is done.
     names = sorted({(picture.number, picture.name) for picture in pictures})
@@ -483,8 +853,9 @@ def build_dataset(
         def deal(group):
             return [split_of[group[0].number]] * len(group)
 
-    out_dir = _prepare_output(out_dir)
-    temp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    lock = _try_lock(temp)  # tells a concurrent build's clean-up that this folder is in use
     try:
         images = _ImageWriter(temp, deal)
         try:
@@ -495,12 +866,14 @@ def build_dataset(
                 for index, encoded, digest, error in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
                     bar.update(1)
                     picture = pictures[index]
+                    kind = SKIP_BAD_PICTURE
                     if error is None and digest in first_seen:
-                        error = f"same picture as {pictures[first_seen[digest]].relative} (duplicate)"
+                        kind, error = SKIP_DUPLICATE, f"same picture as {pictures[first_seen[digest]].relative} (duplicate)"
                     if error is not None:
+                        error = printable(error)
                         if strict:
-                            raise UserError(f"{picture.source}: {error} (--strict)")
-                        skipped.append({"file": picture.relative, "reason": error})
+                            raise UserError(f"{printable(picture.source)}: {error} (--strict)")
+                        skipped.append(_skip(picture.relative, kind, error))
                         continue
                     first_seen[digest] = index
                     images.add(picture, encoded)
@@ -509,10 +882,7 @@ def build_dataset(
         finally:
             images.close()
         if not images.count:
-            raise UserError(
-                f"none of the {len(pictures)} pictures in {images_dir} could be used; first problem: "
-                f"{skipped[0]['file']}: {skipped[0]['reason']}"
-            )
+            raise NothingToBuild(f"none of the {len(pictures)} pictures in {printable(str(images_dir))} could be used", skipped)
         split_images = images.split_images
         images_fragment = images.fragment_path
         names = sorted(images.names.items())
@@ -523,7 +893,7 @@ def build_dataset(
         text_ids = {}
         for number in numbers_in_order:
             for template in templates:
-                text_ids.setdefault(template.replace("{}", name_of[number]), len(text_ids))
+                text_ids.setdefault(fill_template(template, name_of[number]), len(text_ids))
         longest_text = max(len(text.encode("utf-8")) for text in text_ids)
         split_counts = {}
         for split in SPLITS:
@@ -540,7 +910,7 @@ def build_dataset(
                     if not image_ids:
                         continue
                     for template in templates:
-                        text = template.replace("{}", name_of[number])
+                        text = fill_template(template, name_of[number])
                         record = {"text_id": text_ids[text], "text": text, "image_ids": image_ids}
                         jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
                         for image_id in image_ids:
@@ -567,18 +937,23 @@ def build_dataset(
             "valid_fraction": valid_fraction,
             "test_fraction": test_fraction,
             "names_with_unknown_tokens": report["unknown"],
+            "counts": count_entries(images.count, skipped),
         }
         _write_info(temp / INFO_FILE, info, images_fragment)
         images_fragment.unlink()
-        _replace_directory(temp, out_dir)
+        _replace_directory(temp, target)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
     seconds = time.perf_counter() - started
     summary = {key: value for key, value in info.items() if key != "images"}
     summary.update(
         out_dir=str(out_dir),
+        cleaned=cleaned,
         seconds=seconds,
         workers=workers,
         pictures=len(pictures),
@@ -587,12 +962,40 @@ def build_dataset(
     return summary
 
 
+def count_entries(built, skipped):
+    """What became of the input: pictures built, entries skipped, and how many of each kind."""
+    by_kind = {}
+    for entry in skipped:
+        by_kind[entry["kind"]] = by_kind.get(entry["kind"], 0) + 1
+    return {"built": built, "skipped": len(skipped), "skipped_by_kind": dict(sorted(by_kind.items()))}
+
+
+class NothingToBuild(UserError):
+    """No input entry could be used; ``skipped`` lists every one with its reason."""
+
+    def __init__(self, start, skipped):
+        self.skipped = skipped
+        if skipped:
+            kinds = ", ".join(f"{count} {kind}" for kind, count in count_entries(0, skipped)["skipped_by_kind"].items())
+            listed = "; ".join(f"{entry['file']} ({entry['reason']})" for entry in skipped[:MESSAGE_ENTRIES])
+            more = f"; and {len(skipped) - MESSAGE_ENTRIES} more" if len(skipped) > MESSAGE_ENTRIES else ""
+            detail = f"; all {len(skipped)} entries skipped ({kinds}): {listed}{more}"
+        else:
+            detail = " (the folder is empty)"
+        super().__init__(
+            f"{start}{detail}. Name pictures like 0025皮卡丘.png, or put them in folders named like 0025皮卡丘/"
+        )
+
+
 def _write_info(path, info, images_fragment):
     """dataset_info.json with its "images" object copied from a file, so it is never all in memory."""
     head = json.dumps(info, ensure_ascii=False, indent=1)
     marker = '"images": null'
     before, after = head.split(marker, 1)
-    with open(path, "w", encoding="utf-8") as out, open(images_fragment, encoding="utf-8") as fragment:
+    # Every text in it went through printable(); backslashreplace is the guard that keeps the file
+    # valid UTF-8 (and valid JSON: a stray surrogate becomes a \u escape) whatever slips through.
+    with open(path, "w", encoding="utf-8", errors="backslashreplace") as out, \
+            open(images_fragment, encoding="utf-8") as fragment:
         out.write(before + '"images": {\n')
         shutil.copyfileobj(fragment, out)
         out.write("\n }" + after)
@@ -610,8 +1013,10 @@ def load_dataset_info(dataset_dir):
 def print_summary(summary, file=None):
     file = file or sys.stdout
     splits = summary["splits"]
+    for note in summary.get("cleaned", ()):
+        print(f"note: {note}", file=file)
     print(
-        f"built {summary['out_dir']}: {len(summary['names'])} Pokemon, "
+        f"built {printable(summary['out_dir'])}: {len(summary['names'])} Pokemon, "
         + ", ".join(f"{split} {splits[split]['images']} pictures/{splits[split]['pairs']} pairs" for split in SPLITS)
         + f"; {summary['image_size']} px, split by {summary['split_by']} (seed {summary['seed']}), "
         f"{summary['seconds']:.1f} s ({summary['pictures_per_second']:.0f} pictures/s, {summary['workers']} processes)",
@@ -620,12 +1025,20 @@ def print_summary(summary, file=None):
     if summary["names_with_unknown_tokens"]:
         listed = ", ".join(f"{name} ({' '.join(tokens)})" for name, tokens in summary["names_with_unknown_tokens"].items())
         print(f"note: characters missing from Chinese-CLIP's vocabulary become [UNK] in: {listed}", file=file)
+    counts = summary["counts"]
+    kinds = ", ".join(f"{count} {kind}" for kind, count in counts["skipped_by_kind"].items())
+    print(f"every input entry accounted for: {counts['built']} pictures built, {counts['skipped']} skipped"
+          + (f" ({kinds})" if kinds else ""), file=file)
     if summary["skipped"]:
-        print(f"skipped {len(summary['skipped'])} file(s):", file=file)
-        for entry in summary["skipped"][:50]:
-            print(f"  {entry['file']}: {entry['reason']}", file=file)
+        _print_skipped(summary["skipped"], file, limit=50)
         if len(summary["skipped"]) > 50:
             print(f"  ... and {len(summary['skipped']) - 50} more (all listed in {INFO_FILE})", file=file)
+
+
+def _print_skipped(skipped, file, limit=None):
+    print(f"skipped {len(skipped)} entries:", file=file)
+    for entry in skipped[:limit]:
+        print(f"  {entry['file']}: {entry['reason']}", file=file)
 
 
 # ---------------------------------------------------------------- the command
@@ -659,7 +1072,18 @@ def build_dataset_arguments(parser):
 
 
 def build_dataset_command(args):
-    summary = build_dataset(
+    try:
+        summary = _build_from_args(args)
+    except NothingToBuild as error:
+        # The one-line error names the first few; here every one is named, above it.
+        _print_skipped(error.skipped, sys.stderr)
+        raise
+    print_summary(summary)
+    return 0
+
+
+def _build_from_args(args):
+    return build_dataset(
         args.images,
         args.out,
         image_size=args.image_size,
@@ -672,5 +1096,3 @@ def build_dataset_command(args):
         workers=args.workers,
         progress=not args.no_progress,
     )
-    print_summary(summary)
-    return 0

@@ -72,7 +72,10 @@ def test_dataset_info_matches_what_was_written(sprite_dataset):
     info = json.loads((sprite_dataset / "dataset_info.json").read_text(encoding="utf-8"))
     pokedex = Pokedex.load()
     assert info["names"] == [pokedex.name(number) for number in range(1, 26)]
-    assert info["skipped"] == [] and info["templates"] == ["{}"] and info["seed"] == 0
+    # fetch-sprites' provenance file is the one entry not built: hidden, and listed as such.
+    assert [(entry["file"], entry["kind"]) for entry in info["skipped"]] == [(".sprites.json", "hidden")]
+    assert info["templates"] == ["{}"] and info["seed"] == 0
+    assert info["counts"] == {"built": len(info["images"]), "skipped": 1, "skipped_by_kind": {"hidden": 1}}
     all_ids = []
     for split in SPLITS:
         ids = tsv_ids(sprite_dataset, split)
@@ -151,7 +154,8 @@ def test_bad_input_is_reported_never_dropped_silently(flat_folder_with_problems,
     summary = build_dataset(flat_folder_with_problems, tmp_path / "out", image_size=32, progress=False)
     reasons = {entry["file"]: entry["reason"] for entry in summary["skipped"]}
     assert set(reasons) == {"妙蛙种子 (copy).png", "0002妙蛙种子.png", "0010绿毛虫.png", "0011铁甲蛹.png",
-                            "0012巴大蝶.png", "1999.png", "notes.txt", "0013独角虫.png"}
+                            "0012巴大蝶.png", "1999.png", "notes.txt", "0013独角虫.png", ".DS_Store"}
+    assert "starts with '.'" in reasons[".DS_Store"]
     assert "same picture as 0001妙蛙种子.png" in reasons["妙蛙种子 (copy).png"]
     assert "#2 妙蛙草" in reasons["0002妙蛙种子.png"] and "妙蛙种子" in reasons["0002妙蛙种子.png"]
     assert "empty" in reasons["0010绿毛虫.png"]
@@ -162,6 +166,8 @@ def test_bad_input_is_reported_never_dropped_silently(flat_folder_with_problems,
     assert "decompression bomb" in reasons["0013独角虫.png"]
     info = json.loads((tmp_path / "out" / "dataset_info.json").read_text(encoding="utf-8"))
     assert info["skipped"] == summary["skipped"]
+    assert info["counts"] == {"built": 5, "skipped": 9, "skipped_by_kind": {
+        "bad picture": 4, "duplicate": 1, "hidden": 1, "not a Pokemon name": 3}}
     assert info["names"] == ["妙蛙种子", "小火龙", "杰尼龟", "皮卡丘"]
     assert sorted(image["source"] for image in info["images"].values()) == sorted(
         ["0001妙蛙种子.png", "4小火龍.png", "0007-杰尼龟.png", "025_皮卡丘.png", "皮卡丘_2.png"])
