@@ -30,9 +30,16 @@ class Layout:
         return self.world_size > 1
 
 
-def decide_layout(environ=None, cuda_available=None, cuda_device_count=None):
-    """The device, backend and ranks for this process, from the environment (no side effects)."""
+def decide_layout(environ=None, cuda_available=None, cuda_device_count=None, nccl_available=None):
+    """The device, backend and ranks for this process, from the environment (no side effects).
+
+    CUDA uses NCCL where torch has it; a CUDA build without NCCL (Windows, upstream #279) uses gloo.
+    """
     environ = os.environ if environ is None else environ
+    if nccl_available is None:
+        import torch.distributed as dist
+
+        nccl_available = dist.is_available() and dist.is_nccl_available()
     if cuda_available is None or cuda_device_count is None:
         import torch
 
@@ -59,7 +66,7 @@ def decide_layout(environ=None, cuda_available=None, cuda_device_count=None):
                 f"LOCAL_RANK={local_rank} but only {cuda_device_count} CUDA device(s) are visible: "
                 f"ask torchrun for at most {cuda_device_count} processes per node"
             )
-        return Layout(f"cuda:{local_rank}", "nccl", rank, local_rank, world_size)
+        return Layout(f"cuda:{local_rank}", "nccl" if nccl_available else "gloo", rank, local_rank, world_size)
     return Layout(requested, "gloo", rank, local_rank, world_size)
 
 

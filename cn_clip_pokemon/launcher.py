@@ -162,6 +162,30 @@ def _check_lmdb(path, flag, split):
             f"Make it with `cn-clip-pokemon build-dataset --images PICTURES --out DATASET`, then pass "
             f"{flag} DATASET/lmdb/{split}"
         )
+    rows = _pair_count(path)
+    if rows == 0:
+        raise UserError(
+            f"{flag} {path} holds no image-text pairs: an epoch would have no batch. Rebuild the dataset "
+            "with more pictures (`cn-clip-pokemon build-dataset` reports what it skipped and why)"
+        )
+
+
+def _pair_count(path):
+    """num_samples of an LMDB split's pairs, or None when it cannot be read (upstream then says why)."""
+    import lmdb
+
+    try:
+        env = lmdb.open(os.path.join(path, "pairs"), readonly=True, lock=False, readahead=False)
+    except lmdb.Error:
+        return None
+    try:
+        with env.begin() as txn:
+            value = txn.get(b"num_samples")
+        return int(value) if value is not None else None
+    except (lmdb.Error, ValueError):
+        return None
+    finally:
+        env.close()
 
 
 def run_upstream_main(argv):

@@ -25,6 +25,7 @@ import math
 from collections import Counter
 
 import numpy as np
+from torch.utils.data.distributed import DistributedSampler
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class UniqueGroupBatchSampler:
         self.rank = rank
         self.seed = seed
         self.epoch = 0
+        self.start_batch = 0  # a resumed run starts its epoch here (set by training, then reset)
         if self.num_groups >= batch_size * num_replicas:
             self.batch_size = batch_size
         else:
@@ -88,7 +90,7 @@ class UniqueGroupBatchSampler:
 
     def __iter__(self):
         start = self.rank * self.batch_size
-        for batch in self.global_batches(self.epoch):
+        for batch in self.global_batches(self.epoch)[self.start_batch :]:
             yield batch[start : start + self.batch_size].tolist()
 
     def global_batches(self, epoch):
@@ -132,6 +134,23 @@ class UniqueGroupBatchSampler:
         else:  # fewer groups than processes: duplicates cannot be avoided
             groups = rng.choice(self.num_groups, size=count, replace=True)
         return [self.members[g][rng.integers(len(self.members[g]))] for g in groups]
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """Upstream's shuffled DistributedSampler that can start an epoch at batch ``start_batch``.
+
+    The order of an epoch is the same as DistributedSampler's (seed + epoch); a run resumed from a
+    step checkpoint skips the batches it already trained, without loading their pictures.
+    """
+
+    def __init__(self, dataset, batch_size, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.batch_size = batch_size
+        self.start_batch = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.start_batch * self.batch_size :])
 
 
 def duplicate_groups(groups, batch):

@@ -17,13 +17,19 @@ def test_alone_on_a_cpu_is_one_gloo_process():
 
 
 def test_alone_with_a_gpu_is_cuda_with_nccl_without_any_launcher():
-    layout = decide_layout({}, cuda_available=True, cuda_device_count=1)
+    layout = decide_layout({}, cuda_available=True, cuda_device_count=1, nccl_available=True)
     assert (layout.device, layout.backend, layout.world_size) == ("cuda:0", "nccl", 1)
+
+
+def test_a_gpu_without_nccl_falls_back_to_gloo():
+    """A CUDA build of torch without NCCL (Windows, upstream #279) still trains, over gloo."""
+    layout = decide_layout({}, cuda_available=True, cuda_device_count=1, nccl_available=False)
+    assert (layout.device, layout.backend) == ("cuda:0", "gloo")
 
 
 def test_torchrun_environment_gives_ranks_and_the_local_gpu():
     env = {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1"}
-    layout = decide_layout(env, cuda_available=True, cuda_device_count=4)
+    layout = decide_layout(env, cuda_available=True, cuda_device_count=4, nccl_available=True)
     assert (layout.device, layout.backend, layout.rank, layout.local_rank, layout.world_size) == ("cuda:1", "nccl", 5, 1, 8)
     assert layout.distributed
     cpu = decide_layout(env, cuda_available=False, cuda_device_count=0)
