@@ -8,16 +8,20 @@ shuffled DistributedSampler.
 The pictures are read by upstream's own LMDBDataset; only the order changes: see sampler.py. Pairs
 are grouped by Pokemon (dataset_info.json says which Pokemon each image shows), so two prompt
 templates of one name never meet in a batch either; without dataset_info.json, by text.
+
+Pair values are upstream's pickles, and a pickle can run code: every pair is read with
+``dataset_format.safe_pair_loads`` (no imports, no calls), both when grouping and when training
+reads a sample (:class:`PlainPairsLMDBDataset`), so a crafted dataset is refused, never executed.
 """
 import json
 import os
-import pickle
 from functools import lru_cache
 from pathlib import Path
 
+from cn_clip_pokemon.dataset_format import INFO_FILE, pair_location, safe_pair_loads
 from cn_clip_pokemon.hookspecs import hookimpl
 
-DATASET_INFO = "dataset_info.json"
+DATASET_INFO = INFO_FILE
 
 
 def dataset_info_path(lmdb_split_dir):
@@ -43,13 +47,15 @@ def _pair_groups(lmdb_split_dir, _stamp, _info_stamp):
         with open(info_path, encoding="utf-8") as f:
             images = json.load(f).get("images", {})
         numbers = {image_id: meta.get("number") for image_id, meta in images.items()}
-    env = lmdb.open(os.path.join(lmdb_split_dir, "pairs"), readonly=True, lock=False, readahead=False)
+    pairs_dir = os.path.join(lmdb_split_dir, "pairs")
+    env = lmdb.open(pairs_dir, readonly=True, lock=False, readahead=False)
     try:
         with env.begin(buffers=True) as txn:
             count = int(bytes(txn.get(b"num_samples")).decode("utf-8"))
             groups = []
             for index in range(count):
-                image_id, _text_id, text = pickle.loads(bytes(txn.get(str(index).encode("utf-8"))))
+                key = str(index).encode("utf-8")
+                image_id, _text_id, text = safe_pair_loads(txn.get(key), pair_location(pairs_dir, key))
                 number = numbers.get(str(image_id))
                 groups.append(("pokemon", number) if number is not None else ("text", text))
     finally:
@@ -57,26 +63,75 @@ def _pair_groups(lmdb_split_dir, _stamp, _info_stamp):
     return tuple(groups)
 
 
+def plain_pairs_lmdb_dataset_class():
+    """Upstream's LMDBDataset, reading each pair with safe_pair_loads instead of pickle.loads.
+
+    Made on first use (importing cn_clip.training pulls in torch and timm, which listing plugins
+    must not pay), and then reachable as this module's ``PlainPairsLMDBDataset``, so DataLoader
+    workers started with "spawn" can unpickle the dataset.
+    """
+    made = globals().get("_plain_pairs_lmdb_dataset")
+    if made is not None:
+        return made
+    from cn_clip.training.data import LMDBDataset
+
+    class PlainPairsLMDBDataset(LMDBDataset):
+        # upstream's __getitem__ with one change: the pair is read without running code
+        def __getitem__(self, index):
+            import base64
+            from io import BytesIO
+
+            from cn_clip.clip import _tokenizer, tokenize
+            from cn_clip.training.data import _preprocess_text
+            from PIL import Image
+
+            sample_index = index % self.number_samples
+            key = str(sample_index).encode("utf-8")
+            pair = safe_pair_loads(self.txn_pairs.get(key), pair_location(os.path.join(self.lmdb_path, "pairs"), key))
+            image_id, _text_id, raw_text = pair
+
+            image_b64 = self.txn_imgs.get(str(image_id).encode("utf-8")).tobytes()
+            image_b64 = image_b64.decode(encoding="utf8", errors="ignore")
+            image = Image.open(BytesIO(base64.urlsafe_b64decode(image_b64)))  # already resized
+            image = self.transform(image)
+
+            text = tokenize([_preprocess_text(raw_text)], context_length=self.max_txt_length)[0]
+            eos_index = text.numpy().tolist().index(_tokenizer.vocab["[SEP]"])
+            return image, text, eos_index
+
+    PlainPairsLMDBDataset.__module__ = __name__
+    PlainPairsLMDBDataset.__qualname__ = "PlainPairsLMDBDataset"
+    globals()["_plain_pairs_lmdb_dataset"] = PlainPairsLMDBDataset
+    return PlainPairsLMDBDataset
+
+
+def __getattr__(name):
+    if name == "PlainPairsLMDBDataset":
+        return plain_pairs_lmdb_dataset_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class PokemonDataset:
     """Gives upstream's training its dataset, sampler and loader (patches/0004's get_dataset)."""
 
     description = (
-        "upstream LMDBDataset; batches never hold two pairs of the same Pokemon (or text), "
+        "upstream LMDBDataset (pairs read without running code); batches never hold two pairs of the same Pokemon (or text), "
         "shrink when there are fewer than a batch, and reshuffle pictures every epoch"
     )
 
     def get_dataset(self, args, is_train, max_txt_length=64, epoch_id=0):
         import torch.distributed as dist
-        from cn_clip.training.data import DataInfo, LMDBDataset, fetch_resolution
+        from cn_clip.training.data import DataInfo, fetch_resolution
         from torch.utils.data import DataLoader
 
         from cn_clip_pokemon.sampler import UniqueGroupBatchSampler
 
         db_path = args.train_data if is_train else args.val_data
         # read (and closed) before LMDBDataset opens the same files: LMDB wants one environment
-        # per file per process
+        # per file per process. Reading every pair here also refuses a crafted dataset before
+        # any training starts.
         groups = pair_groups(db_path)
-        dataset = LMDBDataset(
+        dataset = plain_pairs_lmdb_dataset_class()(
             db_path,
             split="train" if is_train else "val",
             max_txt_length=max_txt_length,

@@ -1,0 +1,152 @@
+"""The dataset format's rules, in one place every stage imports: splits, the info file, prompt
+templates, and reading upstream's pickled LMDB pairs without running code.
+
+Templates: a template holds exactly one ``{}`` where the name goes and no other brace, and it is
+filled by replacing that ``{}``. Building, the tokenizer report, classify and evaluate all go through
+:func:`check_template` and :func:`fill_template`, so a template can never mean one text when training
+and another when classifying (``str.format`` would read ``{{}}`` as a literal ``{}``; replace would not).
+
+Pairs: upstream stores each LMDB pair as ``pickle.dumps((image_id, text_id, text))``. A pickle can
+call any importable function while it loads, so a dataset from elsewhere could run code when it is
+opened. :func:`safe_pair_loads` unpickles with an unpickler that imports nothing: only tuples, lists,
+numbers, strings and bytes can come out, and the value must then be an upstream pair.
+"""
+import io
+import pickle
+
+from cn_clip_pokemon.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+INFO_FILE = "dataset_info.json"
+
+PLACEHOLDER = "{}"
+TEMPLATE_EXAMPLE = "一张{}的图片"
+
+
+# --------------------------------------------------------------------------- prompt templates
+
+
+def check_template(template):
+    """``template`` if it holds exactly one ``{}`` and no other brace, else a one-line UserError."""
+    if not isinstance(template, str):
+        raise UserError(f"template {template!r} is not a text: use one with {{}} where the name goes, e.g. {TEMPLATE_EXAMPLE}")
+    if template.count(PLACEHOLDER) != 1:
+        raise UserError(f"template {template!r} must hold exactly one {{}} where the name goes, e.g. {TEMPLATE_EXAMPLE}")
+    rest = template.replace(PLACEHOLDER, "", 1)
+    if "{" in rest or "}" in rest:
+        raise UserError(
+            f"template {template!r} has a brace besides the one {{}} for the name; templates hold no other "
+            f"{{ or }}, e.g. {TEMPLATE_EXAMPLE}"
+        )
+    if "\n" in template or "\r" in template:
+        # texts are one line in {split}_texts.jsonl and in every report
+        raise UserError(f"template {template!r} spans several lines: use one line, e.g. {TEMPLATE_EXAMPLE}")
+    return template
+
+
+def check_templates(templates):
+    """The templates, each checked, duplicates dropped in order; no templates means the bare name."""
+    templates = list(dict.fromkeys(templates)) if templates else [PLACEHOLDER]
+    for template in templates:
+        check_template(template)
+    return templates
+
+
+def fill_template(template, name):
+    """The text of ``name`` through a checked ``template``: its one ``{}`` replaced by the name."""
+    return check_template(template).replace(PLACEHOLDER, name, 1)
+
+
+# --------------------------------------------------------------------------- LMDB pairs
+
+
+# The opcodes a plain pair needs (tuples, lists, ints, strings, bytes, None and the memo), at any
+# protocol. Everything else is refused before loading: GLOBAL/STACK_GLOBAL/INST/OBJ/REDUCE/NEWOBJ/
+# BUILD would import or call, EXT1/2/4 name a global through copyreg's extension registry, whose
+# cache the C unpickler consults without asking find_class, and PERSID/BINPERSID call persistent_load.
+_PLAIN_OPCODES = frozenset(
+    """PROTO FRAME STOP MARK POP POP_MARK DUP
+    NONE NEWTRUE NEWFALSE INT BININT BININT1 BININT2 LONG LONG1 LONG4
+    STRING BINSTRING SHORT_BINSTRING UNICODE SHORT_BINUNICODE BINUNICODE BINUNICODE8
+    BINBYTES SHORT_BINBYTES BINBYTES8
+    EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 EMPTY_LIST LIST APPEND APPENDS
+    PUT BINPUT LONG_BINPUT MEMOIZE GET BINGET LONG_BINGET""".split()
+)
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for something a plain pair never needs (what is the message)."""
+
+
+class _NothingImportingUnpickler(pickle.Unpickler):
+    """An unpickler that resolves no global: no class, no function, so nothing can be called."""
+
+    def find_class(self, module, name):
+        raise _Refused(f"global {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise _Refused("a persistent id")
+
+
+def _refuse_unplain_opcodes(data):
+    """Raise _Refused at the first opcode a plain pair does not need."""
+    import pickletools
+
+    for opcode, argument, _position in pickletools.genops(data):
+        if opcode.name not in _PLAIN_OPCODES:
+            shown = f" {argument.replace(' ', '.')}" if opcode.name in ("GLOBAL", "INST") and isinstance(argument, str) else ""
+            raise _Refused(f"opcode {opcode.name}{shown}")
+
+
+def _plain_loads(data):
+    """Unpickle ``data`` only if it is made of plain-value opcodes, with nothing importable."""
+    _refuse_unplain_opcodes(data)
+    return _NothingImportingUnpickler(io.BytesIO(data)).load()
+
+
+def _is_id(value):
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
+def pair_location(pairs_dir, key):
+    """How errors name one pair: the LMDB folder and the key."""
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        key = bytes(key).decode("utf-8", errors="replace")
+    return f"{pairs_dir} key {key!r}"
+
+
+def safe_pair_loads(value, where):
+    """``(image_id, text_id, text)`` from one LMDB pair value, without running any code.
+
+    ``where`` names the LMDB path and key for the error (see :func:`pair_location`). Anything but a
+    plain pickled upstream pair (a pickle that imports or calls something, a damaged value, another
+    shape) raises a one-line UserError and nothing in it is executed.
+    """
+    if value is None:
+        raise UserError(f"{where}: the pair is missing; the dataset is damaged: rebuild it with `cn-clip-pokemon build-dataset`")
+    data = bytes(value)
+    try:
+        pair = _plain_loads(data)
+    except _Refused as refused:
+        raise UserError(
+            f"{where}: the pair value is not a plain pickled (image_id, text_id, text): it uses {refused}, "
+            "which could run code, so it was refused and not executed. This dataset is not trusted: "
+            "rebuild it from the pictures with `cn-clip-pokemon build-dataset`"
+        ) from None
+    except Exception as error:  # truncated or garbage bytes: EOFError, ValueError, KeyError, ...
+        raise UserError(
+            f"{where}: the pair value is not a readable pickle ({type(error).__name__}); the dataset is "
+            "damaged or not trusted: rebuild it with `cn-clip-pokemon build-dataset`"
+        ) from None
+    if not (
+        isinstance(pair, (tuple, list))
+        and len(pair) == 3
+        and _is_id(pair[0])
+        and _is_id(pair[1])
+        and isinstance(pair[2], str)
+    ):
+        raise UserError(
+            f"{where}: the pair value is of type {type(pair).__name__}, not upstream's (image_id, text_id, text); "
+            "the dataset is not trusted: rebuild it with `cn-clip-pokemon build-dataset`"
+        )
+    return tuple(pair)
