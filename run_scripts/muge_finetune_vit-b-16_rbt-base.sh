@@ -7,11 +7,11 @@
 # Needs (upstream's DATAPATH layout and data, see Chinese-CLIP's README):
 #   ${DATAPATH}/datasets/MUGE/lmdb/{train,valid}
 #   ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt
-# Writes ${DATAPATH}/experiments/muge_finetune_vit-b-16_roberta-base_bs64_1gpu/. Run it again after an
+# Writes ${DATAPATH}/experiments/muge_finetune_vit-b-16_roberta-base_bs128x8_1gpu/. Run it again after an
 # interruption: it continues from that run's epoch_latest.pt.
 #
-# What to edit: upstream used 8 GPUs x 128; one 24 GB GPU holds 64 with amp. Flags given after
-# DATAPATH come last and win, e.g. `--nproc-per-node 8 --batch-size 128` for upstream's setting.
+# Upstream's 8 GPUs x 128 become --batch-size 128 --accum-freq 8 on one GPU: the same 1,024 pairs
+# per loss, lr and schedule (see finetune_vit-b-16_rbt-base.sh for why and what to edit).
 set -euo pipefail
 
 exec bash "$(dirname "$0")/finetune_vit-b-16_rbt-base.sh" MUGE "$@"

@@ -142,3 +142,14 @@ def test_other_lines_are_known():
     known = ("cn-clip-pokemon", "bash run_scripts/", "python3 -m venv", "pip install", "python bench/")
     for line in all_command_lines():
         assert line.startswith(known), f"the README shows a command no test checks: {line}"
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_patch_table_lists_every_patch(readme):
+    """The README's table of patches names exactly the files in patches/."""
+    import re
+
+    text = (REPO / readme).read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `(\d{4}-[\w-]+)` \|", text, flags=re.M))
+    shipped = {path.stem for path in (REPO / "patches").glob("*.patch")}
+    assert listed == shipped

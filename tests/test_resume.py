@@ -208,3 +208,13 @@ def test_a_split_with_no_rows_is_refused(tmp_path, capsys):
     code = cli_main(["train", "--train-data", str(split), "--device", "cpu", "--vision-model", "ViT-T-8-64", "--text-model", "RBT-Tiny-chinese"])
     err = capsys.readouterr().err
     assert code == 1 and f"{split} holds no image-text pairs" in err
+
+
+def test_accumulated_batches_train_and_resume(runner, sprite_dataset, tmp_path):
+    """--accum-freq (the one-GPU recipe of the MUGE / Flickr30k-CN scripts) through upstream's main."""
+    logs = tmp_path / "logs"
+    command = train_command(runner, sprite_dataset / "lmdb" / "train", logs, "--accum-freq", "2", "--batch-size", "4", "--max-steps", "3")
+    run(command)
+    first = step_losses(logs)
+    assert sorted(first) == [1, 2, 3]
+    assert load_checkpoint(logs / "run" / "checkpoints" / "epoch_latest.pt")["step"] == 3
