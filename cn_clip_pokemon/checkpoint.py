@@ -385,29 +385,137 @@ def _likely_cause(missing, unexpected, mismatched, source):
     return f"{source} does not match this file, or the file is not a Chinese-CLIP checkpoint"
 
 
+def _fit_report(expected_shapes, state_dict, path, source):
+    """The grouped report of how ``state_dict`` does not fit ``{key: shape}``, or None when it fits."""
+    missing = [key for key in expected_shapes if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected_shapes]
+    mismatched = [
+        (key, tuple(state_dict[key].shape), tuple(expected_shapes[key]))
+        for key in expected_shapes
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected_shapes[key])
+    ]
+    if not (missing or unexpected or mismatched):
+        return None
+    lines = [f"{path} does not fit the model built from {source}:"]
+    if missing:
+        lines.append(f"  missing from the file, {len(missing)} keys: " + "; ".join(_group_keys(missing)))
+    if unexpected:
+        lines.append(f"  unexpected in the file, {len(unexpected)} keys: " + "; ".join(_group_keys(unexpected)))
+    if mismatched:
+        shown = "; ".join(f"{key} {tuple(got)} vs model {tuple(want)}" for key, got, want in mismatched[:4])
+        more = f" and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""
+        lines.append(f"  different shapes, {len(mismatched)} tensors: {shown}{more}")
+    lines.append(f"  likely cause: {_likely_cause(missing, unexpected, mismatched, source)}")
+    return "\n".join(lines)
+
+
 def load_state_dict_strictly(model, state_dict, path, source):
     """``model.load_state_dict(strict=True)`` with a readable, grouped report when it cannot fit."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [
-        (key, tuple(state_dict[key].shape), tuple(expected[key].shape))
-        for key in expected
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
-    ]
-    if missing or unexpected or mismatched:
-        lines = [f"{path} does not fit the model built from {source}:"]
-        if missing:
-            lines.append(f"  missing from the file, {len(missing)} keys: " + "; ".join(_group_keys(missing)))
-        if unexpected:
-            lines.append(f"  unexpected in the file, {len(unexpected)} keys: " + "; ".join(_group_keys(unexpected)))
-        if mismatched:
-            shown = "; ".join(f"{key} {tuple(got)} vs model {tuple(want)}" for key, got, want in mismatched[:4])
-            more = f" and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""
-            lines.append(f"  different shapes, {len(mismatched)} tensors: {shown}{more}")
-        lines.append(f"  likely cause: {_likely_cause(missing, unexpected, mismatched, source)}")
-        raise UserError("\n".join(lines))
+    report = _fit_report({key: value.shape for key, value in model.state_dict().items()}, state_dict, path, source)
+    if report:
+        raise UserError(report)
     model.load_state_dict(state_dict, strict=True)
+
+
+# --------------------------------------------------------------------------- checks before allocating
+# A checkpoint's model_config decides how big a model is built, so a 2 KB file could ask for tens of
+# GiB (vision_width 65536) before a single key is compared. Its config is checked first: arguments
+# present and of the right kind, layer counts against the file's keys, then every tensor shape against
+# a model built on the "meta" device, which has shapes and no storage.
+
+
+def _clip_arguments():
+    """CLIP(**kwargs)'s argument names and those without a default (tokenizer is never ours to set)."""
+    import inspect
+
+    from cn_clip.clip.model import CLIP
+
+    parameters = [p for name, p in inspect.signature(CLIP).parameters.items() if name != "tokenizer"]
+    return {p.name for p in parameters}, [p.name for p in parameters if p.default is inspect.Parameter.empty]
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_model_info(model_info, path):
+    """A one-line UserError unless ``model_info`` can be CLIP(**kwargs): every argument there, sizes
+    positive whole numbers, nothing unknown."""
+    if not isinstance(model_info, dict):
+        raise UserError(f"{path}: its model_config's model_info is a {type(model_info).__name__}, not CLIP's arguments; the file is damaged")
+    known, required = _clip_arguments()
+    absent = [name for name in required if name not in model_info]
+    if absent:
+        raise UserError(
+            f"{path}: its model_config lacks {', '.join(absent)}, so the model cannot be built from it; "
+            "pass --vision-model and --text-model to name the architecture, or re-save the checkpoint"
+        )
+    unknown = sorted(str(name) for name in model_info if name not in known)
+    if unknown:
+        raise UserError(f"{path}: its model_config has arguments CLIP does not take ({', '.join(unknown)}); the file is damaged or from another model")
+    layers = model_info["vision_layers"]
+    layers_ok = _is_count(layers) or (isinstance(layers, (list, tuple)) and len(layers) == 4 and all(map(_is_count, layers)))
+    sizes = [key for key in VISION_SHAPE_KEYS + TEXT_SHAPE_KEYS + ("text_num_attention_heads",) if key != "vision_layers"]
+    if model_info.get("vision_patch_size") is None and isinstance(layers, (list, tuple)):
+        sizes.remove("vision_patch_size")  # ResNets have no patches
+    wrong = [f"{key}={model_info[key]!r}" for key in sizes if not _is_count(model_info[key])]
+    if not layers_ok:
+        wrong.insert(0, f"vision_layers={layers!r}")
+    if wrong:
+        raise UserError(f"{path}: its model_config has {', '.join(wrong)}, not positive whole numbers; the file is damaged")
+
+
+def _layer_counts(model_info, state_dict):
+    """``[(config key, key prefix, config count, count in the file)]`` for each stack of layers."""
+    layers = model_info["vision_layers"]
+    if isinstance(layers, (list, tuple)):
+        vision = [(f"vision_layers[{i}]", f"visual.layer{i + 1}.", layers[i]) for i in range(4)]
+    else:
+        vision = [("vision_layers", "visual.transformer.resblocks.", layers)]
+    stacks = vision + [("text_num_hidden_layers", "bert.encoder.layer.", model_info["text_num_hidden_layers"])]
+    return [(name, prefix, int(wanted), _count_indexed(state_dict, prefix)) for name, prefix, wanted in stacks]
+
+
+def check_config_against_weights(model_info, state_dict, path):
+    """A one-line UserError naming the first key where a file's own model_config and its tensors disagree.
+
+    Builds the model on the meta device (no memory) to know each tensor's shape; layer counts are
+    compared first, from the keys alone, so a config asking for a million layers builds nothing.
+    """
+    advice = "the file was edited or damaged: re-save it, or pass --vision-model and --text-model to build the architecture its weights have"
+    for name, prefix, wanted, found in _layer_counts(model_info, state_dict):
+        if wanted != found:
+            key = f"{prefix}{min(wanted, found)}.*"
+            what = "missing from the file" if wanted > found else "in the file but not in the config"
+            raise UserError(f"{path}: its model_config says {name}={wanted} but the file holds {found} such layers ({key} {what}); {advice}")
+    expected = shapes_on_meta(model_info, path)
+    inferred = (infer_model_info(state_dict) or {}).get("model_info", {})
+    for key, want in expected.items():
+        if key in state_dict and tuple(state_dict[key].shape) != want:
+            differing = [
+                f"{name}={model_info[name]!r} (the weights say {inferred[name]!r})"
+                for name in VISION_SHAPE_KEYS + TEXT_SHAPE_KEYS
+                if name in inferred and model_info.get(name) != inferred[name]
+            ]
+            says = f"; the config says {', '.join(differing)}" if differing else ""
+            raise UserError(
+                f"{path}: its model_config does not match its weights: {key} is {tuple(state_dict[key].shape)} in the file "
+                f"but {want} for the config{says}; refusing to build a model from it: {advice}"
+            )
+    return expected
+
+
+def shapes_on_meta(model_info, path):
+    """``{key: shape}`` of the model ``CLIP(**model_info)`` would be, built without allocating memory."""
+    import torch
+    from cn_clip.clip.model import CLIP
+
+    try:
+        with torch.device("meta"):
+            model = CLIP(**model_info)
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError, AssertionError, AttributeError, KeyError) as error:
+        raise UserError(f"model_config of {path} is not a valid CLIP(**kwargs): {_first_line(error)}") from None
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
 # --------------------------------------------------------------------------- public API
@@ -419,7 +527,10 @@ def pick_device(device=None):
 
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N (or auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device} asked for, but CUDA is not available here: use --device cpu")
     return device
@@ -456,6 +567,7 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
 
     if str(path_or_name) in _MODELS and not (vision_model or text_model):
         vision_model, text_model = _MODEL_INFO[str(path_or_name)]["struct"].split("@")
+    own_config = False  # whether the architecture comes from the (untrusted) file's model_config
 
     if vision_model or text_model:
         if not (vision_model and text_model):
@@ -471,9 +583,17 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
         source = f"the names {vision_model}@{text_model}"
         model_config = {"vision_model": vision_model, "text_model": text_model, "model_info": model_info}
     elif saved_config is not None:
+        if "model_info" not in saved_config:
+            raise UserError(
+                f"{path}: its model_config has no model_info (CLIP's arguments); pass --vision-model and "
+                "--text-model to name the architecture, or re-save the checkpoint"
+            )
+        if not isinstance(saved_config["model_info"], dict):
+            check_model_info(saved_config["model_info"], path)  # says what it is instead
         model_info = dict(saved_config["model_info"])
         model_config = dict(saved_config)
         source = "the checkpoint's own model_config"
+        own_config = True
     else:
         model_config = infer_model_info(state_dict)
         if model_config is None:
@@ -487,18 +607,34 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
         source = f"shapes read from the file ({names})"
 
     if isinstance(model_info.get("vision_layers"), str):
-        model_info["vision_layers"] = json.loads(model_info["vision_layers"])
+        # upstream's RN50 config writes "[3,4,6,3]"; read it as JSON, never eval()
+        try:
+            model_info["vision_layers"] = json.loads(model_info["vision_layers"])
+        except ValueError:
+            pass  # check_model_info names it
+    model_info.pop("use_flash_attention", None)  # always rebuilt with plain attention (any device)
+    check_model_info(model_info, path)
     checkpoint_resolution = model_info["image_resolution"]
+
+    # Every shape is checked on a memory-less "meta" model at the file's own resolution before the
+    # real model is allocated: a config that disagrees with the file costs nothing.
+    if own_config:
+        expected_shapes = check_config_against_weights(model_info, state_dict, path)
+    else:
+        expected_shapes = shapes_on_meta(model_info, path)
+    report = _fit_report(expected_shapes, state_dict, path, source)
+    if report:
+        raise UserError(report)
+
     if input_resolution:
         model_info["image_resolution"] = int(input_resolution)
-    model_info.pop("use_flash_attention", None)  # always rebuilt with plain attention (any device)
     model_config["model_info"] = model_info
     model_config["input_resolution"] = int(model_info["image_resolution"])
 
     try:
         model = CLIP(**model_info)
-    except TypeError as error:
-        raise UserError(f"model_config of {path} is not a valid CLIP(**kwargs): {error}") from None
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError, AssertionError) as error:
+        raise UserError(f"model_config of {path} is not a valid CLIP(**kwargs): {_first_line(error)}") from None
     if input_resolution and int(input_resolution) != checkpoint_resolution:
         # a ViT checkpoint trained at one resolution still runs at another: interpolate positions
         resize_pos_embed(state_dict, model)

@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import cn_clip_pokemon  # noqa: E402,F401  (first: its patches apply to the cn_clip modules imported after it)
 from cn_clip.clip import tokenize  # noqa: E402
 from cn_clip.clip.model import CLIP, convert_state_dict, convert_weights  # noqa: E402
 
@@ -215,13 +216,14 @@ def test_not_a_clip_state_dict(tmp_path):
 
 
 def test_mismatched_keys_are_listed_grouped_never_loaded_loosely(tiny_model, tmp_path):
-    state = {k: v for k, v in tiny_model.state_dict().items() if not k.startswith("visual.transformer.resblocks.1.")}
+    # a block lost from the middle (the layer count still agrees with the config)
+    state = {k: v for k, v in tiny_model.state_dict().items() if not k.startswith("visual.transformer.resblocks.0.")}
     state["visual.extra_head.weight"] = torch.zeros(2)
     torch.save({"model_config": TINY_CONFIG, "state_dict": state}, tmp_path / "edited.pt")
     with pytest.raises(UserError) as error:
         ckpt.load_model(tmp_path / "edited.pt", device="cpu")
     message = str(error.value)
-    assert "missing from the file, 12 keys: visual.transformer.resblocks.1.* (12 keys)" in message
+    assert "missing from the file, 12 keys: visual.transformer.resblocks.0.* (12 keys)" in message
     assert "unexpected in the file, 1 keys: visual.extra_head.weight" in message
     assert "likely cause" in message
 
@@ -320,3 +322,38 @@ def test_upstream_load_from_name_reads_our_checkpoint(rn50_files, capsys):
     inferred = ckpt.infer_model_info(ckpt.normalize_state_dict(torch.load(release, weights_only=True)["state_dict"]))
     assert (inferred["vision_model"], inferred["text_model"]) == ("RN50", "RBT3-chinese")
     assert inferred["model_info"]["vision_layers"] == [3, 4, 6, 3]
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda info: info.pop("image_resolution"), "lacks image_resolution"),
+        (lambda info: info.update(vision_width="64"), "vision_width='64'"),
+        (lambda info: info.update(text_num_hidden_layers=0), "text_num_hidden_layers=0"),
+        (lambda info: info.update(tokenizer="bert"), "does not take (tokenizer)"),
+        (lambda info: info.update(vision_layers=10**9), "vision_layers=1000000000 but the file holds 2"),
+        (lambda info: info.update(text_hidden_size=128), "text_hidden_size=128 (the weights say 64)"),
+    ],
+)
+def test_a_model_config_that_does_not_fit_its_weights_is_one_line(tiny_model, tmp_path, edit, says):
+    info = dict(TINY)
+    edit(info)
+    path = tmp_path / "edited.pt"
+    torch.save({"model_config": dict(TINY_CONFIG, model_info=info), "state_dict": tiny_model.state_dict()}, path)
+    with pytest.raises(UserError) as error:
+        ckpt.load_model(path, device="cpu")
+    message = str(error.value)
+    assert message.startswith(str(path)) and "\n" not in message and says in message
+
+
+def test_a_model_config_without_model_info_is_one_line(tiny_model, tmp_path):
+    path = tmp_path / "no-info.pt"
+    torch.save({"model_config": {"vision_model": "ViT-B-16"}, "state_dict": tiny_model.state_dict()}, path)
+    with pytest.raises(UserError, match="has no model_info") as error:
+        ckpt.load_model(path, device="cpu")
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_device_is_a_user_error():
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
+        ckpt.pick_device("tpu")
