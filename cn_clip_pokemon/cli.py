@@ -7,10 +7,16 @@ upstream's own flags through). Modules import torch lazily so ``--help`` stays f
 """
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from cn_clip_pokemon import __version__
-from cn_clip_pokemon.errors import EXIT_ERROR, EXIT_INTERRUPTED, UserError
+from cn_clip_pokemon.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UserError
+
+# A closed output pipe (`cn-clip-pokemon plugins --json | head -1`) ends the command quietly, with
+# the shell's usual code for a process stopped by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 # name, module, one-line help, raw
 COMMANDS = [
@@ -27,6 +33,106 @@ COMMANDS = [
 ]
 
 
+class UsageError(UserError):
+    """Bad command-line usage: exit 2, like argparse's own errors (the message names the argument)."""
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit 2, never the usage block plus a
+    second line; :func:`main` prints it like every other error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# --------------------------------------------------------------------------- argument types
+# Checked while parsing, so a bad value is a usage error before any model is loaded.
+
+
+def positive_int(text):
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text):
+    """An argparse type: a whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def prompt_template(text):
+    """An argparse type: a template with one {} for the name (dataset_format's rule)."""
+    from cn_clip_pokemon.dataset_format import check_template
+
+    try:
+        return check_template(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def search_text(text):
+    """An argparse type: a text with something besides spaces."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the search text is empty: give a name or a description, or --image PICTURE")
+    return text
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def device_name(text):
+    """An argparse type: auto, cpu, cuda, cuda:N (or mps/xpu where torch has them)."""
+    name = text.strip().lower()
+    if name in ("", "auto"):
+        return None
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_TYPES or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:N (or auto)")
+    return name
+
+
+def _first_existing(path):
+    for candidate in [path, *path.parents]:
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return None
+
+
+def output_file(text):
+    """An argparse type: a file path that can be written (not a folder; no file where a folder must be)."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder: give a file name such as {path / 'grid.png'}")
+    existing = _first_existing(path.parent)
+    if existing is not None and not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {existing} is a file, not a folder")
+    return path
+
+
+def output_folder(text):
+    """An argparse type: a folder path that exists as a folder or can be made."""
+    path = Path(text).expanduser()
+    existing = _first_existing(path)
+    if existing is not None and not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be made: {existing} is a file"
+        raise argparse.ArgumentTypeError(f"{path} {what}, not a folder")
+    return path
+
+
+# --------------------------------------------------------------------------- commands
+
+
 def plugins_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print JSON (the default is a table)")
 
@@ -41,6 +147,9 @@ def plugins_command(args):
         print(json.dumps(described, ensure_ascii=False, indent=2))
         return 0
     for plugin in described:
+        if "skipped" in plugin:
+            print(f"{plugin['name']}  (from {plugin['distribution']}): SKIPPED, {plugin['skipped']}")
+            continue
         print(f"{plugin['name']}  ({plugin['module']}, from {plugin['distribution']})")
         for hook, names in plugin["registers"].items():
             print(f"  {hook}: {', '.join(names) if names else '(nothing)'}")
@@ -49,11 +158,12 @@ def plugins_command(args):
 
 def build_parser(only=None):
     """The full parser; with ``only``, just that command's module is imported (faster start)."""
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="cn-clip-pokemon",
         description="Fine-tune Chinese-CLIP on your own pictures, with Pokemon as the worked example.",
         epilog="Run `cn-clip-pokemon COMMAND --help` for a command's options. "
-        "Exit codes: 0 done, 1 error (the message says what to do), 2 bad usage, 130 interrupted.",
+        "Exit codes: 0 done, 1 error (the message says what to do), 2 bad usage, 130 interrupted, "
+        "141 output pipe closed.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -82,14 +192,31 @@ def main(argv=None):
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
-            return 2
-        return args._run(args)
+            return EXIT_USAGE
+        code = args._run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return code
+    except UsageError as error:
+        print(f"cn-clip-pokemon: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except UserError as error:
         print(f"cn-clip-pokemon: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # nothing more can reach the reader; point stdout at /dev/null so the final flush is quiet
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("cn-clip-pokemon: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as error:
+        # the file system said no (full disk, no permission...): say where, without a traceback
+        where = f" {error.filename}" if error.filename else ""
+        print(f"cn-clip-pokemon: error:{where}: {error.strerror or error}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

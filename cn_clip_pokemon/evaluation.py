@@ -28,10 +28,10 @@ import json
 import sys
 from pathlib import Path
 
+from cn_clip_pokemon.dataset_format import SPLITS, check_templates
 from cn_clip_pokemon.errors import UserError
 
 RECALL_KS = (1, 5, 10)
-SPLITS = ("train", "valid", "test")
 
 
 def _all_split_texts(dataset_dir):
@@ -56,7 +56,8 @@ def zero_shot_labels(pictures, dataset_dir):
     info = pictures.info
     if info and info.get("names"):
         names = list(info["names"])
-        templates = list(info.get("templates") or ["{}"])
+        # the dataset's own templates, held to the builder's rule (a hand-edited info file too)
+        templates = check_templates(info.get("templates"))
         index = {name: i for i, name in enumerate(names)}
         labels = []
         for image_id in pictures.image_ids:
@@ -150,8 +151,11 @@ def evaluate(
     ``keep_scores`` adds the raw tensors under ``"scores"``.
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
-    from cn_clip_pokemon.inference import SplitPictures, name_embeddings, split_embeddings
+    from cn_clip_pokemon.inference import SplitPictures, name_embeddings, require_positive, split_embeddings
 
+    require_positive(batch_size=batch_size)
+    if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:
+        raise UserError(f"worst must be a whole number of at least 0, not {worst!r}")
     loaded = loaded or load_checkpoint(checkpoint, device=device)
     pictures = SplitPictures(dataset_dir, split)
     try:
@@ -268,6 +272,8 @@ def evaluate(
 
 
 def evaluate_arguments(parser):
+    from cn_clip_pokemon.cli import device_name, non_negative_int, output_file, output_folder, positive_int
+
     parser.description = (
         "Evaluate a checkpoint on a split of a built dataset: zero-shot top-1 and top-5 over the "
         "dataset's full name set, and text->image / image->text Recall@1/5/10 where every picture "
@@ -276,13 +282,14 @@ def evaluate_arguments(parser):
     parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint file or an upstream pretrained name")
     parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder made by `cn-clip-pokemon build-dataset`")
     parser.add_argument("--split", default="test", help="train, valid or test (default test)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when there is one)")
-    parser.add_argument("--batch-size", type=int, default=32, help="pictures per forward pass (default 32)")
+    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: CUDA when there is one)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="pictures per forward pass (default 32)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--out", metavar="WORST.png", help="write a grid of the most confident zero-shot mistakes")
-    parser.add_argument("--worst", type=int, default=16, help="mistakes to list and draw (default 16)")
+    parser.add_argument("--out", type=output_file, metavar="WORST.png", help="write a grid of the most confident zero-shot mistakes")
+    parser.add_argument("--worst", type=non_negative_int, default=16, help="mistakes to list and draw (default 16)")
     parser.add_argument(
         "--predictions",
+        type=output_folder,
         metavar="DIR",
         help="write upstream's jsonl ground truths and top-10 predictions there, for cn_clip/eval/evaluation.py",
     )

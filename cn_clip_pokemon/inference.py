@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from cn_clip_pokemon.dataset_format import check_templates, fill_template
 from cn_clip_pokemon.errors import UserError
 
 CACHE_FORMAT = 1
@@ -100,10 +101,17 @@ def _progress(iterable, total, description, enabled):
 
 
 def fill_templates(name, templates):
-    """The texts of one name: each template filled, then upstream's text preprocessing."""
+    """The texts of one name: each template filled (the builder's rule), then upstream's text preprocessing."""
     from cn_clip.eval.data import _preprocess_text
 
-    return [_preprocess_text(template.format(name)) for template in templates]
+    return [_preprocess_text(fill_template(template, name)) for template in templates]
+
+
+def require_positive(**values):
+    """A UserError naming the first of ``values`` that is not a whole number of at least 1."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be a whole number of at least 1, not {value!r}")
 
 
 def encode_texts(loaded, texts, batch_size=256, progress=True, description="encoding texts"):
@@ -231,11 +239,11 @@ class Classifier:
     def __init__(self, checkpoint, names=None, templates=DEFAULT_TEMPLATES, device=None, cache=True, progress=True, loaded=None, **load_options):
         from cn_clip_pokemon.checkpoint import load_checkpoint
 
+        self.templates = check_templates(templates or DEFAULT_TEMPLATES)  # before the model loads
         self.loaded = loaded or load_checkpoint(checkpoint, device=device, **load_options)
         self.names = list(names) if names is not None else candidate_names()
         if not self.names:
             raise UserError("no names to classify among")
-        self.templates = list(templates or DEFAULT_TEMPLATES)
         self.progress = progress
         self.name_embeddings = name_embeddings(self.loaded, self.names, self.templates, cache=cache, progress=progress)
 
@@ -246,6 +254,7 @@ class Classifier:
 
     def classify_images(self, images, top_k=5, batch_size=32):
         """For each PIL picture, ``[(name, probability), ...]`` best first."""
+        require_positive(top_k=top_k, batch_size=batch_size)
         images = list(images)
         embeddings = encode_pictures(self.loaded, images, batch_size=batch_size, progress=self.progress and len(images) > batch_size)
         probabilities = self.probabilities(embeddings)
@@ -313,6 +322,8 @@ def _percent(probability):
 
 
 def _add_model_options(parser):
+    from cn_clip_pokemon.cli import device_name, positive_int
+
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -320,10 +331,10 @@ def _add_model_options(parser):
         help="a checkpoint file (ours, upstream's fine-tune or pretrained file, a raw state dict) "
         "or an upstream pretrained name such as ViT-B-16",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when there is one)")
+    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: CUDA when there is one)")
     parser.add_argument("--vision-model", default=None, help="force the vision config name (default: read from the checkpoint)")
     parser.add_argument("--text-model", default=None, help="force the text config name (default: read from the checkpoint)")
-    parser.add_argument("--batch-size", type=int, default=32, help="pictures per forward pass (default 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="pictures per forward pass (default 32)")
     parser.add_argument(
         "--no-cache", action="store_true", help="encode every name or picture again instead of using <checkpoint>.cache/"
     )
@@ -334,6 +345,8 @@ def _load_options(args):
 
 
 def classify_arguments(parser):
+    from cn_clip_pokemon.cli import output_file, positive_int, prompt_template
+
     parser.description = (
         "Which Pokemon is this? Prints the top-k names with probabilities for each picture. "
         "Pictures are opened like the dataset builder does (transparency on white, padded square). "
@@ -352,28 +365,23 @@ def classify_arguments(parser):
     parser.add_argument(
         "--template",
         action="append",
+        type=prompt_template,
         metavar="TEXT",
         help="prompt template with {} for the name, repeatable; embeddings of several are averaged "
         "(default: the bare name, as the Pokemon dataset trains by default)",
     )
-    parser.add_argument("--top-k", type=int, default=5, help="names to show per picture (default 5)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="names to show per picture (default 5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--out", metavar="GRID.png", help="also write a PNG grid of the pictures with their top names")
+    parser.add_argument("--out", type=output_file, metavar="GRID.png", help="also write a PNG grid of the pictures with their top names")
 
 
 def classify_command(args):
-    if args.top_k < 1:
-        raise UserError("--top-k must be at least 1")
-    if args.template:
-        from cn_clip_pokemon.builder import check_templates
-
-        check_templates(args.template)  # the same rule as the dataset's templates
     names = candidate_names(args.names, args.names_file) if (args.names or args.names_file) else None
     pictures = expand_pictures(args.pictures)
     classifier = Classifier(
         args.checkpoint,
         names=names,
-        templates=args.template or DEFAULT_TEMPLATES,
+        templates=check_templates(args.template),  # deduplicated like the builder's; default the bare name
         device=args.device,
         cache=not args.no_cache,
         **_load_options(args),
@@ -409,10 +417,9 @@ def classify_command(args):
         )
     else:
         for result in results:
-            print(result["picture"])
             if "error" in result:
-                print(f"  error: {result['error']}")
-                continue
+                continue  # said once, on stderr, below
+            print(result["picture"])
             for prediction in result["predictions"]:
                 number = f"  #{prediction['number']}" if prediction["number"] else ""
                 print(f"  {_percent(prediction['probability'])}  {prediction['name']}{number}")
@@ -590,14 +597,16 @@ def search(checkpoint, dataset_dir, query=None, image=None, split="test", top_k=
 
     if (query is None) == (image is None):
         raise UserError("search needs either a text or --image PICTURE (not both)")
+    require_positive(top_k=top_k, batch_size=batch_size)
+    if query is not None:
+        query = to_simplified(query.strip())
+        if not query:
+            raise UserError("the search text is empty: give a name or a description, or search by picture")
     loaded = loaded or load_checkpoint(checkpoint, device=device)
     pictures = SplitPictures(dataset_dir, split)
     try:
         embeddings = split_embeddings(loaded, pictures, cache=cache, batch_size=batch_size, progress=progress)
         if query is not None:
-            query = to_simplified(query.strip())
-            if not query:
-                raise UserError("the search text is empty")
             probe = encode_texts(loaded, [fill_templates(query, ["{}"])[0]], progress=False)
         else:
             from cn_clip_pokemon.images import open_picture
@@ -616,28 +625,29 @@ def search(checkpoint, dataset_dir, query=None, image=None, split="test", top_k=
 
 
 def search_arguments(parser):
+    from cn_clip_pokemon.cli import output_file, positive_int, search_text
+
     parser.description = (
         "Search the pictures of a built dataset split: by text (a name such as 喷火龙, or any "
         "description) or, with --image, by a picture (most similar pictures first). The split's "
         "picture embeddings are cached beside the checkpoint."
     )
-    parser.add_argument("query", nargs="?", help="the text to search for (omit it with --image)")
+    parser.add_argument("query", nargs="?", type=search_text, help="the text to search for (omit it with --image)")
     parser.add_argument("--image", metavar="PICTURE", help="search by this picture instead of a text")
     _add_model_options(parser)
     parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder made by `cn-clip-pokemon build-dataset`")
     parser.add_argument("--split", default="test", help="train, valid or test (default test)")
-    parser.add_argument("--top-k", type=int, default=10, help="pictures to show (default 10)")
+    parser.add_argument("--top-k", type=positive_int, default=10, help="pictures to show (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--out", metavar="GRID.png", help="also write a PNG grid of the pictures found")
+    parser.add_argument("--out", type=output_file, metavar="GRID.png", help="also write a PNG grid of the pictures found")
 
 
 def search_command(args):
     from cn_clip_pokemon.checkpoint import load_checkpoint
+    from cn_clip_pokemon.cli import UsageError
 
-    if args.top_k < 1:
-        raise UserError("--top-k must be at least 1")
     if (args.query is None) == (args.image is None):
-        raise UserError("give a search text or --image PICTURE (exactly one)")
+        raise UsageError("give a search text or --image PICTURE (exactly one)")
     loaded = load_checkpoint(args.checkpoint, device=args.device, **_load_options(args))
     found = search(
         args.checkpoint,

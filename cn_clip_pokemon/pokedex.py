@@ -15,6 +15,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
+from cn_clip_pokemon.dataset_format import fill_template
 from cn_clip_pokemon.errors import UserError
 
 POKEDEX_FILE = Path(__file__).parent / "data" / "pokedex.json"
@@ -190,7 +191,7 @@ class Pokedex:
             if "[UNK]" in tokens:
                 unknown[name] = tokens
             key = tuple(
-                tuple(_tokenizer.convert_tokens_to_ids(_tokenizer.tokenize(t.format(name).lower())))
+                tuple(_tokenizer.convert_tokens_to_ids(_tokenizer.tokenize(fill_template(t, name).lower())))
                 for t in templates
             )
             by_tokens.setdefault(key, []).append(name)
@@ -338,7 +339,14 @@ def t2s_command(args):
         raise UserError(f"{out} already exists; remove it, choose another --out, or use --in-place")
 
     if path.is_file():
-        changes = convert_text_file(path, out)
+        try:
+            changes = convert_text_file(path, out)
+        except UnicodeDecodeError:
+            # the temporary copy is gone and the input untouched (convert_text_file writes atomically)
+            raise UserError(
+                f"{path} is not UTF-8 text (GBK or Big5 perhaps): nothing was changed; convert it to "
+                f"UTF-8 first, e.g. `iconv -f GBK -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`"
+            ) from None
         for line_number, old, new in changes if not args.quiet else []:
             print(f"{path.name}:{line_number}: {_shorten(old)} -> {_shorten(new)}")
         print(f"{len(changes)} line(s) changed; written to {out}")

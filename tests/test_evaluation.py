@@ -1,6 +1,5 @@
 """evaluate: numbers agree with upstream's own scorers on the same predictions; definitions hold."""
 import json
-import pickle
 import shutil
 import subprocess
 import sys
@@ -9,11 +8,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import cn_clip_pokemon  # noqa: E402,F401  (first: its patches apply to the cn_clip modules imported after it)
 from cn_clip.clip.model import CLIP  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
+from cn_clip_pokemon.dataset_format import safe_pair_loads  # noqa: E402
 from cn_clip_pokemon.evaluation import evaluate, ranked, recall_at_k, top_k_accuracy  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def upstream_style_predictions(checkpoint, dataset, split, k=10):
     images = {}
     for index in range(reader.number_samples):
         image, _, _ = reader[index]
-        image_id = pickle.loads(reader.txn_pairs.get(str(index).encode()).tobytes())[0]
+        image_id = safe_pair_loads(reader.txn_pairs.get(str(index).encode()), f"pair {index}")[0]
         images.setdefault(image_id, image)
     image_ids = sorted(images)
     texts = [json.loads(line) for line in (dataset / f"{split}_texts.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import cn_clip_pokemon  # noqa: E402,F401  (first: its patches apply to the cn_clip modules imported after it)
 from cn_clip.clip import tokenize  # noqa: E402
 from cn_clip.clip.model import CLIP  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -227,7 +228,8 @@ def test_search_errors(sprite_dataset, checkpoint_copy, tmp_path):
         inference.search(checkpoint_copy, sprite_dataset, query="x", split="nosuch", device="cpu")
     with pytest.raises(UserError, match="does not exist"):
         inference.search(checkpoint_copy, tmp_path / "none", query="x", device="cpu")
-    assert main(["search", "--checkpoint", str(checkpoint_copy), "--dataset", str(sprite_dataset)]) == 1
+    # neither a text nor --image: bad usage, exit 2 like argparse's own errors
+    assert main(["search", "--checkpoint", str(checkpoint_copy), "--dataset", str(sprite_dataset)]) == 2
 
 
 def test_grid_captions_show_chinese(tmp_path):
@@ -259,5 +261,41 @@ def test_grid_captions_show_chinese(tmp_path):
 
 def test_classify_refuses_a_template_without_one_place_for_the_name(tmp_path, capsys):
     for template in ("一张图片", "{}和{}"):
-        assert main(["classify", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "m.pt"), "--template", template]) == 1
+        assert main(["classify", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "m.pt"), "--template", template]) == 2
         assert f"template {template!r} must hold exactly one {{}}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("template", ["一张{}的{x}", "一张{}的图{", "{{}}", "一张}{}的图片", "一张{0}的图片"])
+def test_templates_with_other_braces_are_refused_everywhere(template):
+    from cn_clip_pokemon.dataset_format import check_templates, fill_template
+
+    with pytest.raises(UserError, match="brace|exactly one") as error:
+        check_templates([template])
+    assert "\n" not in str(error.value)
+    with pytest.raises(UserError):
+        fill_template(template, "皮卡丘")
+    with pytest.raises(UserError):
+        inference.fill_templates("皮卡丘", [template])
+
+
+def test_a_template_fills_the_same_when_building_and_classifying(tmp_path):
+    # the builder's texts and the classifier's are one function's output: no str.format anywhere
+    from cn_clip.eval.data import _preprocess_text
+
+    from cn_clip_pokemon.builder import build_dataset
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for number, name in ((1, "妙蛙种子"), (25, "皮卡丘"), (4, "小火龙")):
+        Image.new("RGB", (16, 16), (number * 9, 80, 120)).save(pictures / f"{number:04d}{name}.png")
+    templates = ["一张{}的图片", "这是{}"]
+    build_dataset(pictures, tmp_path / "dataset", image_size=16, templates=templates, seed=0, progress=False)
+    built = set()
+    for split in ("train", "valid", "test"):
+        path = tmp_path / "dataset" / f"{split}_texts.jsonl"
+        if path.is_file():
+            built |= {json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    for name in ("妙蛙种子", "皮卡丘", "小火龙"):
+        for template, text in zip(templates, inference.fill_templates(name, templates)):
+            assert text == _preprocess_text(template.replace("{}", name))
+            assert text in built
