@@ -50,31 +50,22 @@ DEFAULT_HEAD_WIDTH = 64
 # --------------------------------------------------------------------------- model-config names
 
 
-def _upstream_config_dir():
-    import cn_clip.clip
-
-    return Path(cn_clip.clip.__file__).parent / "model_configs"
-
-
 def model_config_files():
-    """Every known config name -> JSON path: upstream's own first, then those plugins register."""
-    from cn_clip_pokemon.plugins import get_model_configs
+    """Every known config name -> JSON path: upstream's own first, then those plugins register.
 
-    files = {path.stem: path for path in sorted(_upstream_config_dir().glob("*.json"))}
-    for name, path in get_model_configs().items():
-        files.setdefault(name, Path(path))
-    return files
+    Names resolve through :mod:`cn_clip_pokemon.model_config_resolver`, like training and upstream's tools.
+    """
+    from cn_clip_pokemon.model_config_resolver import available_model_configs, model_config_path
+
+    return {name: model_config_path(name) for name in available_model_configs()}
 
 
 def read_model_config(name):
     """The config dict of a vision or text config name (vision_layers parsed to int or list)."""
-    files = model_config_files()
-    if name not in files:
-        raise UserError(
-            f"unknown model config {name!r}; known: {', '.join(sorted(files))} "
-            "(a plugin can add more through register_model_configs)"
-        )
-    with open(files[name], encoding="utf-8") as f:
+    from cn_clip_pokemon.model_config_resolver import model_config_path
+
+    path = model_config_path(name)  # UnknownModelConfig (a UserError) lists the names available
+    with open(path, encoding="utf-8") as f:
         config = json.load(f)
     layers = config.get("vision_layers")
     if isinstance(layers, str):
@@ -104,7 +95,9 @@ def model_info_for(vision_model, text_model, input_resolution=None):
 
 def _matching_config_name(wanted, keys, vision):
     """The first config name whose shape-deciding values equal ``wanted`` (upstream's names first)."""
-    for name, path in model_config_files().items():
+    from cn_clip_pokemon.model_config_resolver import available_model_configs
+
+    for name in available_model_configs():
         try:
             config = read_model_config(name)
         except (OSError, ValueError, UserError):
