@@ -150,6 +150,14 @@ def _entry_type(entry):
     return None, (SKIP_NOT_A_FILE, f"symlink to a {_mode_name(mode)}, not opened")
 
 
+def _with_slash(entry, shown):
+    """``shown`` with a "/" when the entry is a folder, as folders are listed."""
+    try:
+        return shown + "/" if entry.is_dir(follow_symlinks=False) else shown
+    except OSError:
+        return shown
+
+
 def _mode_name(mode):
     for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
                        (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink")):
@@ -190,7 +198,7 @@ def scan_pictures(images_dir, pokedex, exclude=None):
     for entry in entries:
         shown = printable(entry.name)
         if entry.name.startswith("."):
-            skipped.append(_skip(shown, SKIP_HIDDEN, "name starts with '.', not read"))
+            skipped.append(_skip(_with_slash(entry, shown), SKIP_HIDDEN, "name starts with '.', not read"))
             continue
         kind, detail = _entry_type(entry)
         if kind is None:
@@ -245,7 +253,7 @@ def _scan_pokemon_folder(folder, shown, number, name, pictures, skipped, exclude
         for entry in entries:
             relative = inside + printable(entry.name)
             if entry.name.startswith("."):
-                skipped.append(_skip(f"{shown}/{relative}", SKIP_HIDDEN, "name starts with '.', not read"))
+                skipped.append(_skip(_with_slash(entry, f"{shown}/{relative}"), SKIP_HIDDEN, "name starts with '.', not read"))
                 continue
             kind, detail = _entry_type(entry)
             if kind is None:

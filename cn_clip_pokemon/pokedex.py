@@ -29,6 +29,9 @@ _SEPARATORS = " \t_-.#"
 _VIEW_SUFFIX = re.compile(r"^(?P<name>.+?)(?:[\s_\-.]+(?P<label>.+)|[(（](?P<paren>[^)）]*)[)）]|(?P<digits>\d+))$")
 
 
+_SURROGATES = re.compile("([\ud800-\udfff]+)")
+
+
 @functools.lru_cache(maxsize=1)
 def _t2s_converter():
     import opencc
@@ -40,7 +43,13 @@ def to_simplified(text):
     """Traditional -> simplified Chinese with OpenCC (t2s); other characters pass through."""
     if not text or text.isascii():
         return text
-    return _t2s_converter().convert(text)
+    try:
+        return _t2s_converter().convert(text)
+    except UnicodeEncodeError:
+        # A file name that is not valid UTF-8 holds lone surrogates, which OpenCC cannot take:
+        # convert the text between them and keep them as they are.
+        return "".join(part if _SURROGATES.fullmatch(part) else _t2s_converter().convert(part)
+                       for part in _SURROGATES.split(text) if part)
 
 
 def _lookup_key(name):
