@@ -113,7 +113,8 @@ def prepare_upstream_argv(argv):
     from cn_clip.training.params import parse_args
 
     args = parse_args(argv)  # argparse exits 2 on bad usage, as for every command
-    _check_lmdb(args.train_data, "--train-data", "train")
+    if args.train_data is not None:
+        _check_lmdb(args.train_data, "--train-data", "train")
     if args.val_data is not None:
         _check_lmdb(args.val_data, "--val-data", "valid")
     for flag, path in (("--clip-weight-path", args.clip_weight_path), ("--bert-weight-path", args.bert_weight_path)):
@@ -145,6 +146,12 @@ def prepare_upstream_argv(argv):
             argv += ["--dataset", "pokemon"]
     elif args.dataset.lower() != "none" and args.dataset not in datasets:
         raise UserError(f"--dataset {args.dataset}: no such dataset plugin; registered: {', '.join(sorted(datasets))}, or none")
+    elif args.train_data is None and getattr(datasets.get(args.dataset), "needs_train_data", True):
+        raise UserError(
+            f"--dataset {args.dataset} reads its pictures from --train-data: give --train-data DATASET/lmdb/train "
+            "(a plugin that makes its own data says so with needs_train_data = False)"
+        )
+    _warn_about_borrowed_hyper_parameters(argv, args)
     try:
         on_cpu = decide_layout().device == "cpu"
     except (RuntimeError, ValueError) as error:
@@ -162,7 +169,7 @@ def _check_lmdb(path, flag, split):
             f"Make it with `cn-clip-pokemon build-dataset --images PICTURES --out DATASET`, then pass "
             f"{flag} DATASET/lmdb/{split}"
         )
-    rows = _pair_count(path)
+    rows = _checked_pair_count(path)
     if rows == 0:
         raise UserError(
             f"{flag} {path} holds no image-text pairs: an epoch would have no batch. Rebuild the dataset "
@@ -170,22 +177,48 @@ def _check_lmdb(path, flag, split):
         )
 
 
-def _pair_count(path):
-    """num_samples of an LMDB split's pairs, or None when it cannot be read (upstream then says why)."""
+def _checked_pair_count(path):
+    """num_samples of an LMDB split's pairs, each pair read once without running code (a crafted
+    value is refused here, in one line, before any worker process would meet it); None when the
+    split cannot be read (upstream then says why)."""
     import lmdb
 
+    from cn_clip_pokemon.dataset_format import pair_location, safe_pair_loads
+
+    pairs_dir = os.path.join(path, "pairs")
     try:
-        env = lmdb.open(os.path.join(path, "pairs"), readonly=True, lock=False, readahead=False)
+        env = lmdb.open(pairs_dir, readonly=True, lock=False, readahead=False)
     except lmdb.Error:
         return None
     try:
-        with env.begin() as txn:
+        with env.begin(buffers=True) as txn:
             value = txn.get(b"num_samples")
-        return int(value) if value is not None else None
+            count = int(bytes(value)) if value is not None else None
+            for index in range(count or 0):
+                key = str(index)
+                safe_pair_loads(txn.get(key.encode("utf-8")), pair_location(pairs_dir, key))
+        return count
     except (lmdb.Error, ValueError):
         return None
     finally:
         env.close()
+
+
+def _warn_about_borrowed_hyper_parameters(argv, args):
+    """Upstream has lr / Adam defaults for its own vision models only; say when a plugin's borrows them."""
+    from cn_clip.training.params import get_default_params
+
+    if get_default_params(args.vision_model):
+        return
+    borrowed = {name: value for name, value in get_default_params("ViT-B-16").items()
+                if not _has_flag(argv, "--" + name.replace("_", "-"))}
+    if borrowed:
+        shown = ", ".join(f"--{name} {value}" for name, value in borrowed.items())
+        print(
+            f"cn-clip-pokemon: note: --vision-model {args.vision_model} has no upstream defaults; "
+            f"using ViT-B-16's {shown} (give them to choose)",
+            file=sys.stderr,
+        )
 
 
 def run_upstream_main(argv):
