@@ -1056,11 +1056,16 @@ def build_dataset_arguments(parser):
     parser.description = (
         "Build upstream Chinese-CLIP's dataset (TSV, JSONL and LMDB for train/valid/test) from a "
         "folder of pictures named like 0025皮卡丘.png, or one folder per Pokemon (0025皮卡丘/*.png). "
-        "Bad files are listed with the reason and left out (--strict stops instead). The build is "
-        "atomic: a failed or interrupted run leaves the previous dataset as it was."
+        "Every entry is built or listed with the reason it was skipped (--strict stops instead). The build "
+        "is atomic: a failed or killed run leaves the previous dataset as it was, and the next run removes "
+        "what it left behind."
     )
     parser.add_argument("--images", type=Path, required=True, help="the picture folder")
-    parser.add_argument("--out", type=Path, required=True, help="the dataset folder, e.g. ${DATAPATH}/datasets/pokemon")
+    parser.add_argument(
+        "--out", type=Path, required=True,
+        help="the dataset folder, e.g. ${DATAPATH}/datasets/pokemon: new, empty, or a dataset built here, which is "
+        "replaced (a folder holding anything else is refused; a symlink is followed and stays a link)",
+    )
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="stored picture size in pixels (square, white padding; default 224)")
     parser.add_argument(
         "--split-by", choices=SPLIT_BY, default="auto",

@@ -362,6 +362,16 @@ def test_out_holding_anything_the_builder_did_not_write_is_refused(tmp_path):
     assert result.returncode == 1 and "holds no dataset_info.json of build-dataset" in result.stderr
 
 
+def test_out_inside_images_is_listed_and_never_read_as_pictures(tmp_path):
+    pictures = small_pictures(tmp_path / "pics")
+    for _ in range(2):
+        result = run_cli("--images", pictures, "--out", pictures / "ds")
+        assert result.returncode == 0, result.stderr
+    info = json.loads((pictures / "ds" / "dataset_info.json").read_text(encoding="utf-8"))
+    assert [(entry["file"], entry["kind"]) for entry in info["skipped"]] == [("ds/", "the --out folder")]
+    assert info["counts"]["built"] == 30 and sorted(os.listdir(pictures))[-1] == "ds"
+
+
 def test_a_symlinked_out_stays_a_link_and_gets_the_new_dataset(tmp_path):
     pictures = small_pictures(tmp_path / "pics")
     real = tmp_path / "real" / "pokemon"
