@@ -4,12 +4,14 @@ templates, and reading upstream's pickled LMDB pairs without running code.
 Templates: a template holds exactly one ``{}`` where the name goes and no other brace, and it is
 filled by replacing that ``{}``. Building, the tokenizer report, classify and evaluate all go through
 :func:`check_template` and :func:`fill_template`, so a template can never mean one text when training
-and another when classifying (``str.format`` would read ``{{}}`` as a literal ``{}``; replace would not).
+and another when classifying (``{{}}`` once gave ``{皮卡丘}`` to the builder's replace and a bare ``{}``
+to classify's ``str.format``; any brace but the one ``{}`` is now refused everywhere).
 
 Pairs: upstream stores each LMDB pair as ``pickle.dumps((image_id, text_id, text))``. A pickle can
 call any importable function while it loads, so a dataset from elsewhere could run code when it is
-opened. :func:`safe_pair_loads` unpickles with an unpickler that imports nothing: only tuples, lists,
-numbers, strings and bytes can come out, and the value must then be an upstream pair.
+opened. :func:`safe_pair_loads` refuses every opcode but those of plain values and unpickles with an
+unpickler that imports nothing: only tuples, lists, numbers, strings, bytes and None can come out,
+and the value must then be an upstream pair.
 """
 import io
 import pickle
@@ -38,9 +40,6 @@ def check_template(template):
             f"template {template!r} has a brace besides the one {{}} for the name; templates hold no other "
             f"{{ or }}, e.g. {TEMPLATE_EXAMPLE}"
         )
-    if "\n" in template or "\r" in template:
-        # texts are one line in {split}_texts.jsonl and in every report
-        raise UserError(f"template {template!r} spans several lines: use one line, e.g. {TEMPLATE_EXAMPLE}")
     return template
 
 
