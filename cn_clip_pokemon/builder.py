@@ -833,8 +833,10 @@ def build_dataset(
     # The output is checked (and an interrupted build's leftovers undone) before any picture is read.
     target, exclude, cleaned = _check_output(out_dir, images_dir)
     pictures, skipped = scan_pictures(images_dir, pokedex, exclude=exclude)
-    if strict and skipped:
-        raise UserError(f"{printable(str(images_dir / skipped[0]['file']))}: {skipped[0]['reason']} (--strict)")
+    # --strict stops at bad entries; hidden files and the --out folder are not meant as pictures.
+    bad = [entry for entry in skipped if entry["kind"] not in (SKIP_HIDDEN, SKIP_OUTPUT)]
+    if strict and bad:
+        raise UserError(f"{printable(str(images_dir))}/{bad[0]['file']}: {bad[0]['reason']} (--strict)")
     if not pictures:
         raise NothingToBuild(f"no pictures found in {printable(str(images_dir))}", skipped)
 

@@ -151,6 +151,8 @@ def make_hostile_folder(folder):
     skipped["0028穿山王/"] = "empty folder"
     os.mkfifo(p / "0029尼多兰.png")  # opening it would block the build forever
     skipped["0029尼多兰.png"] = "not a regular file"
+    os.symlink("/dev/zero", p / "0035尼多娜.png")  # reading it would never end
+    skipped["0035尼多娜.png"] = "not a regular file"
     if CAN_DENY_READING:
         save_picture(p / "0033尼多力诺.png", 34).chmod(0)
         skipped["0033尼多力诺.png"] = "bad picture"  # unreadable file: cannot read (Permission denied)
@@ -252,7 +254,7 @@ def test_hostile_corpus_builds_and_accounts_for_every_entry(tmp_path):
         assert "same picture as 0001妙蛙种子.png" in reasons["0001妙蛙种子_copy.png"]
         assert "1999 is not in the Pokedex" in reasons["1999.png"] and "#2 妙蛙草" in reasons["0002妙蛙种子.png"]
         assert "dangling symlink to missing.png" in reasons["0027穿山鼠.png"]
-        assert "FIFO" in reasons["0029尼多兰.png"]
+        assert "FIFO" in reasons["0029尼多兰.png"] and "character device" in reasons["0035尼多娜.png"]
         if CAN_DENY_READING:
             assert "Permission denied" in reasons["0033尼多力诺.png"]
             assert "Permission denied" in reasons["0034尼多王/"]
@@ -321,6 +323,15 @@ def small_pictures(folder, count=30, first=1):
         target.parent.mkdir(parents=True, exist_ok=True)
         save_picture(target, 1000 + index)
     return folder
+
+
+def test_strict_stops_at_bad_entries_but_not_at_hidden_ones(tmp_path):
+    pictures = small_pictures(tmp_path / "pics")
+    (pictures / ".sprites.json").write_text("{}")
+    assert run_cli("--images", pictures, "--out", tmp_path / "out", "--strict").returncode == 0
+    os.symlink("loop", pictures / "loop")
+    result = run_cli("--images", pictures, "--out", tmp_path / "out", "--strict")
+    assert result.returncode == 1 and "loop: symlink loop" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_images_inside_out_is_refused_and_nothing_is_deleted(tmp_path):
