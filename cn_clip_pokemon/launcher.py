@@ -136,9 +136,10 @@ def prepare_upstream_argv(argv):
 
     for flag, name in (("--vision-model", args.vision_model), ("--text-model", args.text_model)):
         try:
-            model_config_file(name)
+            config_path = model_config_file(name)
         except ValueError as error:
             raise UserError(f"{flag}: {error}") from None
+    _check_context_length(args, config_path)
     datasets = plugins.get_datasets()
     if args.dataset is None:
         if dataset_info_path(args.train_data).is_file() and "pokemon" in datasets:
@@ -202,6 +203,20 @@ def _checked_pair_count(path):
         return None
     finally:
         env.close()
+
+
+def _check_context_length(args, text_config_path):
+    """Texts of --context-length tokens must fit the text tower's position embeddings (else an index
+    error deep inside BERT's forward pass)."""
+    import json
+
+    with open(text_config_path, encoding="utf-8") as f:
+        positions = json.load(f).get("text_max_position_embeddings")
+    if isinstance(positions, int) and args.context_length > positions:
+        raise UserError(
+            f"--context-length {args.context_length} is longer than --text-model {args.text_model} takes "
+            f"({positions} positions): give --context-length {positions} or less"
+        )
 
 
 def _warn_about_borrowed_hyper_parameters(argv, args):

