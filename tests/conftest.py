@@ -59,3 +59,8 @@ def sprite_dataset(sprite_pictures, tmp_path_factory):
     out = tmp_path_factory.mktemp("sprite-dataset") / "pokemon"
     build_dataset(sprite_pictures, out, image_size=SPRITE_SLICE["image_size"], split_by="view", seed=0, progress=False)
     return out
+
+
+def pytest_configure(config):
+    # tests/test_cuda.py: run on a CUDA machine (bench/gpu_check.sh runs them), skipped elsewhere
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped with the reason when torch sees none")
