@@ -515,18 +515,10 @@ def shapes_on_meta(model_info, path):
 
 
 def pick_device(device=None):
-    """``device`` as given, or CUDA when there is one, else the CPU."""
-    import torch
+    """``device`` as given, or CUDA when there is one, else the CPU (decided in devices.py)."""
+    from cn_clip_pokemon.devices import pick_device as decide
 
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise UserError(f"unknown device {device!r}: use cpu, cuda or cuda:N (or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device} asked for, but CUDA is not available here: use --device cpu")
-    return device
+    return decide(device)
 
 
 class LoadedCheckpoint:

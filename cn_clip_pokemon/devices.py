@@ -5,14 +5,52 @@ one process. CUDA with NCCL when a GPU is there, gloo for everything else. Upstr
 also calls torch.distributed everywhere (all_gather, all_reduce, get_world_size), so even a single
 process gets a process group, of one, with an in-memory store: no port, no launcher.
 
-``CN_CLIP_POKEMON_DEVICE`` (set by ``cn-clip-pokemon train --device``) forces a device type
-(``cpu``, ``cuda``, ``mps``...); unset or ``auto`` means CUDA when available, else the CPU.
+The device asked for is an argument, never ambient state: ``train --device`` is an ordinary flag of
+upstream's parser (patches/0015), which torchrun hands to every worker with the rest of the command
+line; ``classify``, ``search``, ``evaluate`` and ``serve`` pass theirs to :func:`pick_device`.
 """
 import logging
 import os
 from dataclasses import dataclass
 
-DEVICE_ENV = "CN_CLIP_POKEMON_DEVICE"
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, or another torch device type (mps, xpu...)"
+
+
+def requested_device_type(requested, cuda_available):
+    """The device type for a request: ``auto`` is CUDA when there is a GPU, else the CPU.
+
+    Raises ValueError for a request torch does not know (``tpu``) and RuntimeError for CUDA asked
+    for without a GPU, each naming the flag's way out.
+    """
+    import torch
+
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        return "cuda" if cuda_available else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {requested}: unknown device; use {DEVICE_CHOICES}") from None
+    if device.type == "cuda" and not cuda_available:
+        raise RuntimeError(
+            f"--device {requested} but torch sees no CUDA device (torch built without CUDA, or "
+            "CUDA_VISIBLE_DEVICES hides the GPUs); use --device cpu"
+        )
+    return requested
+
+
+def pick_device(device=None):
+    """A ``torch.device`` for inference: ``device`` as given (validated), or CUDA when there is one."""
+    import torch
+
+    from cn_clip_pokemon.errors import UserError
+
+    if isinstance(device, torch.device):
+        device = str(device)
+    try:
+        return torch.device(requested_device_type(device, torch.cuda.is_available()))
+    except (ValueError, RuntimeError) as error:
+        raise UserError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -30,44 +68,38 @@ class Layout:
         return self.world_size > 1
 
 
-def decide_layout(environ=None, cuda_available=None, cuda_device_count=None, nccl_available=None):
-    """The device, backend and ranks for this process, from the environment (no side effects).
+def decide_layout(environ=None, requested="auto", cuda_available=None, cuda_device_count=None, nccl_available=None):
+    """The device, backend and ranks for this process (no side effects).
 
+    ``requested`` is the ``--device`` flag; ranks come from torchrun's variables in ``environ``.
     CUDA uses NCCL where torch has it; a CUDA build without NCCL (Windows, upstream #279) uses gloo.
     """
     environ = os.environ if environ is None else environ
-    if nccl_available is None:
-        import torch.distributed as dist
-
-        nccl_available = dist.is_available() and dist.is_nccl_available()
     if cuda_available is None or cuda_device_count is None:
         import torch
 
         cuda_available = torch.cuda.is_available() if cuda_available is None else cuda_available
         if cuda_device_count is None:
             cuda_device_count = torch.cuda.device_count() if cuda_available else 0
+    if nccl_available is None:
+        import torch.distributed as dist
+
+        nccl_available = dist.is_available() and dist.is_nccl_available()
     world_size = int(environ.get("WORLD_SIZE", "1"))
     rank = int(environ.get("RANK", "0"))
     local_rank = int(environ.get("LOCAL_RANK", "0"))
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world_size}")
 
-    requested = (environ.get(DEVICE_ENV) or "auto").lower()
-    if requested == "auto":
-        requested = "cuda" if cuda_available else "cpu"
-    if requested.startswith("cuda"):
-        if not cuda_available:
-            raise RuntimeError(
-                f"{DEVICE_ENV}={requested} but torch sees no CUDA device "
-                f"(torch built without CUDA, or CUDA_VISIBLE_DEVICES hides the GPUs); use --device cpu"
-            )
+    device_type = requested_device_type(requested, cuda_available)
+    if device_type.startswith("cuda"):
         if local_rank >= cuda_device_count:
             raise RuntimeError(
                 f"LOCAL_RANK={local_rank} but only {cuda_device_count} CUDA device(s) are visible: "
                 f"ask torchrun for at most {cuda_device_count} processes per node"
             )
         return Layout(f"cuda:{local_rank}", "nccl" if nccl_available else "gloo", rank, local_rank, world_size)
-    return Layout(requested, "gloo", rank, local_rank, world_size)
+    return Layout(device_type, "gloo", rank, local_rank, world_size)
 
 
 def init_distributed_device(args):
@@ -79,7 +111,7 @@ def init_distributed_device(args):
     import torch
     import torch.distributed as dist
 
-    layout = decide_layout()
+    layout = decide_layout(requested=getattr(args, "device_request", "auto"))
     device = torch.device(layout.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -2,8 +2,8 @@
 
 Every flag of upstream's training keeps its meaning and is passed through untouched; this module
 adds only the process layout (``--nproc-per-node``, ``--nnodes``, ``--node-rank``,
-``--master-addr``, ``--master-port``, ``--device``, ``--launcher``) and ``--pretrained``, upstream's
-way to start from released weights in one flag. One process runs upstream's
+``--master-addr``, ``--master-port``, ``--launcher``) and ``--pretrained``, upstream's way to start
+from released weights in one flag (``--device`` is a flag of upstream's parser, patches/0015). One process runs upstream's
 main in this process with patches/ applied in memory; more than one hands the same command to
 torchrun (``python -m torch.distributed.run ... -m cn_clip_pokemon train ...``), whose workers
 then each run one process of the same kind.
@@ -49,11 +49,6 @@ def launcher_parser():
     group.add_argument("--node-rank", type=int, default=0, help="rank of this node (default 0)")
     group.add_argument("--master-addr", default=None, help="address of node 0 (several nodes)")
     group.add_argument("--master-port", type=int, default=None, help="free port on node 0 (several nodes)")
-    group.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when there is a GPU, else the CPU), cpu, cuda, or another torch device type",
-    )
     group.add_argument(
         "--pretrained",
         metavar="FILE",
@@ -154,7 +149,7 @@ def prepare_upstream_argv(argv):
         )
     _warn_about_borrowed_hyper_parameters(argv, args)
     try:
-        on_cpu = decide_layout().device == "cpu"
+        on_cpu = decide_layout(requested=args.device_request).device == "cpu"
     except (RuntimeError, ValueError) as error:
         raise UserError(str(error)) from None
     if on_cpu and not _has_flag(argv, "--num-workers"):
@@ -280,8 +275,6 @@ def inside_torchrun():
 def train_main(argv):
     """`cn-clip-pokemon train ...`: returns the exit code."""
     from cn_clip_pokemon import plugins
-    from cn_clip_pokemon.devices import DEVICE_ENV
-
     parser = launcher_parser()
     options, upstream_argv = parser.parse_known_args(argv)
     if options.help:
@@ -290,8 +283,6 @@ def train_main(argv):
     for value, flag in ((options.nproc_per_node, "--nproc-per-node"), (options.nnodes, "--nnodes")):
         if value < 1:
             parser.error(f"{flag} must be at least 1")
-    if options.device != "auto":
-        os.environ[DEVICE_ENV] = options.device  # torchrun's workers inherit it
     if options.pretrained is not None:
         if _has_flag(upstream_argv, "--resume"):
             parser.error("--pretrained and --resume both say where to start: give one")

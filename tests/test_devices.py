@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from cn_clip_pokemon.devices import DEVICE_ENV, autocast, decide_layout, grad_scaler
+from cn_clip_pokemon.devices import autocast, decide_layout, grad_scaler, pick_device
 
 
 def test_alone_on_a_cpu_is_one_gloo_process():
@@ -37,9 +37,9 @@ def test_torchrun_environment_gives_ranks_and_the_local_gpu():
 
 
 def test_device_can_be_forced_and_impossible_requests_say_why():
-    assert decide_layout({DEVICE_ENV: "cpu"}, cuda_available=True, cuda_device_count=1).device == "cpu"
+    assert decide_layout({}, requested="cpu", cuda_available=True, cuda_device_count=1).device == "cpu"
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        decide_layout({DEVICE_ENV: "cuda"}, cuda_available=False, cuda_device_count=0)
+        decide_layout({}, requested="cuda", cuda_available=False, cuda_device_count=0)
     with pytest.raises(RuntimeError, match="only 2 CUDA device"):
         decide_layout({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}, cuda_available=True, cuda_device_count=2)
     with pytest.raises(ValueError, match="RANK=4"):
@@ -112,3 +112,30 @@ def test_a_single_process_gets_a_process_group_of_one_without_a_launcher():
     env = {"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_device_is_an_argument_checked_in_one_place():
+    with pytest.raises(ValueError, match="--device tpu: unknown device"):
+        decide_layout({}, requested="tpu", cuda_available=False, cuda_device_count=0)
+    from cn_clip_pokemon.errors import UserError
+
+    with pytest.raises(UserError, match="--device tpu: unknown device"):
+        pick_device("tpu")
+    assert str(pick_device("cpu")) == "cpu"
+    import torch
+
+    assert pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_train_passes_device_as_a_flag_to_upstreams_parser():
+    """No environment variable: the flag is upstream's (patches/0015), so torchrun workers get it in argv."""
+    import os
+
+    from cn_clip_pokemon import patching
+
+    patching.install()
+    from cn_clip.training.params import parse_args
+
+    args = parse_args(["--train-data", "x", "--device", "cpu"])
+    assert args.device_request == "cpu"
+    assert not any(key.startswith("CN_CLIP_POKEMON_DEVICE") for key in os.environ)
