@@ -3,7 +3,8 @@
 Captions are Chinese, so the font must have CJK glyphs. It is found in this order: the
 ``CN_CLIP_POKEMON_FONT`` environment variable (a .ttf/.otf/.ttc path), fontconfig's
 ``fc-list :lang=zh``, then the usual install paths of WenQuanYi, Noto CJK and Droid Sans Fallback
-(Debian: ``apt-get install fonts-wqy-microhei``). Without one the grid is still written, with
+(Debian: ``apt-get install fonts-wqy-microhei``), then Noto Sans SC fetched once by the demo from
+a pinned npm package (:func:`ensure_cjk_font`). Without any, the grid is still written, with
 Pillow's default font, and a warning says the Chinese captions cannot show.
 """
 import functools
@@ -16,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from cn_clip_pokemon.errors import UserError
 
 FONT_ENV = "CN_CLIP_POKEMON_FONT"
 KNOWN_CJK_FONTS = (
@@ -60,7 +63,73 @@ def find_cjk_font():
     for file in KNOWN_CJK_FONTS:
         if Path(file).is_file():
             return file
-    return None
+    fetched = fetched_font_path()
+    return str(fetched) if fetched.is_file() else None
+
+
+# Noto Sans SC (SIL OFL) from a pinned npm package, for machines without a CJK font: fetched like the
+# sprites (npm pack, SHA-256 checked, cached); only the Regular TTF (10 MB) is kept.
+FONT_PACKAGE = "@expo-google-fonts/noto-sans-sc"
+FONT_PIN = ("0.4.3", "0d69d0f4971d2ff574e3d93cbc218dc950bf3f3f8f8e2c008d97687ed53aee59")
+FONT_MEMBER = "package/400Regular/NotoSansSC_400Regular.ttf"
+
+
+def fetched_font_path(cache=None):
+    from cn_clip_pokemon.sprites import default_cache_dir
+
+    return Path(cache or default_cache_dir()) / "fonts" / "NotoSansSC-Regular.ttf"
+
+
+def fetch_cjk_font(cache=None, tarball=None):
+    """A CJK font for the grids on a machine without one: the pinned Noto Sans SC, cached.
+
+    Returns the font's path; ``tarball`` is a local copy of the npm package (checked the same way).
+    Raises UserError when npm cannot get it (the grids then fall back with a warning).
+    """
+    import tarfile
+    import tempfile
+
+    from cn_clip_pokemon.sprites import npm_pack, sha256_of
+
+    target = fetched_font_path(cache)
+    if target.is_file():
+        return target
+    cache_dir = target.parent.parent
+    if tarball is None:
+        tarball = npm_pack(FONT_PACKAGE, cache_dir, pinned=FONT_PIN)
+    elif sha256_of(tarball) != FONT_PIN[1]:
+        raise UserError(f"{tarball}: not the pinned {FONT_PACKAGE}@{FONT_PIN[0]} (SHA-256 differs)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tarball, "r:gz") as archive:
+        member = archive.extractfile(FONT_MEMBER)
+        if member is None:
+            raise UserError(f"{tarball} has no {FONT_MEMBER}")
+        fd, temporary = tempfile.mkstemp(prefix=".font-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(member, out)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    find_cjk_font.cache_clear()
+    caption_font.cache_clear()
+    return target
+
+
+def ensure_cjk_font():
+    """Make sure the grids can draw Chinese: a font found on the machine, else the pinned one fetched.
+
+    Returns the font's path or None (then the grids fall back, with a warning)."""
+    found = find_cjk_font()
+    if found:
+        return found
+    print(f"cn-clip-pokemon: no font with Chinese glyphs on this machine; fetching {FONT_PACKAGE}@{FONT_PIN[0]} (Noto Sans SC)", file=sys.stderr)
+    try:
+        return str(fetch_cjk_font())
+    except UserError as error:
+        print(f"cn-clip-pokemon: warning: {error}", file=sys.stderr)
+        return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -74,7 +143,8 @@ def caption_font(size=14):
             pass
     print(
         "cn-clip-pokemon: warning: no font with Chinese glyphs found, grid captions cannot show "
-        f"Chinese names (install fonts-wqy-microhei, or set {FONT_ENV} to a .ttf/.ttc file)",
+        f"Chinese names (install fonts-wqy-microhei, set {FONT_ENV} to a .ttf/.ttc file, or let "
+        "`cn-clip-pokemon demo` fetch Noto Sans SC once)",
         file=sys.stderr,
     )
     try:

@@ -53,25 +53,30 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def _tarball_name(package):
-    return f"{package}-{PACKAGES[package][0]}.tgz"
+def _tarball_name(package, version=None):
+    """npm pack's file name: ``@scope/name`` gives ``scope-name-VERSION.tgz``."""
+    version = version or PACKAGES[package][0]
+    return f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"
 
 
-def _npm_hint(package):
-    version = PACKAGES[package][0]
+def _npm_hint(package, version=None):
+    version = version or PACKAGES[package][0]
     return (
-        f"get {_tarball_name(package)} another way (e.g. `npm pack {package}@{version}` on a machine "
-        f"with npm and the registry, or the registry's tarball URL for {package}/-/{_tarball_name(package)}) "
+        f"get {_tarball_name(package, version)} another way (e.g. `npm pack {package}@{version}` on a machine "
+        f"with npm and the registry, or the registry's tarball URL for {package}/-/{_tarball_name(package, version)}) "
         "and pass it with --from FILE.tgz"
     )
 
 
-def npm_pack(package, cache):
-    """``npm pack package@version`` into ``cache``, verified; returns the tarball's path."""
-    version, expected = PACKAGES[package]
+def npm_pack(package, cache, pinned=None):
+    """``npm pack package@version`` into ``cache``, verified; returns the tarball's path.
+
+    ``pinned`` is ``(version, SHA-256)``; by default the sprite packages' pins.
+    """
+    version, expected = pinned or PACKAGES[package]
     npm = shutil.which("npm")
     if npm is None:
-        raise UserError(f"npm is not installed, so {package}@{version} cannot be fetched: {_npm_hint(package)}")
+        raise UserError(f"npm is not installed, so {package}@{version} cannot be fetched: {_npm_hint(package, version)}")
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".npm-pack-") as scratch:
         result = subprocess.run(
@@ -79,17 +84,17 @@ def npm_pack(package, cache):
             capture_output=True,
             text=True,
         )
-        packed = Path(scratch) / _tarball_name(package)
+        packed = Path(scratch) / _tarball_name(package, version)
         if result.returncode != 0 or not packed.exists():
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise UserError(f"`npm pack {package}@{version}` failed ({detail[0]}): {_npm_hint(package)}")
+            raise UserError(f"`npm pack {package}@{version}` failed ({detail[0]}): {_npm_hint(package, version)}")
         found = sha256_of(packed)
         if found != expected:
             raise UserError(
                 f"npm gave {package}@{version} with SHA-256 {found}, not the pinned {expected}; "
                 "the registry copy changed or is tampered with: do not use it"
             )
-        target = cache / _tarball_name(package)
+        target = cache / _tarball_name(package, version)
         os.replace(packed, target)
     return target
 
