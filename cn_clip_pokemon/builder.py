@@ -70,6 +70,7 @@ INFO_FORMAT = 1
 DEFAULT_IMAGE_SIZE = 224
 INITIAL_MAP_SIZE = 32 << 20
 MESSAGE_ENTRIES = 20  # skipped entries named in a one-line error; the command prints them all
+CONTEXT_LENGTH = 52  # upstream's default --context-length, for the tokenizer report
 GROUP_MEMORY = 64 << 20  # one Pokemon's encoded pictures held in memory before spilling to disk
 
 
@@ -81,6 +82,8 @@ class Picture(NamedTuple):
     number: int
     name: str
     view: str
+    # Every caption of the picture (--any-names, --manifest); () for a Pokemon, whose text is ``name``.
+    captions: tuple = ()
 
 
 # ---------------------------------------------------------------- finding the pictures
@@ -184,7 +187,12 @@ def scan_pictures(images_dir, pokedex, exclude=None):
 
     Every entry ends up in one or the other. ``exclude`` is a folder path (``images_dir`` joined
     with the rest) listed as skipped and not read: the --out folder when it lies inside.
+    ``pokedex`` is whatever names the pictures: the Pokedex, or ``captions.AnyNames`` (its
+    ``what``, ``example`` and ``skip_kind`` word the skipped entries).
     """
+    what = getattr(pokedex, "what", "Pokemon")
+    example = getattr(pokedex, "example", "0025皮卡丘")
+    skip_name = getattr(pokedex, "skip_kind", SKIP_NAME)
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise UserError(f"{images_dir} is not a folder; give --images the folder of pictures")
@@ -213,23 +221,23 @@ def scan_pictures(images_dir, pokedex, exclude=None):
             if not _is_utf8(entry.name):
                 files = _count_files(entry.path)
                 skipped.append(_skip(shown + "/", SKIP_UNDECODABLE, f"folder name is not valid UTF-8 ({files} file(s) "
-                                     "not used); rename it like 0025皮卡丘"))
+                                     f"not used); rename it like {example}"))
                 continue
             try:
                 number, name, _ = pokedex.parse_picture_name(entry.name, is_folder=True)
             except ValueError as error:
                 files = _count_files(entry.path)
-                skipped.append(_skip(shown + "/", SKIP_NAME, f"folder name: {printable(str(error))} ({files} file(s) not used)"))
+                skipped.append(_skip(shown + "/", skip_name, f"folder name: {printable(str(error))} ({files} file(s) not used)"))
                 continue
             _scan_pokemon_folder(entry.path, shown, number, name, pictures, skipped, exclude)
         elif not _is_utf8(entry.name):
-            skipped.append(_skip(shown, SKIP_UNDECODABLE, "file name is not valid UTF-8, so no Pokemon can be read "
-                                 "from it; rename it like 0025皮卡丘.png"))
+            skipped.append(_skip(shown, SKIP_UNDECODABLE, f"file name is not valid UTF-8, so no {what} can be read "
+                                 f"from it; rename it like {example}.png"))
         else:
             try:
                 number, name, view = pokedex.parse_picture_name(entry.name)
             except ValueError as error:
-                skipped.append(_skip(shown, SKIP_NAME, printable(str(error))))
+                skipped.append(_skip(shown, skip_name, printable(str(error))))
                 continue
             pictures.append(Picture(entry.path, shown, number, name, printable(view)))
     return pictures, skipped
@@ -505,6 +513,8 @@ class _ImageWriter:
         self.folder = folder
         self.split_images = {split: {} for split in SPLITS}  # split -> number -> [image ids]
         self.names = {}  # number -> name, of the Pokemon with a kept picture
+        self.captions = {}  # number -> {caption: None}, in first-seen order (a Pokemon: its name)
+        self.caption_images = {split: {} for split in SPLITS}  # split -> (number, caption) -> [image ids]
         self.count = 0
         self.group, self.spool = [], None
 
@@ -525,8 +535,14 @@ class _ImageWriter:
             self.writers[split].put(key, line[:-1])
             self.split_images[split].setdefault(picture.number, []).append(self.count)
             self.names[picture.number] = picture.name
+            known = self.captions.setdefault(picture.number, {})
+            for caption in picture.captions or (picture.name,):
+                known[caption] = None
+                self.caption_images[split].setdefault((picture.number, caption), []).append(self.count)
             entry = {"split": split, "number": picture.number, "name": picture.name,
                      "source": picture.relative, "view": picture.view}
+            if picture.captions:
+                entry["captions"] = list(picture.captions)
             self.fragment.write(("" if self.count == 0 else ",\n") + f'  "{self.count}": '
                                 + json.dumps(entry, ensure_ascii=False))
             self.count += 1
@@ -804,17 +820,33 @@ def build_dataset(
     workers=None,
     progress=True,
     pokedex=None,
+    any_names=False,
+    manifest=None,
+    t2s=True,
 ):
     """Build the dataset of ``images_dir`` into ``out_dir`` (atomically); returns a summary dict.
 
     The summary holds the ``dataset_info.json`` fields plus ``out_dir``, ``seconds``, ``workers``,
     ``pictures_per_second`` and ``names_with_unknown_tokens``.
+
+    Any captions (see captions.py): ``any_names`` takes file and folder names as captions, without
+    the Pokedex; ``manifest`` (with ``images_dir`` None) reads picture-caption rows from a CSV, TSV
+    or JSONL file. Captions are converted to simplified Chinese unless ``t2s`` is False.
     """
     from tqdm import tqdm
 
+    from cn_clip_pokemon.captions import AnyNames, all_captions, number_groups, read_manifest
     from cn_clip_pokemon.pokedex import Pokedex
 
     started = time.perf_counter()
+    if manifest is not None and (images_dir is not None or any_names):
+        raise UserError("give either --manifest or --images (with or without --any-names), not both")
+    if manifest is None and images_dir is None:
+        raise UserError("give --images (a picture folder) or --manifest (a CSV, TSV or JSONL file)")
+    naming = "manifest" if manifest is not None else "any-names" if any_names else "pokedex"
+    if naming == "pokedex" and not t2s:
+        raise UserError("--no-t2s keeps captions as they are, with --any-names or --manifest; "
+                        "Pokedex names are always simplified")
     if split_by not in SPLIT_BY:
         raise UserError(f"split_by must be one of {', '.join(SPLIT_BY)}, not {split_by!r}")
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
@@ -829,23 +861,35 @@ def build_dataset(
     pokedex = pokedex or Pokedex.load()
     workers = max(1, int(workers)) if workers else _available_cores()
 
-    images_dir = Path(images_dir)
+    # --images, or the manifest's folder: it must not lie inside --out.
+    images_dir = Path(images_dir) if manifest is None else Path(manifest).parent
+    source_shown = printable(str(manifest if manifest is not None else images_dir))
     # The output is checked (and an interrupted build's leftovers undone) before any picture is read.
     target, exclude, cleaned = _check_output(out_dir, images_dir)
-    pictures, skipped = scan_pictures(images_dir, pokedex, exclude=exclude)
+    if naming == "manifest":
+        pictures, skipped = read_manifest(manifest, t2s=t2s, out_dir=target)
+    else:
+        pictures, skipped = scan_pictures(images_dir, AnyNames(t2s) if any_names else pokedex, exclude=exclude)
     # --strict stops at bad entries; hidden files and the --out folder are not meant as pictures.
     bad = [entry for entry in skipped if entry["kind"] not in (SKIP_HIDDEN, SKIP_OUTPUT)]
     if strict and bad:
-        raise UserError(f"{printable(str(images_dir))}/{bad[0]['file']}: {bad[0]['reason']} (--strict)")
+        where = printable(str(images_dir))
+        raise UserError(f"{where}/{bad[0]['file']}: {bad[0]['reason']} (--strict)")
     if not pictures:
-        raise NothingToBuild(f"no pictures found in {printable(str(images_dir))}", skipped)
+        raise NothingToBuild(f"no pictures found in {source_shown}", skipped, naming)
 
-    # Names the model could never tell apart are refused before any work is done.
-    names = sorted({(picture.number, picture.name) for picture in pictures})
-    report = pokedex.tokenizer_report([name for _, name in names], templates)
-    if report["identical"]:
-        groups = "; ".join(" = ".join(group) for group in report["identical"])
-        raise UserError(f"these names tokenize identically, so the model cannot tell them apart: {groups}")
+    if naming == "pokedex":
+        # Names the model could never tell apart are refused before any work is done.
+        names = sorted({(picture.number, picture.name) for picture in pictures})
+        report = pokedex.tokenizer_report([name for _, name in names], templates)
+        if report["identical"]:
+            groups = "; ".join(" = ".join(group) for group in report["identical"])
+            raise UserError(f"these names tokenize identically, so the model cannot tell them apart: {groups}")
+    else:
+        # Captions the model cannot tell apart are one text to it: they join one group (never in
+        # one batch, dealt to one split) and are listed, not refused.
+        report = pokedex.tokenizer_report(all_captions(pictures), templates)
+        pictures = number_groups(pictures, report["identical"])
 
     # A Pokemon's pictures go through the workers one after another, so its view split can be dealt
     # as soon as its last picture is in, and each picture written to its split's TSV and LMDB in the
@@ -892,51 +936,58 @@ def build_dataset(
         finally:
             images.close()
         if not images.count:
-            raise NothingToBuild(f"none of the {len(pictures)} pictures in {printable(str(images_dir))} could be used", skipped)
+            raise NothingToBuild(f"none of the {len(pictures)} pictures in {source_shown} could be used", skipped, naming)
         split_images = images.split_images
         images_fragment = images.fragment_path
         names = sorted(images.names.items())
 
-        # Texts: one text per (name, template); text ids are shared by all splits.
+        # Texts: one text per (name or caption, template); text ids are shared by all splits.
         numbers_in_order = [number for number, _ in names]
-        name_of = dict(names)
+        captions_of = {number: list(images.captions[number]) for number in numbers_in_order}
+        caption_images = images.caption_images
         text_ids = {}
         for number in numbers_in_order:
-            for template in templates:
-                text_ids.setdefault(fill_template(template, name_of[number]), len(text_ids))
+            for caption in captions_of[number]:
+                for template in templates:
+                    text_ids.setdefault(fill_template(template, caption), len(text_ids))
         longest_text = max(len(text.encode("utf-8")) for text in text_ids)
         split_counts = {}
         for split in SPLITS:
             images_in_split = sum(len(ids) for ids in split_images[split].values())
-            pair_count = images_in_split * len(templates)
+            pair_count = sum(len(ids) for ids in caption_images[split].values()) * len(templates)
             # Pairs in the order upstream's build_lmdb_dataset.py writes them from the JSONL.
             writer = _LmdbWriter(
                 temp / "lmdb" / split / "pairs", _lmdb_map_size([64 + longest_text] * pair_count)
             )
-            position = 0
+            position = texts = 0
             with open(temp / f"{split}_texts.jsonl", "w", encoding="utf-8") as jsonl:
                 for number in numbers_in_order:
-                    image_ids = split_images[split].get(number)
-                    if not image_ids:
-                        continue
-                    for template in templates:
-                        text = fill_template(template, name_of[number])
-                        record = {"text_id": text_ids[text], "text": text, "image_ids": image_ids}
-                        jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        for image_id in image_ids:
-                            writer.put(str(position).encode("utf-8"), pickle.dumps((image_id, text_ids[text], text)))
-                            position += 1
+                    for caption in captions_of[number]:
+                        image_ids = caption_images[split].get((number, caption))
+                        if not image_ids:
+                            continue
+                        for template in templates:
+                            text = fill_template(template, caption)
+                            record = {"text_id": text_ids[text], "text": text, "image_ids": image_ids}
+                            jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
+                            texts += 1
+                            for image_id in image_ids:
+                                writer.put(str(position).encode("utf-8"), pickle.dumps((image_id, text_ids[text], text)))
+                                position += 1
             writer.put(b"num_samples", str(position).encode("utf-8"))
             writer.close()
             split_counts[split] = {
                 "images": images_in_split,
                 "pairs": position,
-                "texts": len(split_images[split]) * len(templates),
+                "texts": texts,
             }
 
         info = {
             "format": INFO_FORMAT,
-            "names": [name_of[number] for number in numbers_in_order],
+            # every Pokemon's name, or every caption (grouped; "number" of a picture is its group)
+            "names": [caption for number in numbers_in_order for caption in captions_of[number]],
+            "naming": naming,
+            "groups": len(numbers_in_order),
             "image_size": image_size,
             "splits": split_counts,
             "images": None,  # written from images_fragment
@@ -947,6 +998,9 @@ def build_dataset(
             "valid_fraction": valid_fraction,
             "test_fraction": test_fraction,
             "names_with_unknown_tokens": report["unknown"],
+            "longest_text_tokens": report["longest_tokens"],
+            "texts_over_context_length": report["texts_over_context_length"],
+            "captions_tokenizing_identically": report["identical"] if naming != "pokedex" else [],
             "counts": count_entries(images.count, skipped),
         }
         _write_info(temp / INFO_FILE, info, images_fragment)
@@ -983,7 +1037,7 @@ def count_entries(built, skipped):
 class NothingToBuild(UserError):
     """No input entry could be used; ``skipped`` lists every one with its reason."""
 
-    def __init__(self, start, skipped):
+    def __init__(self, start, skipped, naming="pokedex"):
         self.skipped = skipped
         if skipped:
             kinds = ", ".join(f"{count} {kind}" for kind, count in count_entries(0, skipped)["skipped_by_kind"].items())
@@ -992,9 +1046,12 @@ class NothingToBuild(UserError):
             detail = f"; all {len(skipped)} entries skipped ({kinds}): {listed}{more}"
         else:
             detail = " (the folder is empty)"
-        super().__init__(
-            f"{start}{detail}. Name pictures like 0025皮卡丘.png, or put them in folders named like 0025皮卡丘/"
-        )
+        hint = {
+            "pokedex": "Name pictures like 0025皮卡丘.png, or put them in folders named like 0025皮卡丘/",
+            "any-names": "Name pictures by their caption (红色圆形.png), or put them in folders named by it (红色圆形/)",
+            "manifest": "Give each row a picture's path (relative to the manifest) and a caption",
+        }[naming]
+        super().__init__(f"{start}{detail}. {hint}")
 
 
 def _write_info(path, info, images_fragment):
@@ -1025,8 +1082,12 @@ def print_summary(summary, file=None):
     splits = summary["splits"]
     for note in summary.get("cleaned", ()):
         print(f"note: {note}", file=file)
+    if summary.get("naming", "pokedex") == "pokedex":
+        what = f"{len(summary['names'])} Pokemon"
+    else:
+        what = f"{len(summary['names'])} captions in {summary['groups']} groups"
     print(
-        f"built {printable(summary['out_dir'])}: {len(summary['names'])} Pokemon, "
+        f"built {printable(summary['out_dir'])}: {what}, "
         + ", ".join(f"{split} {splits[split]['images']} pictures/{splits[split]['pairs']} pairs" for split in SPLITS)
         + f"; {summary['image_size']} px, split by {summary['split_by']} (seed {summary['seed']}), "
         f"{summary['seconds']:.1f} s ({summary['pictures_per_second']:.0f} pictures/s, {summary['workers']} processes)",
@@ -1035,6 +1096,14 @@ def print_summary(summary, file=None):
     if summary["names_with_unknown_tokens"]:
         listed = ", ".join(f"{name} ({' '.join(tokens)})" for name, tokens in summary["names_with_unknown_tokens"].items())
         print(f"note: characters missing from Chinese-CLIP's vocabulary become [UNK] in: {listed}", file=file)
+    if summary.get("texts_over_context_length"):
+        print(f"note: {summary['texts_over_context_length']} texts are longer than upstream's default context length "
+              f"{CONTEXT_LENGTH} tokens (the longest {summary['longest_text_tokens']}); training cuts them at "
+              "--context-length", file=file)
+    if summary.get("captions_tokenizing_identically"):
+        listed = "; ".join(" = ".join(group) for group in summary["captions_tokenizing_identically"][:MESSAGE_ENTRIES])
+        print(f"note: these captions tokenize identically, so each set is one group (never in one batch): {listed}",
+              file=file)
     counts = summary["counts"]
     kinds = ", ".join(f"{count} {kind}" for kind, count in counts["skipped_by_kind"].items())
     print(f"every input entry accounted for: {counts['built']} pictures built, {counts['skipped']} skipped"
@@ -1057,12 +1126,32 @@ def _print_skipped(skipped, file, limit=None):
 def build_dataset_arguments(parser):
     parser.description = (
         "Build upstream Chinese-CLIP's dataset (TSV, JSONL and LMDB for train/valid/test) from a "
-        "folder of pictures named like 0025皮卡丘.png, or one folder per Pokemon (0025皮卡丘/*.png). "
-        "Every entry is built or listed with the reason it was skipped (--strict stops instead). The build "
+        "folder of pictures named like 0025皮卡丘.png, or one folder per Pokemon (0025皮卡丘/*.png); "
+        "or, with any captions, from pictures named by their caption (--any-names) or a CSV/TSV/JSONL "
+        "manifest of picture paths and captions (--manifest). Every entry is built or listed with the reason it was skipped (--strict stops instead). The build "
         "is atomic: a failed or killed run leaves the previous dataset as it was, and the next run removes "
         "what it left behind."
     )
-    parser.add_argument("--images", type=Path, required=True, help="the picture folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="the picture folder")
+    source.add_argument(
+        "--manifest", type=Path, metavar="FILE",
+        help="instead of --images: a .csv, .tsv (tab, no quoting) or .jsonl file of pictures and captions, with columns "
+        "path and caption (or open_clip's filepath and title; a CSV/TSV's first line names them); paths are relative "
+        "to the manifest's folder; several rows with one path give a picture several captions, and so does a JSONL "
+        "caption list. Bad rows are skipped with MANIFEST:LINE and the reason",
+    )
+    parser.add_argument(
+        "--any-names", action="store_true",
+        help="with --images: each file's name without its extension (红色圆形.png), or its folder's name "
+        "(红色圆形/1.png), is the caption as it is; no Pokedex, no number needed (0001红色圆形.png is "
+        "\"0001红色圆形\"); put several pictures of one caption in a folder",
+    )
+    parser.add_argument(
+        "--no-t2s", action="store_true",
+        help="keep --any-names/--manifest captions as written (default: traditional Chinese becomes simplified, "
+        "like Pokemon names)",
+    )
     parser.add_argument(
         "--out", type=Path, required=True,
         help="the dataset folder, e.g. ${DATAPATH}/datasets/pokemon: new, empty, or a dataset built here, which is "
@@ -1072,7 +1161,8 @@ def build_dataset_arguments(parser):
     parser.add_argument(
         "--split-by", choices=SPLIT_BY, default="auto",
         help="view: unseen pictures of seen Pokemon in valid/test; pokemon: unseen Pokemon; "
-        "auto (default): view when most Pokemon have 2+ pictures",
+        "auto (default): view when most Pokemon have 2+ pictures. With any captions, a caption group "
+        "(pictures sharing captions) stands for a Pokemon",
     )
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of pictures (or Pokemon) for valid (default 0.1)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of pictures (or Pokemon) for test (default 0.1)")
@@ -1087,6 +1177,13 @@ def build_dataset_arguments(parser):
 
 
 def build_dataset_command(args):
+    from cn_clip_pokemon.cli import UsageError
+
+    if args.any_names and args.manifest is not None:
+        raise UsageError("--any-names goes with --images; a --manifest names its captions itself")
+    if args.no_t2s and not (args.any_names or args.manifest is not None):
+        raise UsageError("--no-t2s keeps captions as written, with --any-names or --manifest; "
+                         "Pokedex names are always simplified")
     try:
         summary = _build_from_args(args)
     except NothingToBuild as error:
@@ -1110,4 +1207,7 @@ def _build_from_args(args):
         strict=args.strict,
         workers=args.workers,
         progress=not args.no_progress,
+        any_names=args.any_names,
+        manifest=args.manifest,
+        t2s=not args.no_t2s,
     )

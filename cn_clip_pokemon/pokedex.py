@@ -182,18 +182,22 @@ class Pokedex:
                 return number, label.strip(" ()（）")
         return None, ""
 
-    def tokenizer_report(self, names=None, templates=None):
+    def tokenizer_report(self, names=None, templates=None, context_length=52):
         """Check names against Chinese-CLIP's fixed BERT vocabulary.
 
-        Returns ``{"unknown": {name: [tokens]}, "identical": [[names that tokenize the same]]}``.
+        Returns ``{"unknown": {name: [tokens]}, "identical": [[names that tokenize the same]],
+        "longest_tokens": n, "texts_over_context_length": count}``.
         A name with [UNK] still trains, but only on its other characters; names in one "identical"
         group can never be told apart by the model. ``templates`` checks the filled prompts too.
+        Lengths count upstream's [CLS] and [SEP]; a text over ``context_length`` (upstream's default
+        52) is cut when it is tokenized for training.
         """
         _tokenizer = cn_clip_tokenizer()
         names = self.names() if names is None else list(names)
         templates = templates or ["{}"]
         unknown = {}
         by_tokens = {}
+        longest, over = 0, 0
         for name in names:
             # Upstream lower-cases texts before tokenizing (cn_clip.training.data._preprocess_text).
             tokens = _tokenizer.tokenize(name.lower())
@@ -204,8 +208,12 @@ class Pokedex:
                 for t in templates
             )
             by_tokens.setdefault(key, []).append(name)
+            for ids in key:
+                length = len(ids) + 2  # [CLS] ... [SEP]
+                longest = max(longest, length)
+                over += length > context_length
         identical = [group for group in by_tokens.values() if len(group) > 1]
-        return {"unknown": unknown, "identical": identical}
+        return {"unknown": unknown, "identical": identical, "longest_tokens": longest, "texts_over_context_length": over}
 
 
 @functools.lru_cache(maxsize=1)
