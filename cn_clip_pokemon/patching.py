@@ -218,16 +218,22 @@ class PatchedSourceLoader(importlib.abc.Loader):
     def get_source(self, fullname):
         return self.source
 
-    def exec_module(self, module):
+    def get_code(self, fullname):
+        """The compiled patched source; runpy asks for it (upstream's scripts run as ``__main__``)."""
         linecache.cache[self.code_filename] = (
             len(self.source),
             None,  # no mtime: linecache.checkcache keeps the entry
             self.source.splitlines(keepends=True),
             self.code_filename,
         )
+        return compile(self.source, self.code_filename, "exec", dont_inherit=True)
+
+    def is_package(self, fullname):
+        return False  # patches target modules, never a package's __init__
+
+    def exec_module(self, module):
         module.__cn_clip_pokemon_patches__ = list(self.patch_names)
-        code = compile(self.source, self.code_filename, "exec", dont_inherit=True)
-        exec(code, module.__dict__)
+        exec(self.get_code(self.module_name), module.__dict__)
 
 
 class PatchFinder(importlib.abc.MetaPathFinder):
