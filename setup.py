@@ -37,7 +37,14 @@ setup(
     extras_require={
         # dream-world SVG art (fetch-sprites --dream-world); needs the system's libcairo2
         "svg": ["cairosvg>=2.7"],
-        "test": ["pytest>=7", "cairosvg>=2.7"],
+        "test": [
+            "pytest>=7",
+            "cairosvg>=2.7",
+            # upstream's ONNX export (patches/0014) and its test: onnxscript is torch.onnx's exporter since torch 2.9
+            "onnx>=1.14",
+            "onnxruntime>=1.16",
+            "onnxscript>=0.3",
+        ],
     },
     entry_points={
         "console_scripts": ["cn-clip-pokemon = cn_clip_pokemon.cli:main"],
