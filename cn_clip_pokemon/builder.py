@@ -22,6 +22,11 @@ Splits (seeded, reproducible):
 - ``view``: each Pokemon's pictures are shuffled with a generator seeded by (seed, number) and dealt
   to test, valid, train; each Pokemon keeps at least one training picture. Test pictures are unseen
   pictures of seen Pokemon. A Pokemon's split does not change when other Pokemon are added.
+- ``animation``: each Pokemon's animations (a view less its frame number: ``shiny_00`` ...
+  ``shiny_23`` are the animation ``shiny``, the shiny front) are dealt whole, seeded by (seed,
+  number), to test, valid, train; each Pokemon keeps at least one animation for training. Test
+  pictures are views never seen for that Pokemon (no frame of them is in train), while every Pokemon
+  is still trained on.
 - ``pokemon``: whole Pokemon (those found in the input) are dealt to the splits (test Pokemon are
   never seen in training).
 - ``auto``: ``view`` when most Pokemon found have two or more pictures, else ``pokemon``.
@@ -64,7 +69,7 @@ from cn_clip_pokemon.dataset_format import check_templates, fill_template  # the
 from cn_clip_pokemon.errors import UserError
 
 SPLITS = ("train", "valid", "test")
-SPLIT_BY = ("auto", "view", "pokemon")
+SPLIT_BY = ("auto", "view", "animation", "pokemon")
 INFO_FILE = "dataset_info.json"
 INFO_FORMAT = 1
 DEFAULT_IMAGE_SIZE = 224
@@ -420,6 +425,26 @@ def view_splits(pictures, valid_fraction, test_fraction, seed):
     for position, index in enumerate(order):
         splits[index] = _dealt(position, n_valid, n_test)
     return splits
+
+
+# A frame number at the end of a view: fetch-sprites names frames VIEW_00, VIEW_01, ...
+_FRAME_NUMBER = re.compile(r"_\d+$")
+
+
+def animation_of(view):
+    """The animation a view belongs to: the view less its frame number (``back-shiny_03`` ->
+    ``back-shiny``, ``sub/front_00`` -> ``sub/front``); a view without one is its own animation."""
+    return _FRAME_NUMBER.sub("", view)
+
+
+def animation_splits(pictures, valid_fraction, test_fraction, seed):
+    """Splits for the pictures of one Pokemon (same order), whole animations dealt; see the module docstring."""
+    rng = random.Random(f"{seed}:{pictures[0].number}:animation")
+    animations = sorted({animation_of(picture.view) for picture in pictures})
+    rng.shuffle(animations)
+    n_valid, n_test = _deal_counts(len(animations), valid_fraction, test_fraction, rng)
+    split_of = {animation: _dealt(position, n_valid, n_test) for position, animation in enumerate(animations)}
+    return [split_of[animation_of(picture.view)] for picture in pictures]
 
 
 def pokemon_splits(numbers, valid_fraction, test_fraction, seed):
@@ -901,6 +926,9 @@ def build_dataset(
     if split_by == "view":
         def deal(group):
             return view_splits(group, valid_fraction, test_fraction, seed)
+    elif split_by == "animation":
+        def deal(group):
+            return animation_splits(group, valid_fraction, test_fraction, seed)
     else:
         split_of = pokemon_splits([picture.number for picture in pictures], valid_fraction, test_fraction, seed)
 
@@ -1160,8 +1188,9 @@ def build_dataset_arguments(parser):
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="stored picture size in pixels (square, white padding; default 224)")
     parser.add_argument(
         "--split-by", choices=SPLIT_BY, default="auto",
-        help="view: unseen pictures of seen Pokemon in valid/test; pokemon: unseen Pokemon; "
-        "auto (default): view when most Pokemon have 2+ pictures. With any captions, a caption group "
+        help="view: unseen pictures of seen Pokemon in valid/test; animation: whole animations (a view such as "
+        "the shiny back: VIEW_00, VIEW_01, ...) in valid/test, so test pictures are views never seen for that "
+        "Pokemon, and every Pokemon keeps one in train; pokemon: unseen Pokemon; auto (default): view when most Pokemon have 2+ pictures. With any captions, a caption group "
         "(pictures sharing captions) stands for a Pokemon",
     )
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of pictures (or Pokemon) for valid (default 0.1)")
