@@ -3,8 +3,8 @@
 Every flag of upstream's training keeps its meaning and is passed through untouched; this module
 adds only the process layout (``--nproc-per-node``, ``--nnodes``, ``--node-rank``,
 ``--master-addr``, ``--master-port``, ``--launcher``) and ``--pretrained``, upstream's way to start
-from released weights in one flag (``--device`` is a flag of upstream's parser, patches/0015). One process runs upstream's
-main in this process with patches/ applied in memory; more than one hands the same command to
+from released weights in one flag (``--device`` is a flag of upstream's parser, patches/0015). One
+process runs upstream's main in this process with patches/ applied in memory; more than one hands the same command to
 torchrun (``python -m torch.distributed.run ... -m cn_clip_pokemon train ...``), whose workers
 then each run one process of the same kind.
 
@@ -14,6 +14,7 @@ unknown model or dataset names) and says which command makes the missing thing.
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from cn_clip_pokemon.errors import UserError
 
@@ -134,6 +135,8 @@ def prepare_upstream_argv(argv):
             config_path = model_config_file(name)
         except ValueError as error:
             raise UserError(f"{flag}: {error}") from None
+        if flag == "--vision-model":
+            _warn_about_small_pictures(args, config_path)
     _check_context_length(args, config_path)
     datasets = plugins.get_datasets()
     if args.dataset is None:
@@ -198,6 +201,30 @@ def _checked_pair_count(path):
         return None
     finally:
         env.close()
+
+
+def _warn_about_small_pictures(args, vision_config_path):
+    """Pictures stored smaller than the model's input are upscaled (blurred) at every step: say so."""
+    import json
+
+    from cn_clip_pokemon.dataset_format import INFO_FILE
+
+    if args.train_data is None:
+        return
+    info_path = Path(args.train_data).resolve().parent.parent / INFO_FILE
+    try:
+        stored = json.loads(info_path.read_text(encoding="utf-8")).get("image_size")
+        with open(vision_config_path, encoding="utf-8") as f:
+            resolution = json.load(f).get("image_resolution")
+    except (OSError, ValueError):
+        return
+    if isinstance(stored, int) and isinstance(resolution, int) and stored < resolution:
+        print(
+            f"cn-clip-pokemon: warning: {info_path.parent} stores pictures at {stored} px but "
+            f"--vision-model {args.vision_model} takes {resolution} px: they are upscaled (blurred) at every "
+            f"step; rebuild with `cn-clip-pokemon build-dataset ... --image-size {resolution}`",
+            file=sys.stderr,
+        )
 
 
 def _check_context_length(args, text_config_path):
