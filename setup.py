@@ -12,7 +12,7 @@ setup(
     long_description=(here / "README_En.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # torch 2.14 and torchvision 0.29 require it
     # patches/ lives at the top of the repository (so `git apply patches/*.patch` works in a
     # Chinese-CLIP checkout) and ships inside the wheel as cn_clip_pokemon/patches.
     packages=find_packages(include=["cn_clip_pokemon", "cn_clip_pokemon.*"])
