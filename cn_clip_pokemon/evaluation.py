@@ -7,6 +7,8 @@ What is measured, on the pictures of one split of a built dataset (CPU or GPU):
   name embedded through the dataset's prompt templates (averaged, as upstream's
   ``zero_shot_classifier`` does). Top-k is a hit when the picture's own name is among the k most
   probable names; k really is 5 (upstream's ``zeroshot_evaluation.py`` computes ``topk=(1, 1)``).
+  A dataset of any captions (``build-dataset --any-names`` or ``--manifest``) is classified among all
+  its captions, and a picture is a hit under any of its own captions.
   Without ``dataset_info.json`` the names are the distinct texts of all splits, and a picture's
   label is any text paired with it.
 - **Text -> image Recall@K**: every distinct text of the split (``{split}_texts.jsonl``) queries all
@@ -62,12 +64,14 @@ def zero_shot_labels(pictures, dataset_dir):
         labels = []
         for image_id in pictures.image_ids:
             entry = info.get("images", {}).get(str(image_id))
-            if entry is None or entry.get("name") not in index:
+            # a picture of any captions (--any-names, --manifest) is right under each of its captions
+            wanted = (entry.get("captions") or [entry.get("name")]) if entry is not None else [None]
+            if not all(isinstance(name, str) and name in index for name in wanted):
                 raise UserError(
                     f"{Path(dataset_dir) / 'dataset_info.json'} has no name for picture {image_id} of the "
                     f"{pictures.split} split (or the name is not in its 'names'): rebuild the dataset"
                 )
-            labels.append({index[entry["name"]]})
+            labels.append({index[name] for name in wanted})
         return names, templates, labels
     names = _all_split_texts(dataset_dir)
     index = {name: i for i, name in enumerate(names)}

@@ -535,9 +535,10 @@ class SplitPictures:
             yield self.picture(image_id)
 
     def label(self, image_id):
-        """The Pokemon name of a picture (dataset_info.json), else the texts paired with it."""
+        """The Pokemon name of a picture (dataset_info.json) or its captions, else the texts paired with it."""
         if self.info and str(image_id) in self.info.get("images", {}):
-            return self.info["images"][str(image_id)].get("name")
+            entry = self.info["images"][str(image_id)]
+            return " / ".join(entry["captions"]) if entry.get("captions") else entry.get("name")
         texts = [entry["text"] for entry in self.texts if image_id in entry.get("image_ids", [])]
         return " / ".join(texts) if texts else None
 
