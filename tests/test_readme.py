@@ -67,6 +67,15 @@ def scratch_datapath(tmp_path):
         (datapath / "pictures" / folder).mkdir(parents=True)
         for view, size in (("front_00", (30, 30)), ("back_00", (20, 36)), ("shiny_00", (36, 20))):
             Image.new("RGBA", size, colour).save(datapath / "pictures" / folder / f"{view}.png")
+    # any captions: photos/ named by caption (a folder for several pictures), and captions.csv naming them
+    for name, colour in (("红色圆形.png", "red"), ("蓝色方块.png", "blue"), ("绿色三角/1.png", "green"), ("绿色三角/2.png", "lime")):
+        (tmp_path / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (30, 30), colour).save(tmp_path / "photos" / name)
+    (tmp_path / "captions.csv").write_text(
+        "path,caption\nphotos/红色圆形.png,红色圆形\nphotos/红色圆形.png,一个红圈\nphotos/蓝色方块.png,蓝色方块\n"
+        "photos/绿色三角/1.png,绿色三角\n",
+        encoding="utf-8",
+    )
     env = dict(os.environ, DATAPATH=str(datapath), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return tmp_path, env
 
@@ -89,7 +98,8 @@ def test_readme_command(line, scratch_datapath):
         if sub == "build-dataset":
             from cn_clip.training.data import LMDBDataset
 
-            dataset = LMDBDataset(str(Path(env["DATAPATH"]) / "datasets/pokemon/lmdb/train"), split="train")
+            out = Path(shlex.split(expanded)[shlex.split(expanded).index("--out") + 1])
+            dataset = LMDBDataset(str(cwd / out / "lmdb" / "train"), split="train")
             assert len(dataset) > 0
         return
     done = subprocess.run(
