@@ -5,6 +5,10 @@ Input, either layout (or both mixed), file and folder names parsed by ``Pokedex.
     flat                     IMAGES/0001妙蛙种子.png, IMAGES/0025-皮卡丘.jpg, IMAGES/皮卡丘_2.png
     one folder per Pokemon   IMAGES/0025皮卡丘/front_00.png, IMAGES/0025皮卡丘/back_00.png, ...
 
+Or any captions (``--any-names``: file and folder names are the captions; ``--manifest``: a CSV, TSV
+or JSONL file of paths and captions): see captions.py. A caption group then stands for a Pokemon
+below (its ``number``), and a picture may have several captions.
+
 Every entry of the input is accounted for: it becomes a picture, or an entry in ``skipped`` with its
 kind and reason. Names starting with "." (.DS_Store, ._x AppleDouble copies, .sprites.json) are not
 read and are listed as hidden; so are symlink loops, dangling symlinks, FIFOs and devices (never

@@ -312,3 +312,53 @@ def run_prefix(runner):  # noqa: F811
     import sys
 
     return [sys.executable, str(runner)]
+
+
+def test_manifest_rows_inside_out_are_not_read(tmp_path):
+    picture(tmp_path / "a.png", 1)
+    out = tmp_path / "ds"
+    assert build("--manifest", _manifest(tmp_path, ["a.png"]), "--out", out) == 0
+    # a row pointing into the dataset that the build replaces
+    assert build("--manifest", _manifest(tmp_path, ["a.png", "ds/train_imgs.tsv"]), "--out", out) == 0
+    assert {entry["file"]: entry["kind"] for entry in read_info(out)["skipped"]} == {"m.csv:3": "inside --out"}
+
+
+def _manifest(folder, paths):
+    manifest = folder / "m.csv"
+    manifest.write_text("path,caption\n" + "".join(f"{path},描述{index}\n" for index, path in enumerate(paths)), encoding="utf-8")
+    return manifest
+
+
+def test_manifest_fifo_folder_and_loop_rows_are_skipped(tmp_path):
+    picture(tmp_path / "a.png", 1)
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "folder.png").mkdir()
+    os.symlink("loop.png", tmp_path / "loop.png")
+    out = tmp_path / "ds"
+    assert build("--manifest", _manifest(tmp_path, ["a.png", "fifo.png", "folder.png", "loop.png"]), "--out", out) == 0
+    kinds = {entry["file"]: entry["kind"] for entry in read_info(out)["skipped"]}
+    assert kinds == {"m.csv:3": "not a regular file", "m.csv:4": "not a regular file", "m.csv:5": "symlink loop"}
+
+
+def test_evaluate_and_search_label_a_picture_with_each_of_its_captions(tmp_path):
+    import torch
+    from cn_clip.clip.model import CLIP
+
+    from cn_clip_pokemon import checkpoint as ckpt
+    from cn_clip_pokemon.evaluation import evaluate
+    from cn_clip_pokemon.inference import search
+
+    manifest, _ = write_manifest(tmp_path, "csv")
+    dataset = tmp_path / "ds"
+    assert build("--manifest", manifest, "--out", dataset, "--valid-fraction", "0", "--test-fraction", "0") == 0
+    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
+    torch.manual_seed(3)
+    checkpoint = ckpt.save_model(CLIP(**config["model_info"]), tmp_path / "model" / "epoch_latest.pt", config)
+    result = evaluate(checkpoint, dataset, split="train", device="cpu", progress=False, keep_scores=True)
+    assert result["names"] == 4  # every caption is a candidate
+    assert result["text_to_image"]["queries"] == 4 and result["image_to_text"]["queries"] == 3
+    # a.png is right under either of its captions, so top-5 among 4 names always hits
+    assert result["zero_shot"]["top5"] == 100.0
+    found = search(checkpoint, dataset, query="紅色圓形", split="train", device="cpu", progress=False, top_k=3)
+    found.pop("_pictures").close()
+    assert "红色圆形 / 一个红圈" in {item["name"] for item in found["results"]}
