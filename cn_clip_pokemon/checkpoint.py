@@ -20,11 +20,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.files import atomic_write, file_sha256
 
 # The CLIP(**kwargs) arguments that tensor shapes decide; the rest (dropouts, activation, head width)
 # come from the matching config, or defaults when none matches.
@@ -542,7 +542,6 @@ class LoadedCheckpoint:
 
 def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None):
     """Like :func:`load_model`, but returns a :class:`LoadedCheckpoint` (config and path too)."""
-    import torch
     from cn_clip.clip.model import CLIP, resize_pos_embed
     from cn_clip.clip.utils import _MODEL_INFO, _MODELS, image_transform
 
@@ -662,21 +661,10 @@ def atomic_torch_save(obj, path):
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+    from cn_clip_pokemon.files import atomic_write
+
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_state=None):
@@ -714,18 +702,11 @@ def file_digest(path, memo_dir=None):
                 return memo["sha256"]
         except (OSError, ValueError):
             pass
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    value = digest.hexdigest()
+    value = file_sha256(path)
     if memo_file is not None:
         try:
-            memo_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=".digest.", dir=memo_file.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with atomic_write(memo_file, "w", encoding="utf-8") as f:
                 json.dump(dict(signature, sha256=value), f)
-            os.replace(temporary, memo_file)
         except OSError:
             pass  # an unwritable cache only costs a re-hash next time
     return value

