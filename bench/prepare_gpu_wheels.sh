@@ -10,8 +10,8 @@
 #   lmdb==1.8.1      the newest 1.x with a cp312 manylinux wheel (same API)
 #   opencc==1.4.2    traditional -> simplified names (manylinux wheel)
 #   unidiff==1.0.1   parses patches/ for the in-memory patch hook
-#   cn-clip-pokemon  this package (`pip wheel --no-deps .`): its entry points register the
-#                    default plugins; gpu_check.sh still puts the source tree first on the path.
+#   cn-clip-pokemon  this package (`pip wheel --no-deps`, from the last commit): its entry points
+#                    register the default plugins; gpu_check.sh puts the working tree first on the path.
 # Wheels are installed there with --no-deps, so cn_clip's lmdb pin does not get in the way.
 # Run it again after changing setup.py (entry points, version).
 set -euo pipefail
@@ -44,12 +44,17 @@ mkdir -p "$WHEEL_DIR"
   opencc==1.4.2 \
   unidiff==1.0.1
 
-# This package itself, built from the working tree (patches/ ship inside it).
+# This package itself, built from a copy of the last commit, so that the build leaves no build/ or
+# egg-info folder in the working tree. Only its metadata matters there (the entry points that
+# register the default plugins): gpu_check.sh puts the working tree's code first on the path.
+SOURCE_DIR=$(mktemp -d)
+trap 'rm -rf "$SOURCE_DIR"' EXIT
+git archive --format=tar HEAD | tar -x -C "$SOURCE_DIR"
 "$PYTHON" -m pip wheel \
   --quiet \
   --no-deps \
   --wheel-dir "$WHEEL_DIR" \
-  "$REPO"
+  "$SOURCE_DIR"
 
 # cn_clip's needs, for the record: those not listed above are already on the GPU machine.
 echo "cn_clip requires:"
