@@ -4,7 +4,7 @@ A name is a config registered by a plugin (``register_model_configs``: a path to
 JSON, or the dict itself), else upstream's ``cn_clip/clip/model_configs/NAME.json``. A ``/`` in a
 name becomes ``-``, as in upstream (``ViT-L/14`` -> ``ViT-L-14.json``). Every caller gets a file path,
 so upstream's code keeps its ``open(path)``: a registered dict is written once to a file named after
-its content under the cache root (``~/.cache/cn-clip-pokemon/model_configs/``), so a changed dict
+its content under the cache root (``files.cache_root()/model_configs/``), so a changed dict
 gets a new file and an old one is never read by mistake.
 
 Training (``cn_clip.training.data.model_config_file``, patch 0003), the checkpoint loader, upstream's
@@ -85,32 +85,22 @@ def _registered_path(name, config):
 
 def _cached_config_file(name, config):
     """A registered dict as a JSON file named after its content, written once (atomically)."""
-    from cn_clip_pokemon.sprites import default_cache_dir
+    from cn_clip_pokemon.files import atomic_write, cache_root
 
     try:
         text = json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
     except (TypeError, ValueError) as error:
         raise UserError(f"model config {name!r} registered by a plugin is not plain JSON data: {error}") from None
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    for folder in (default_cache_dir() / "model_configs", Path(tempfile.gettempdir()) / "cn-clip-pokemon-model-configs"):
+    folders = (cache_root() / "model_configs", Path(tempfile.gettempdir()) / "cn-clip-pokemon-model-configs")
+    for folder in folders:
         path = folder / f"{name}.{digest}.json"
         if path.is_file():
             return path
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as file:
-                    file.write(text)
-                os.replace(temporary, path)
-            except BaseException:
-                try:
-                    os.unlink(temporary)
-                except FileNotFoundError:
-                    pass
-                raise
+            with atomic_write(path, "w", encoding="utf-8") as file:
+                file.write(text)
             return path
         except OSError:
             continue  # an unwritable cache root: the temporary folder next
-    raise UserError(f"cannot write model config {name!r} to {default_cache_dir() / 'model_configs'} or the temporary folder")
-
+    raise UserError(f"cannot write model config {name!r} to {folders[0]} or {folders[1]}")

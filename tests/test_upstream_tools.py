@@ -110,6 +110,15 @@ def test_a_registered_dict_is_written_once_and_every_caller_resolves_the_same_fi
     assert changed != path and json.loads(changed.read_text(encoding="utf-8"))["vision_width"] == 32
 
 
+def test_a_registered_dict_goes_to_the_temporary_folder_when_the_cache_cannot_be_written(dict_config, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache root would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    path = model_config_path("ViT-Resolver-Dict-Test")
+    assert path.parent.name == "cn-clip-pokemon-model-configs" and blocker not in path.parents
+    assert json.loads(path.read_text(encoding="utf-8")) == dict_config
+
+
 # --------------------------------------------------------------------------- a tiny checkpoint and dataset
 
 
