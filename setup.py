@@ -37,9 +37,14 @@ setup(
     extras_require={
         # dream-world SVG art (fetch-sprites --dream-world); needs the system's libcairo2
         "svg": ["cairosvg>=2.7"],
+        # `cn-clip-pokemon serve`, the web page (tested with Gradio 6.31)
+        "web": ["gradio>=5"],
         "test": [
             "pytest>=7",
             "cairosvg>=2.7",
+            # the web page and its test, which drives Debian's chromium (never a downloaded browser)
+            "gradio>=5",
+            "selenium>=4.10",
             # upstream's ONNX export (patches/0014) and its test: onnxscript is torch.onnx's exporter since torch 2.9
             "onnx>=1.14",
             "onnxruntime>=1.16",
