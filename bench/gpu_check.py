@@ -348,6 +348,12 @@ class Workspace:
             source = Path(list(spec.submodule_search_locations)[0])
             target = self.root / "upstream-cn_clip"
             shutil.copytree(source, target / "cn_clip", ignore=shutil.ignore_patterns("__pycache__"))
+            # upstream reads model configs from its own folder only: --smoke's tiny ones (ours, new
+            # names) are added to the copy's folder; no upstream file is changed
+            configs = target / "cn_clip" / "clip" / "model_configs"
+            for config in sorted((REPO / "cn_clip_pokemon" / "model_configs").glob("*.json")):
+                if not (configs / config.name).exists():
+                    shutil.copy(config, configs / config.name)
             self.upstream_copy = target
         return self.upstream_copy
 
