@@ -41,7 +41,6 @@ _ANIMATED = re.compile(
 _DREAM_WORLD = re.compile(r"^package/sprites/pokemon/other/dream-world/(?P<number>\d+)\.svg$")
 
 
-default_cache_dir = cache_root  # where npm tarballs are kept (--cache's default)
 
 
 def _tarball_name(package, version=None):
