@@ -32,7 +32,9 @@ command always ends in time and reports what it got:
 The results go to a JSON file ($OUT/gpu_check.json when OUT is set, else --out) after every stage,
 and a markdown table is printed at the end. --smoke runs every stage with ViT-T-8-64 +
 RBT-Tiny-chinese, a tiny dataset, batch 8 and a few steps; without CUDA the upstream variant is
-reported as skipped, and the search stops at a small cap (a CPU does not run out of GPU memory).
+reported as skipped (with CUDA, where it runs, the benchmark uses upstream's smallest configs,
+ViT-B-32 + RBT3-chinese, since upstream's argparse accepts only its own model names), and the
+search stops at a small cap (a CPU does not run out of GPU memory).
 """
 import argparse
 import json
@@ -78,6 +80,9 @@ MODES = {
         "context_length": 16,
         "pictures": 64,
         "image_size": 64,
+        # upstream's argparse takes only its own model names: with CUDA, where the upstream variant
+        # runs, --smoke benchmarks all three variants with upstream's smallest configs instead
+        "cuda_bench_models": ("ViT-B-32", "RBT3-chinese"),
         "search_vision_model": "ViT-T-8-64",
         "search_text_model": "RBT-Tiny-chinese",
         "search_start": 8,
@@ -204,10 +209,13 @@ def _kill_group(process):
 
 
 def last_error_line(output):
-    """The line that says why a run failed: the last exception line, else the last non-empty line."""
+    """The line that says why a run failed: the last exception or "error:" line (torchrun's own
+    ChildFailedError, which only says that a worker failed, left out), else the last line."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     for line in reversed(lines):
-        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line) or "Error:" in line:
+        if "ChildFailedError" in line:
+            continue
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", line) or re.search(r"\berror:", line, re.IGNORECASE):
             return line[:400]
     return lines[-1][:400] if lines else "(no output)"
 
@@ -348,12 +356,6 @@ class Workspace:
             source = Path(list(spec.submodule_search_locations)[0])
             target = self.root / "upstream-cn_clip"
             shutil.copytree(source, target / "cn_clip", ignore=shutil.ignore_patterns("__pycache__"))
-            # upstream reads model configs from its own folder only: --smoke's tiny ones (ours, new
-            # names) are added to the copy's folder; no upstream file is changed
-            configs = target / "cn_clip" / "clip" / "model_configs"
-            for config in sorted((REPO / "cn_clip_pokemon" / "model_configs").glob("*.json")):
-                if not (configs / config.name).exists():
-                    shutil.copy(config, configs / config.name)
             self.upstream_copy = target
         return self.upstream_copy
 
@@ -396,7 +398,7 @@ class Workspace:
         if code is None:
             result["status"], result["reason"] = "timeout", f"killed after {timeout:.0f} s (stage timeout)"
         elif code != 0:
-            result["status"], result["reason"] = "failed", last_error_line(output)
+            result["status"], result["reason"] = "failed", main_record.get("exception") or last_error_line(output)
         else:
             result["status"], result["reason"] = "ok", None
         shutil.rmtree(folder, ignore_errors=True)
@@ -780,6 +782,8 @@ def main(argv):
     import torch
 
     cuda = torch.cuda.is_available()
+    if cuda and settings.get("cuda_bench_models"):
+        settings["vision_model"], settings["text_model"] = settings["cuda_bench_models"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     num_workers = options.num_workers if options.num_workers is not None else (1 if options.smoke else max(1, min(8, cores // 2)))
     results = {
@@ -789,7 +793,7 @@ def main(argv):
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "budget_s": budget.deadline - budget.started,
-        "settings": {k: v for k, v in settings.items() if k != "timeouts"},
+        "settings": {k: v for k, v in settings.items() if k not in ("timeouts", "cuda_bench_models")},
         "stages": {},
     }
     try:
