@@ -14,6 +14,17 @@ config, batch size, precision and thread count:
 Targets: launcher >= 0.9x bare; loader >= 3x what a training step consumes. Peak memory (max RSS
 of each process, data workers included) printed. By default the data are sprites #1-400 from
 ../shared/datasets (2 frames per animation, 96 px), built once into a temporary folder.
+
+    python bench/bench_training.py --attention-compare   # ViT-B-16 + RoBERTa-base, batch 8, fp32
+
+--attention-compare measures the fast attention (``use_flash_attention=True`` in the model config,
+what `train --use-flash-attention` builds: scaled_dot_product_attention in both towers) against the
+default attention (nn.MultiheadAttention and BERT's own softmax), on upstream's CLIP class with the
+same weights (converted with upstream's convert_state_dict), in this process: random pictures and
+captions of mixed lengths (context 52), training mode, fp32. Each round times, for each model in
+turn, the image tower's forward, the text tower's forward and the backward of the contrastive loss;
+printed per stage as the median over rounds with the spread (min-max), and the ratio default/fast
+(above 1: the fast attention is faster). No dataset needed.
 """
 import argparse
 import json
@@ -184,19 +195,150 @@ def run_measurement(kind, options):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# --- fast attention against the default, on the model alone ---------------------------------------
+
+ATTENTION_STAGES = ("vision_forward", "text_forward", "backward", "step")
+CAPTIONS = ["皮卡丘", "一张喷火龙的图片", "妙蛙种子在草地上晒太阳", "杰尼龟", "一只正在睡觉的卡比兽，旁边有一棵大树和几个果子", "伊布", "超梦和梦幻", "胖丁在唱歌"]
+
+
+def attention_models(vision_model, text_model):
+    """(default, fast): upstream's CLIP with each attention and the same weights."""
+    import torch
+
+    from cn_clip_pokemon import patching
+
+    patching.install()
+    from cn_clip.clip.model import CLIP, convert_state_dict
+
+    from cn_clip_pokemon.checkpoint import model_info_for
+
+    info = dict(model_info_for(vision_model, text_model))
+    info.pop("use_flash_attention", None)
+    torch.manual_seed(0)
+    default = CLIP(**info, use_flash_attention=False)
+    fast = CLIP(**info, use_flash_attention=True)
+    fast.load_state_dict(convert_state_dict(dict(default.state_dict())))
+    return default.train(), fast.train()
+
+
+def attention_step(model, images, texts):
+    """One training step's forward and backward, timed per stage (seconds)."""
+    import torch
+    import torch.nn.functional as F
+
+    started = time.perf_counter()
+    image_features = model.encode_image(images)
+    vision_done = time.perf_counter()
+    text_features = model.encode_text(texts)
+    text_done = time.perf_counter()
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    logits = model.logit_scale.exp() * image_features @ text_features.t()
+    truth = torch.arange(len(logits))
+    loss = (F.cross_entropy(logits, truth) + F.cross_entropy(logits.t(), truth)) / 2
+    loss.backward()
+    finished = time.perf_counter()
+    model.zero_grad(set_to_none=True)
+    return {
+        "vision_forward": vision_done - started,
+        "text_forward": text_done - vision_done,
+        "backward": finished - text_done,
+        "step": finished - started,
+    }
+
+
+def attention_compare(options):
+    import torch
+
+    from cn_clip_pokemon import patching
+
+    patching.install()
+    from cn_clip.clip import tokenize
+
+    from cn_clip_pokemon.checkpoint import model_info_for
+
+    resolution = int(model_info_for(options.vision_model, options.text_model)["image_resolution"])
+    print(
+        f"attention: {options.vision_model} + {options.text_model}, batch {options.batch_size}, fp32, "
+        f"{resolution} px, context 52, {torch.get_num_threads()} torch threads, {options.rounds} round(s) of "
+        f"{options.steps} timed step(s) after {options.warmup} warm-up step(s) per model",
+        flush=True,
+    )
+    built = time.perf_counter()
+    models = dict(zip(("default", "fast"), attention_models(options.vision_model, options.text_model)))
+    print(f"  models built in {time.perf_counter() - built:.1f} s", flush=True)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(options.batch_size, 3, resolution, resolution, generator=generator)
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(options.batch_size)]
+    texts = tokenize(captions, context_length=52)
+    for name, model in models.items():
+        for _ in range(options.warmup):
+            attention_step(model, images, texts)
+    times = {name: {stage: [] for stage in ATTENTION_STAGES} for name in models}
+    for round_number in range(options.rounds):
+        # alternate the order, so that neither model always runs first in a round
+        order = list(models) if round_number % 2 == 0 else list(reversed(models))
+        for name in order:
+            torch.manual_seed(round_number)  # the same dropout masks for both models in a round
+            steps = [attention_step(models[name], images, texts) for _ in range(options.steps)]
+            for stage in ATTENTION_STAGES:
+                times[name][stage].append(statistics.median(step[stage] for step in steps))
+        print(
+            f"  round {round_number + 1}: step default {times['default']['step'][-1] * 1000:8.0f} ms, "
+            f"fast {times['fast']['step'][-1] * 1000:8.0f} ms",
+            flush=True,
+        )
+
+    def spread(values):
+        return f"{statistics.median(values) * 1000:7.0f} ({min(values) * 1000:.0f}-{max(values) * 1000:.0f})"
+
+    print()
+    print(f"{'ms per step, median (min-max)':31s} {'default':>20s} {'fast':>20s} {'default/fast':>13s} {'(min-max)':>12s}")
+    for stage in ATTENTION_STAGES:
+        ratios = [d / f for d, f in zip(times["default"][stage], times["fast"][stage])]
+        print(
+            f"{stage:31s} {spread(times['default'][stage]):>20s} {spread(times['fast'][stage]):>20s} "
+            f"{statistics.median(ratios):12.2f}x {min(ratios):.2f}-{max(ratios):.2f}"
+        )
+    speedup = statistics.median(times["default"]["step"]) / statistics.median(times["fast"]["step"])
+    print()
+    print(f"fast attention / default, whole step: {speedup:.2f}x the speed (above 1: faster)")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default=None, help="a dataset folder made by build-dataset (default: sprites #1-400)")
-    parser.add_argument("--vision-model", default="ViT-T-8-64")
-    parser.add_argument("--text-model", default="RBT-Tiny-chinese")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--vision-model", default=None, help="default ViT-T-8-64 (--attention-compare: ViT-B-16)")
+    parser.add_argument("--text-model", default=None, help="default RBT-Tiny-chinese (--attention-compare: RoBERTa-wwm-ext-base-chinese)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 64 (--attention-compare: 8)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "amp"])
     parser.add_argument("--num-workers", type=int, default=None, help="data workers (default: the launcher's CPU default)")
-    parser.add_argument("--warmup", type=int, default=5, help="steps before timing starts")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (a multiple of --warmup)")
-    parser.add_argument("--rounds", type=int, default=2, help="launcher/bare/loader rounds, alternating")
+    parser.add_argument("--warmup", type=int, default=None, help="steps before timing starts (default 5; --attention-compare: 1 per model)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (a multiple of --warmup; default 20; --attention-compare: 2 per model and round)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds, alternating (default 2; --attention-compare: 3)")
+    parser.add_argument(
+        "--attention-compare",
+        action="store_true",
+        help="time the fast attention (--use-flash-attention) against the default on the model alone, per stage",
+    )
     parser.add_argument("--measure", choices=sorted(MEASUREMENTS), help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    defaults = {
+        "vision_model": ("ViT-T-8-64", "ViT-B-16"),
+        "text_model": ("RBT-Tiny-chinese", "RoBERTa-wwm-ext-base-chinese"),
+        "batch_size": (64, 8),
+        "warmup": (5, 1),
+        "steps": (20, 2),
+        "rounds": (2, 3),
+    }
+    for key, (training, attention) in defaults.items():
+        if getattr(options, key) is None:
+            setattr(options, key, attention if options.attention_compare else training)
+    if options.attention_compare:
+        if options.precision != "fp32":
+            parser.error("--attention-compare measures fp32 (on the CPU, amp means bf16 or fp32 by CPU)")
+        return attention_compare(options)
     if options.num_workers is None:
         from cn_clip_pokemon.launcher import cpu_worker_count
 
