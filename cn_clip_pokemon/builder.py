@@ -318,27 +318,96 @@ def _leads_back(path, images_real):
 # ---------------------------------------------------------------- the work done per picture
 
 
-def process_picture(task):
-    """Worker: open, composite on white, fit to a square, encode. ``(index, base64, digest, error)``.
+# What a worker does to each picture, timed separately when the build is profiled.
+WORKER_STAGES = ("open", "composite", "resize", "encode", "hash")
 
-    The base64 text comes back as ASCII bytes: the parent only copies it into files and LMDB, and
-    bytes go there without another encoding pass per write.
+
+def process_picture(task):
+    """Worker: open, composite on white, fit to a square, encode.
+
+    ``task`` is ``(index, path, image_size, profiled)``; returns ``(index, base64, digest, error,
+    timing)``. The base64 text comes back as ASCII bytes: the parent only copies it into files and
+    LMDB, and bytes go there without another encoding pass per write. ``timing`` is None unless
+    ``profiled``: then ``(pid, CPU seconds of this process when the picture started and when it
+    ended, CPU seconds of each of WORKER_STAGES)``.
     """
     from cn_clip_pokemon.images import PictureError, encode_picture, fit_square, open_picture
 
-    index, path, image_size = task
+    index, path, image_size, profiled = task
+    clock = time.process_time
+    marks = [clock()] if profiled else None
     try:
-        encoded = encode_picture(fit_square(open_picture(path), image_size)).encode("ascii")
+        image = open_picture(path, marks=marks)  # adds the end of decoding, before compositing
+        if profiled:
+            marks.append(clock())
+        square = fit_square(image, image_size)
+        if profiled:
+            marks.append(clock())
+        encoded = encode_picture(square).encode("ascii")
+        if profiled:
+            marks.append(clock())
         # Same pixels give the same PNG (same encoder, same settings) and different pixels a
         # different one, so the encoded text identifies the picture; it is 5x smaller to hash.
         digest = hashlib.sha1(encoded).digest()
-        return index, encoded, digest, None
+        timing = None
+        if profiled:
+            marks.append(clock())
+            timing = (os.getpid(), marks[0], marks[-1], *(end - start for start, end in zip(marks, marks[1:])))
+        return index, encoded, digest, None, timing
     except PictureError as error:
         reason = str(error)
         prefix = f"{path}: "
-        return index, None, None, reason[len(prefix):] if reason.startswith(prefix) else reason
+        return index, None, None, reason[len(prefix):] if reason.startswith(prefix) else reason, None
     except Exception as error:  # one bad file must never stop the build; it is reported instead
-        return index, None, None, f"cannot be opened ({type(error).__name__}: {error})"
+        return index, None, None, f"cannot be opened ({type(error).__name__}: {error})", None
+
+
+class _StageClock:
+    """Lap timer of this thread's CPU (``time.thread_time``): ``lap(stage)`` charges the CPU used
+    since the previous lap to ``stage``. Used when a build is profiled (``profile=``)."""
+
+    def __init__(self):
+        self.seconds = {}
+        self.last = time.thread_time()
+
+    def lap(self, stage):
+        now = time.thread_time()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.last
+        self.last = now
+
+
+class _NoClock:
+    """What the builder uses when nobody asked for a profile: laps cost one call."""
+
+    seconds = {}
+
+    def lap(self, stage):
+        pass
+
+
+class _WorkerCpu:
+    """Sums the workers' CPU from the timings they send back: per stage, and the rest (receiving
+    tasks, pickling and sending results: the transfer's worker side), and their start-up."""
+
+    def __init__(self):
+        self.stages = dict.fromkeys(WORKER_STAGES, 0.0)
+        self.first, self.last = {}, {}
+
+    def add(self, timing):
+        pid, started, ended, *stage_seconds = timing
+        for stage, seconds in zip(WORKER_STAGES, stage_seconds):
+            self.stages[stage] += seconds
+        self.first[pid] = min(self.first.get(pid, started), started)
+        self.last[pid] = max(self.last.get(pid, ended), ended)
+
+    def summary(self):
+        busy = sum(self.last[pid] - self.first[pid] for pid in self.first)
+        return {
+            "processes": len(self.first),
+            "stages": self.stages,
+            "transfer": max(0.0, busy - sum(self.stages.values())),
+            "startup": sum(self.first.values()),
+        }
 
 
 def _pool_context():
@@ -529,8 +598,9 @@ class _ImageWriter:
     Image ids run 0..N-1 over all splits. Each picture's dataset_info entry goes to a side file.
     """
 
-    def __init__(self, folder, deal):
+    def __init__(self, folder, deal, clock=None):
         self.deal = deal
+        self.clock = clock or _NoClock()
         self.writers, self.tsv_files = {}, {}
         for split in SPLITS:
             (folder / "lmdb" / split).mkdir(parents=True)
@@ -554,14 +624,20 @@ class _ImageWriter:
             self.spool = tempfile.SpooledTemporaryFile(max_size=GROUP_MEMORY, dir=self.folder)
         self.group.append(picture)
         self.spool.write(encoded + b"\n")
+        self.clock.lap("spool")
 
     def _write_group(self):
+        clock = self.clock
         splits = self.deal(self.group)
         self.spool.seek(0)
+        clock.lap("spool")
         for picture, split, line in zip(self.group, splits, self.spool):
             key = str(self.count).encode("ascii")
+            clock.lap("spool")
             self.tsv_files[split].write(key + b"\t" + line)
+            clock.lap("TSV write")
             self.writers[split].put(key, line[:-1])
+            clock.lap("LMDB write")
             self.split_images[split].setdefault(picture.number, []).append(self.count)
             self.names[picture.number] = picture.name
             known = self.captions.setdefault(picture.number, {})
@@ -575,8 +651,10 @@ class _ImageWriter:
             self.fragment.write(("" if self.count == 0 else ",\n") + f'  "{self.count}": '
                                 + json.dumps(entry, ensure_ascii=False))
             self.count += 1
+            clock.lap("info")
         self.spool.close()
         self.group, self.spool = [], None
+        clock.lap("spool")
 
     def finish(self):
         """Write the last Pokemon's pictures and each split's image count."""
@@ -589,7 +667,9 @@ class _ImageWriter:
     def close(self):
         for split in SPLITS:
             self.writers[split].close()
+            self.clock.lap("LMDB write")
             self.tsv_files[split].close()
+            self.clock.lap("TSV write")
         self.fragment.close()
         if self.spool is not None:
             self.spool.close()
@@ -852,11 +932,14 @@ def build_dataset(
     any_names=False,
     manifest=None,
     t2s=True,
+    profile=False,
 ):
     """Build the dataset of ``images_dir`` into ``out_dir`` (atomically); returns a summary dict.
 
     The summary holds the ``dataset_info.json`` fields plus ``out_dir``, ``seconds``, ``workers``,
-    ``pictures_per_second`` and ``names_with_unknown_tokens``.
+    ``pictures_per_second`` and ``names_with_unknown_tokens``. With ``profile``, also ``profile``:
+    where the CPU went (seconds of this process per stage, of its pool threads, and of the workers
+    per stage; see bench/bench_builder.py), at the price of a few clock reads per picture.
 
     Any captions (see captions.py): ``any_names`` takes file and folder names as captions, without
     the Pokedex; ``manifest`` (with ``images_dir`` None) reads picture-caption rows from a CSV, TSV
@@ -868,6 +951,7 @@ def build_dataset(
     from cn_clip_pokemon.pokedex import Pokedex
 
     started = time.perf_counter()
+    clock = _StageClock() if profile else _NoClock()
     if manifest is not None and (images_dir is not None or any_names):
         raise UserError("give either --manifest or --images (with or without --any-names), not both")
     if manifest is None and images_dir is None:
@@ -942,14 +1026,22 @@ def build_dataset(
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     lock = _try_lock(temp)  # tells a concurrent build's clean-up that this folder is in use
+    clock.lap("start, scan and names")
+    wall = {"start, scan and names": time.perf_counter() - started}
     try:
-        images = _ImageWriter(temp, deal)
+        images = _ImageWriter(temp, deal, clock)
+        worker_cpu = _WorkerCpu()
+        pool_started, process_cpu_started = time.perf_counter(), time.process_time()
+        thread_cpu_started = time.thread_time()
         try:
             first_seen = {}
-            tasks = ((index, picture.source, image_size) for index, picture in enumerate(pictures))
+            tasks = ((index, picture.source, image_size, profile) for index, picture in enumerate(pictures))
             bar = tqdm(total=len(pictures), unit="picture", desc="build-dataset", disable=not progress)
             with bar:
-                for index, encoded, digest, error in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
+                for index, encoded, digest, error, timing in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
+                    clock.lap("transfer: parent, waiting for results")
+                    if timing is not None:
+                        worker_cpu.add(timing)
                     bar.update(1)
                     picture = pictures[index]
                     kind = SKIP_BAD_PICTURE
@@ -962,11 +1054,15 @@ def build_dataset(
                         skipped.append(_skip(picture.relative, kind, error))
                         continue
                     first_seen[digest] = index
+                    clock.lap("duplicates and progress")
                     images.add(picture, encoded)
             del first_seen
             images.finish()
         finally:
             images.close()
+        # the pool's own threads in this process: feeding tasks, receiving and unpickling results
+        pool_threads_cpu = (time.process_time() - process_cpu_started) - (time.thread_time() - thread_cpu_started)
+        wall["pictures (workers, transfer, TSV, LMDB)"] = time.perf_counter() - pool_started
         if not images.count:
             raise NothingToBuild(f"none of the {len(pictures)} pictures in {source_shown} could be used", skipped, naming)
         split_images = images.split_images
@@ -1035,9 +1131,13 @@ def build_dataset(
             "captions_tokenizing_identically": report["identical"] if naming != "pokedex" else [],
             "counts": count_entries(images.count, skipped),
         }
+        clock.lap("texts and pairs")
         _write_info(temp / INFO_FILE, info, images_fragment)
         images_fragment.unlink()
+        clock.lap("info")
         _replace_directory(temp, target)
+        clock.lap("rename")
+        wall["texts, pairs, info, rename"] = time.perf_counter() - started - sum(wall.values())
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -1055,6 +1155,16 @@ def build_dataset(
         pictures=len(pictures),
         pictures_per_second=len(pictures) / seconds if seconds else 0.0,
     )
+    if profile:
+        summary["profile"] = {
+            "parent": clock.seconds,  # this process's main thread, CPU seconds per stage
+            "pool_threads": pool_threads_cpu,
+            "parent_process": time.process_time(),  # all of this process's CPU so far, start-up included
+            "workers": worker_cpu.summary() if workers > 1 else None,  # one process: stages run in this one
+            "wall": wall,
+        }
+        if workers <= 1:  # no pool: the stages ran in the main thread, inside the "waiting" lap
+            summary["profile"]["in_process_stages"] = worker_cpu.summary()["stages"]
     return summary
 
 
