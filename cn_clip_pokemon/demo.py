@@ -307,6 +307,7 @@ def print_report(report):
     for name, path in report["files"].items():
         print(f"  {name}: {path}")
     print(f"total {report['seconds']['total'] / 60:.1f} min")
+    print(f"serve it as a web page (pip install 'cn-clip-pokemon[web]'): cn-clip-pokemon serve --checkpoint {shlex.quote(report['files']['checkpoint'])} --dataset {shlex.quote(report['files']['dataset'])}")
 
 
 def demo_command(args):
