@@ -200,6 +200,22 @@ def test_one_forward_pass_at_a_time(service, tmp_path, monkeypatch):
     assert not errors and len(overlaps) >= 8 and max(overlaps) == 1
 
 
+def test_without_a_dataset_the_page_classifies_and_search_says_what_it_needs(served, tmp_path):
+    service = PokedexService(served["checkpoint"], names=NAMES, device="cpu", progress=False)
+    predictions = service.classify_upload(str(disc(tmp_path / "red.png", (200, 60, 30))))
+    assert len(predictions) == 5 and all(p["picture"] is None for p in predictions)
+    with pytest.raises(UserError, match="--dataset DIR"):
+        service.search_text("喷火龙")
+    assert "dataset" not in service.describe()
+    pytest.importorskip("gradio", reason="pip install 'cn-clip-pokemon[web]' to build the page")
+    from cn_clip_pokemon.serve import build_page
+
+    (tmp_path / "examples").mkdir()
+    page = build_page(service, examples_dir=tmp_path / "examples")
+    assert sorted(fn.api_name for fn in page.fns.values() if fn.api_name) == ["classify"]  # no search box
+    assert not list((tmp_path / "examples").iterdir())  # and no examples to click
+
+
 def test_without_gradio_serve_says_what_to_install(served, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
     assert main(["serve", "--checkpoint", str(served["checkpoint"])]) == 1
