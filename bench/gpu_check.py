@@ -69,7 +69,9 @@ MODES = {
         "search_cap": None,  # the dataset's size
         "search_steps": 2,
         "budget": 450,
-        "timeouts": {"tests": 150, "dataset": 90, "variant": 100, "search": 200, "trial": 90},
+        "timeouts": {"tests": 150, "variant": 100, "search": 200, "trial": 90},
+        # the least time a later stage is left when an earlier one runs long
+        "reserve": {"dataset": 20, "variant": 30, "search": 45},
     },
     "smoke": {
         "vision_model": "ViT-T-8-64",
@@ -89,7 +91,8 @@ MODES = {
         "search_cap": 16,
         "search_steps": 2,
         "budget": 110,
-        "timeouts": {"tests": 60, "dataset": 30, "variant": 45, "search": 60, "trial": 40},
+        "timeouts": {"tests": 60, "variant": 45, "search": 60, "trial": 40},
+        "reserve": {"dataset": 5, "variant": 15, "search": 25},
     },
 }
 VARIANTS = ("upstream", "launcher", "fast")
@@ -327,10 +330,11 @@ def read_wrapper_reports(report_dir):
 class Workspace:
     """Scratch folders, the wrapper script, the upstream copy, and the environment of child processes."""
 
-    def __init__(self, root, python, log):
+    def __init__(self, root, python, log, threads=None):
         self.root = Path(root)
         self.python = python
         self.log = log
+        self.threads = threads  # OMP_NUM_THREADS of every child, when not None
         self.wrapper = self.root / "gpu_check_wrapper.py"
         self.wrapper.write_text(WRAPPER)
         self.upstream_copy = None
@@ -338,6 +342,8 @@ class Workspace:
 
     def base_env(self):
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.threads)
         # the working tree's cn_clip_pokemon first (a wheel in /tmp/site gives only the entry points)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         env.pop("CN_CLIP_POKEMON_DEVICE", None)
@@ -470,7 +476,7 @@ def stage_bench(workspace, settings, dataset, cuda, num_workers, budget, variant
             results[kind] = {"label": label, "status": "skipped", "reason": "needs CUDA: upstream's main hard-codes NCCL and .cuda()"}
             continue
         later = len(VARIANTS) - index - 1
-        timeout = budget.timeout(variant_cap, keep=keep + later * 20)
+        timeout = budget.timeout(variant_cap, keep=keep + later * settings["reserve"]["variant"])
         if timeout < 10:
             results[kind] = {"label": label, "status": "skipped", "reason": "time budget spent"}
             continue
@@ -624,14 +630,24 @@ def memory_prediction(trials):
     per_sample = (m2 - m1) / (b2 - b1)
     fixed = m1 - per_sample * b1
     prediction = {"per_sample_mib": round(per_sample, 2), "fixed_mib": round(fixed, 1)}
-    try:
-        import torch
-
-        total = torch.cuda.get_device_properties(0).total_memory / 2**20
+    total = gpu_properties().get("memory_mib")
+    if total:
         prediction["batch_at_total_memory"] = int((total - fixed) / per_sample)
-    except Exception:
-        pass
     return prediction
+
+
+def gpu_properties():
+    """``{"name", "memory_mib"}`` of GPU 0 from nvidia-smi ({} without it). Not through torch: a CUDA
+    context in this process would take GPU memory from the runs it measures."""
+    try:
+        line = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits", "--id=0"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout.strip().splitlines()[0]
+        name, memory = [part.strip() for part in line.rsplit(",", 1)]
+        return {"name": name, "memory_mib": float(memory)}
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return {}
 
 
 # ------------------------------------------------------------------------------ report
@@ -666,8 +682,8 @@ def markdown_report(results):
             f"{bench['timed_steps']} timed steps after {bench['warmup_steps']}, {bench['num_workers']} data workers:"
         )
         lines.append("")
-        lines.append("| variant | status | samples/s | vs upstream | peak GPU MiB | vs upstream | wall s |")
-        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| variant | status | samples/s | vs upstream | peak GPU MiB | vs upstream | peak RSS MiB | wall s |")
+        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for kind in VARIANTS:
             record = bench["variants"].get(kind, {})
             status = record.get("status", "-")
@@ -676,7 +692,8 @@ def markdown_report(results):
             lines.append(
                 f"| {VARIANT_LABELS[kind]} | {status.replace('|', '/')} | {_number(record.get('samples_per_second'))} | "
                 f"{_number(record.get('speed_vs_upstream'), 2, 'x')} | {_number(record.get('peak_gpu_mib'), 0)} | "
-                f"{_number(record.get('memory_vs_upstream'), 2, 'x')} | {_number(record.get('wall_s'))} |"
+                f"{_number(record.get('memory_vs_upstream'), 2, 'x')} | {_number(record.get('peak_rss_mib'), 0)} | "
+                f"{_number(record.get('wall_s'))} |"
             )
         fast = bench["variants"].get("fast", {})
         if fast.get("speed_vs_launcher") is not None:
@@ -786,14 +803,16 @@ def main(argv):
         settings["vision_model"], settings["text_model"] = settings["cuda_bench_models"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     num_workers = options.num_workers if options.num_workers is not None else (1 if options.smoke else max(1, min(8, cores // 2)))
+    gpu = gpu_properties() if cuda else {}
     results = {
         "mode": mode,
-        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({cores} cores), no CUDA",
+        "device": (f"{gpu.get('name', 'CUDA device')}, {cores} cores" if cuda else f"CPU ({cores} cores), no CUDA"),
+        "gpu_memory_mib": gpu.get("memory_mib"),
         "cuda": cuda,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "budget_s": budget.deadline - budget.started,
-        "settings": {k: v for k, v in settings.items() if k not in ("timeouts", "cuda_bench_models")},
+        "settings": {k: v for k, v in settings.items() if k not in ("timeouts", "reserve", "cuda_bench_models")},
         "stages": {},
     }
     try:
@@ -809,20 +828,23 @@ def main(argv):
         tmp.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, out_path)
 
-    # time each later stage needs at least, so an earlier one cannot eat it
-    keep_for = {"tests": 0.0, "dataset": 0.0, "bench": 0.0}
+    # time each later stage is left at least, so an earlier one cannot eat it
+    reserve = settings["reserve"]
+    keep_for = {"tests": 0.0, "bench": 0.0}
     if "search" in options.stages:
-        keep_for["bench"] += 35
-        keep_for["dataset"] += 35
-        keep_for["tests"] += 35
+        keep_for["bench"] += reserve["search"]
+        keep_for["tests"] += reserve["search"]
     if "bench" in options.stages:
-        keep_for["dataset"] += 3 * 25 if cuda else 2 * 25
-        keep_for["tests"] += 3 * 25 if cuda else 2 * 25
+        keep_for["tests"] += (3 if cuda else 2) * reserve["variant"]
     if "bench" in options.stages or "search" in options.stages:
-        keep_for["tests"] += 20
+        keep_for["tests"] += reserve["dataset"]
 
     scratch = Path(tempfile.mkdtemp(prefix="gpu_check-"))
-    workspace = Workspace(scratch, sys.executable, log)
+    # torchrun gives its workers OMP_NUM_THREADS=1 unless it is set: on a GPU every variant gets the
+    # same (torchrun's), on a CPU the launcher's runs keep torch's default
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1")) if cuda else None
+    results["omp_num_threads"] = threads
+    workspace = Workspace(scratch, sys.executable, log, threads=threads)
     print(f"gpu_check ({mode}) on {results['device']}, budget {results['budget_s']:.0f} s; results: {out_path}", flush=True)
     try:
         if "tests" in options.stages:

@@ -63,7 +63,7 @@ def test_smoke_mode_reports_every_variant(tmp_path, gpu_check):
     assert search["trials"] and all(trial["outcome"] == "fits" for trial in search["trials"])
 
     # the markdown table: a header and one row per variant
-    assert "| variant | status | samples/s | vs upstream | peak GPU MiB | vs upstream | wall s |" in result.stdout
+    assert "| variant | status | samples/s | vs upstream | peak GPU MiB | vs upstream | peak RSS MiB | wall s |" in result.stdout
     for label in gpu_check.VARIANT_LABELS.values():
         assert f"| {label} | " in result.stdout
     assert "Largest ViT-T-8-64 + RBT-Tiny-chinese batch with --grad-checkpointing" in result.stdout
