@@ -350,8 +350,10 @@ def launch_page(page, host=DEFAULT_HOST, port=None, examples_dir=None):
             prevent_thread_lock=True,
         )
     except OSError as error:
-        where = f"port {port}" if port else "a free port from 7860 on"
-        raise UserError(f"cannot serve on {host}, {where}: {error}; pick another with --port") from None
+        where = f"port {port}" if port else "ports 7860-7959"
+        if "Cannot find empty port" in str(error):  # Gradio's words, which name its launch() arguments
+            raise UserError(f"{where} on {host} already in use: pick a free one with --port") from None
+        raise UserError(f"cannot serve on {host}, {where}: {error}; check --host and --port") from None
     return page.local_url
 
 
