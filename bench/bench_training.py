@@ -315,7 +315,7 @@ def main(argv=None):
     parser.add_argument("--precision", default="fp32", choices=["fp32", "amp"])
     parser.add_argument("--num-workers", type=int, default=None, help="data workers (default: the launcher's CPU default)")
     parser.add_argument("--warmup", type=int, default=None, help="steps before timing starts (default 5; --attention-compare: 1 per model)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (a multiple of --warmup; default 20; --attention-compare: 2 per model and round)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (a multiple of --warmup; default 20; --attention-compare: 1 per model and round)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds, alternating (default 2; --attention-compare: 3)")
     parser.add_argument(
         "--attention-compare",
@@ -329,7 +329,7 @@ def main(argv=None):
         "text_model": ("RBT-Tiny-chinese", "RoBERTa-wwm-ext-base-chinese"),
         "batch_size": (64, 8),
         "warmup": (5, 1),
-        "steps": (20, 2),
+        "steps": (20, 1),
         "rounds": (2, 3),
     }
     for key, (training, attention) in defaults.items():
