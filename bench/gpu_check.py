@@ -485,7 +485,11 @@ def stage_bench(workspace, settings, dataset, cuda, num_workers, budget, variant
             warmup + timed, settings["context_length"], num_workers, f"bench-{kind}",
         )
         extra = ["--use-flash-attention"] if kind == "fast" else []
-        run = workspace.run_training(kind, flags, timeout, extra=extra)
+        try:
+            run = workspace.run_training(kind, flags, timeout, extra=extra)
+        except Exception as error:  # e.g. no cn_clip to copy: this variant fails, the others run
+            results[kind] = {"label": label, "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+            continue
         samples_per_second, median_step, timed_steps = throughput(run["steps"], warmup)
         record = {
             "label": label,
