@@ -68,7 +68,7 @@ MODES = {
         "search_start": 1024,
         "search_cap": None,  # the dataset's size
         "search_steps": 2,
-        "budget": 450,
+        "budget": 440,  # + installing the wheels and starting Python: inside 8 minutes
         "timeouts": {"tests": 150, "variant": 100, "search": 200, "trial": 90},
         # the least time a later stage is left when an earlier one runs long
         "reserve": {"dataset": 20, "variant": 30, "search": 45},
@@ -761,7 +761,7 @@ def parse_args(argv):
     )
     parser.add_argument("--smoke", action="store_true", help="tiny configs, tiny dataset, few steps (CPU or GPU)")
     parser.add_argument("--out", type=Path, default=None, help="the JSON results file (default: $OUT/gpu_check.json)")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole check (default 450, --smoke 110)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole check (default 440, --smoke 110)")
     parser.add_argument(
         "--stages",
         default="tests,bench,search",
@@ -812,6 +812,8 @@ def main(argv):
         "mode": mode,
         "device": (f"{gpu.get('name', 'CUDA device')}, {cores} cores" if cuda else f"CPU ({cores} cores), no CUDA"),
         "gpu_memory_mib": gpu.get("memory_mib"),
+        # data workers hand batches over in shared memory: a small /dev/shm fails the runs ("Bus error")
+        "dev_shm_mib": round(shutil.disk_usage("/dev/shm").total / 2**20) if os.path.isdir("/dev/shm") else None,
         "cuda": cuda,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
