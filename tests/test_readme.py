@@ -154,6 +154,7 @@ def test_other_lines_are_known():
     known = (
         "cn-clip-pokemon", "bash run_scripts/", "python3 -m venv", "pip install", "python bench/", "CN_CLIP_POKEMON_PLUGINS=",
         'python -c "import cn_clip_pokemon, runpy;',
+        "bash bench/gpu_check.sh",  # its --smoke mode runs in tests/test_gpu_check.py
     )
     for line in all_command_lines():
         assert line.startswith(known), f"the README shows a command no test checks: {line}"
