@@ -24,11 +24,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.hookspecs import VISION_CONFIG_KEYS
 from cn_clip_pokemon.files import atomic_write, file_sha256
 
 # The CLIP(**kwargs) arguments that tensor shapes decide; the rest (dropouts, activation, head width)
 # come from the matching config, or defaults when none matches.
-VISION_SHAPE_KEYS = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size")
+VISION_SHAPE_KEYS = VISION_CONFIG_KEYS  # every key of a vision config shows in the tensors
 TEXT_SHAPE_KEYS = (
     "vocab_size",
     "text_hidden_size",

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -120,32 +121,30 @@ def test_a_plugin_may_not_take_upstreams_model_names():
     ],
 )
 def test_model_configs_are_paths_or_dicts_in_upstreams_format(config, message):
-    class Configs:
-        @hookimpl
-        def register_model_configs(self, register):
-            register("ViT-Mine", config)
-
-    plugin = Configs()
-    plugins.pm.register(plugin, name="configs-test")
-    try:
+    with registered_model_config("ViT-Mine", config):
         with pytest.raises(plugins.PluginError, match=message):
             plugins.get_model_configs()
-    finally:
-        plugins.pm.unregister(plugin)
 
 
 def test_a_model_config_may_be_a_dict():
     config = {"embed_dim": 8, "image_resolution": 32, "vision_layers": 1, "vision_width": 8, "vision_patch_size": 8}
+    with registered_model_config("ViT-Dict-Test", config):
+        assert plugins.get_model_configs()["ViT-Dict-Test"] == config
+
+
+@contextlib.contextmanager
+def registered_model_config(name, config):
+    """A throwaway plugin registering one model config, unregistered afterwards."""
 
     class Configs:
         @hookimpl
         def register_model_configs(self, register):
-            register("ViT-Dict-Test", config)
+            register(name, config)
 
     plugin = Configs()
-    plugins.pm.register(plugin, name="dict-config-test")
+    plugins.pm.register(plugin, name="model-config-test")
     try:
-        assert plugins.get_model_configs()["ViT-Dict-Test"] == config
+        yield
     finally:
         plugins.pm.unregister(plugin)
 
