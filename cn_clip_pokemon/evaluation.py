@@ -155,7 +155,8 @@ def evaluate(
     ``keep_scores`` adds the raw tensors under ``"scores"``.
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
-    from cn_clip_pokemon.inference import SplitPictures, name_embeddings, require_positive, split_embeddings
+    from cn_clip_pokemon.dataset_split import SplitPictures
+    from cn_clip_pokemon.inference import name_embeddings, require_positive, split_embeddings
 
     require_positive(batch_size=batch_size)
     if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:

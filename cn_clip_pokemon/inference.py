@@ -4,91 +4,24 @@ Name embeddings depend only on the checkpoint's weights, the names, the prompt t
 context length, so they are computed once and kept in ``<checkpoint>.cache/`` beside the checkpoint
 (keyed by the SHA-256 of the checkpoint file, remembered while its size and mtime stay the same); a
 second call encodes only the pictures. A dataset split's picture embeddings are cached the same way,
-keyed by the checkpoint and the split's picture file. When the checkpoint's folder is read-only the
-cache goes to ``~/.cache/cn_clip_pokemon/``. Cache files are written atomically and read with
-``weights_only=True``.
+keyed by the checkpoint and the split's picture file (``embedding_cache`` says where and how; a
+split is read through ``dataset_split.SplitPictures``).
 
 Every picture is opened by ``images.open_picture`` (transparency composited on white) and padded to
 a square with ``images.fit_square``, exactly as the dataset builder stores pictures, before
 upstream's own ``image_transform``. Texts go through upstream's ``_preprocess_text`` and
 ``tokenize`` with the model's context length (52 for upstream's models), as in training.
 """
-import base64
-import hashlib
-import io
 import json
-import os
 import sys
 from pathlib import Path
 
+from cn_clip_pokemon import embedding_cache
 from cn_clip_pokemon.dataset_format import check_templates, fill_template
 from cn_clip_pokemon.errors import UserError
 
-CACHE_FORMAT = 1
 DEFAULT_TEMPLATES = ("{}",)
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".svg", ".svgz"}
-
-
-# --------------------------------------------------------------------------- the embedding cache
-
-
-def cache_dir_for(checkpoint_path):
-    """``<checkpoint>.cache/`` beside the checkpoint, or a per-checkpoint folder in ~/.cache."""
-    checkpoint_path = Path(checkpoint_path).resolve()
-    beside = checkpoint_path.parent / f"{checkpoint_path.name}.cache"
-    try:
-        beside.mkdir(exist_ok=True)
-        if os.access(beside, os.W_OK):
-            return beside
-    except OSError:
-        pass
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cn_clip_pokemon"
-    fallback = root / hashlib.sha1(str(checkpoint_path).encode("utf-8")).hexdigest()[:16]
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
-
-
-def _cache_key(parts):
-    text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
-
-
-def _read_cache(path, parts):
-    """The cached payload when ``path`` exists and was made from exactly ``parts``, else None."""
-    import torch
-
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged cache file is recomputed, never trusted
-        return None
-    if not isinstance(payload, dict) or payload.get("parts") != json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str):
-        return None
-    return payload
-
-
-def _write_cache(path, parts, **tensors):
-    from cn_clip_pokemon.checkpoint import atomic_torch_save
-
-    payload = {"parts": json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)}
-    payload.update(tensors)
-    try:
-        atomic_torch_save(payload, path)
-    except OSError as error:
-        print(f"cn-clip-pokemon: warning: cannot write the embedding cache {path}: {error}", file=sys.stderr)
-
-
-def checkpoint_identity(loaded):
-    """What the embeddings of a loaded checkpoint depend on: file content and the model built."""
-    from cn_clip_pokemon.checkpoint import file_digest
-
-    cache_dir = cache_dir_for(loaded.path)
-    return {
-        "format": CACHE_FORMAT,
-        "checkpoint_sha256": file_digest(loaded.path, memo_dir=cache_dir),
-        "model_info": loaded.model_config["model_info"],
-    }
 
 
 # --------------------------------------------------------------------------- encoding
@@ -151,13 +84,13 @@ def name_embeddings(loaded, names, templates=DEFAULT_TEMPLATES, cache=True, batc
     names, templates = list(names), list(templates)
     if not cache:
         return encode_names(loaded, names, templates, batch_size=batch_size, progress=progress)
-    parts = dict(checkpoint_identity(loaded), kind="names", names=names, templates=templates, context_length=loaded.context_length)
-    path = cache_dir_for(loaded.path) / f"names-{_cache_key(parts)}.pt"
-    cached = _read_cache(path, parts)
+    parts = dict(embedding_cache.checkpoint_identity(loaded), kind="names", names=names, templates=templates, context_length=loaded.context_length)
+    path = embedding_cache.cache_dir_for(loaded.path) / f"names-{embedding_cache.cache_key(parts)}.pt"
+    cached = embedding_cache.read_cache(path, parts)
     if cached is not None:
         return cached["embeddings"]
     embeddings = encode_names(loaded, names, templates, batch_size=batch_size, progress=progress)
-    _write_cache(path, parts, embeddings=embeddings)
+    embedding_cache.write_cache(path, parts, embeddings=embeddings)
     return embeddings
 
 
@@ -269,6 +202,11 @@ class Classifier:
 
         A picture that cannot be opened gets ``"error"`` instead of predictions.
         """
+        return self.classify_and_open(paths, top_k=top_k, batch_size=batch_size)[0]
+
+    def classify_and_open(self, paths, top_k=5, batch_size=32):
+        """``(results, pictures)``: :meth:`classify_paths`' results, and for each the PIL picture
+        that was classified (None where it could not be opened), for drawing them."""
         from cn_clip_pokemon.images import open_picture
         from cn_clip_pokemon.pokedex import Pokedex
 
@@ -276,22 +214,20 @@ class Classifier:
         opened, results = [], []
         for path in paths:
             try:
-                opened.append((path, open_picture(path)))
+                opened.append(open_picture(path))
+                results.append({"picture": str(path)})
             except UserError as error:
+                opened.append(None)
                 results.append({"picture": str(path), "error": str(error)})
-        ranked = self.classify_images([image for _, image in opened], top_k=top_k, batch_size=batch_size) if opened else []
-        by_path = {}
-        for (path, image), predictions in zip(opened, ranked):
-            by_path[str(path)] = {
-                "picture": str(path),
-                "predictions": [
+        images = [image for image in opened if image is not None]
+        ranked = iter(self.classify_images(images, top_k=top_k, batch_size=batch_size) if images else [])
+        for result, image in zip(results, opened):
+            if image is not None:
+                result["predictions"] = [
                     {"name": name, "number": pokedex.number(name), "probability": probability}
-                    for name, probability in predictions
-                ],
-                "_image": image,
-            }
-        errors = {result["picture"]: result for result in results}
-        return [by_path.get(str(path)) or errors[str(path)] for path in paths]
+                    for name, probability in next(ranked)
+                ]
+        return results, opened
 
 
 def expand_pictures(paths):
@@ -311,17 +247,16 @@ def expand_pictures(paths):
 def classify(pictures, checkpoint, names=None, templates=DEFAULT_TEMPLATES, top_k=5, device=None, cache=True, progress=True):
     """Python API of `cn-clip-pokemon classify`: the list :meth:`Classifier.classify_paths` returns."""
     classifier = Classifier(checkpoint, names=names, templates=templates, device=device, cache=cache, progress=progress)
-    results = classifier.classify_paths(expand_pictures(pictures), top_k=top_k)
-    for result in results:
-        result.pop("_image", None)
-    return results
+    return classifier.classify_paths(expand_pictures(pictures), top_k=top_k)
 
 
 def _percent(probability):
     return f"{probability * 100:6.2f}%"
 
 
-def _add_model_options(parser):
+def add_model_options(parser):
+    """The options of every command that loads a checkpoint: --checkpoint, --device, --vision-model,
+    --text-model, --batch-size, --no-cache (classify, search and evaluate take the same)."""
     from cn_clip_pokemon.cli import device_name, positive_int
 
     parser.add_argument(
@@ -340,7 +275,8 @@ def _add_model_options(parser):
     )
 
 
-def _load_options(args):
+def model_options(args):
+    """The model names :func:`add_model_options` parsed, as ``load_checkpoint`` keywords."""
     return {"vision_model": args.vision_model, "text_model": args.text_model}
 
 
@@ -353,7 +289,7 @@ def classify_arguments(parser):
         "Name embeddings are cached beside the checkpoint, so only the first call encodes the names."
     )
     parser.add_argument("pictures", nargs="+", metavar="PICTURE", help="picture files (PNG, JPEG, GIF, WebP, ...) or folders of them")
-    _add_model_options(parser)
+    add_model_options(parser)
     parser.add_argument(
         "--names",
         nargs="+",
@@ -384,24 +320,22 @@ def classify_command(args):
         templates=check_templates(args.template),  # deduplicated like the builder's; default the bare name
         device=args.device,
         cache=not args.no_cache,
-        **_load_options(args),
+        **model_options(args),
     )
-    results = classifier.classify_paths(pictures, top_k=args.top_k, batch_size=args.batch_size)
+    results, opened = classifier.classify_and_open(pictures, top_k=args.top_k, batch_size=args.batch_size)
     if args.out:
         from cn_clip_pokemon.grids import save_grid
 
         cells = [
             (
-                result["_image"],
+                image,
                 [f"{p['name']} {p['probability'] * 100:.1f}%" if i == 0 else f"~{p['name']} {p['probability'] * 100:.1f}%" for i, p in enumerate(result["predictions"][:3])],
             )
-            for result in results
-            if "predictions" in result
+            for result, image in zip(results, opened)
+            if image is not None
         ]
         if cells:
             save_grid(cells, args.out)
-    for result in results:
-        result.pop("_image", None)
     if args.json:
         print(
             json.dumps(
@@ -431,121 +365,7 @@ def classify_command(args):
     return 1 if failed else 0
 
 
-# --------------------------------------------------------------------------- dataset splits
-
-
-class SplitPictures:
-    """The pictures of one split of a built dataset, read from its LMDB (or its TSV when no LMDB)."""
-
-    def __init__(self, dataset_dir, split="test"):
-        self.dataset_dir = Path(dataset_dir)
-        self.split = split
-        if not self.dataset_dir.is_dir():
-            raise UserError(f"dataset folder {self.dataset_dir} does not exist: build it with `cn-clip-pokemon build-dataset`")
-        self.lmdb_dir = self.dataset_dir / "lmdb" / split / "imgs"
-        self.tsv = self.dataset_dir / f"{split}_imgs.tsv"
-        self._tsv_rows = None
-        self._env = None
-        if (self.lmdb_dir / "data.mdb").is_file():
-            self.source = self.lmdb_dir / "data.mdb"
-            self.image_ids = self._lmdb_ids()
-        elif self.tsv.is_file():
-            self.source = self.tsv
-            self.image_ids = sorted(self._read_tsv())
-        else:
-            raise UserError(
-                f"{self.dataset_dir} has no {split} split (neither lmdb/{split}/imgs nor {split}_imgs.tsv); "
-                f"build it, or pick another --split"
-            )
-        self.info = self._read_info()
-        self.texts = self._read_texts(split)
-
-    def _open_env(self):
-        import lmdb
-
-        if self._env is None:
-            self._env = lmdb.open(str(self.lmdb_dir), readonly=True, create=False, lock=False, readahead=False, meminit=False)
-        return self._env
-
-    def _lmdb_ids(self):
-        ids = []
-        with self._open_env().begin() as txn:
-            for key in txn.cursor().iternext(keys=True, values=False):
-                if key != b"num_images":
-                    ids.append(int(key.decode("utf-8")))
-        return sorted(ids)
-
-    def _read_tsv(self):
-        if self._tsv_rows is None:
-            rows = {}
-            with open(self.tsv, encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    line = line.rstrip("\n")
-                    if not line:
-                        continue
-                    try:
-                        image_id, encoded = line.split("\t")
-                        rows[int(image_id)] = encoded
-                    except ValueError:
-                        raise UserError(f"{self.tsv} line {number} is not 'image_id<TAB>base64'") from None
-            self._tsv_rows = rows
-        return self._tsv_rows
-
-    def _read_info(self):
-        path = self.dataset_dir / "dataset_info.json"
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise UserError(f"{path} is not valid JSON ({error}); rebuild the dataset") from None
-
-    def _read_texts(self, split):
-        path = self.dataset_dir / f"{split}_texts.jsonl"
-        if not path.is_file():
-            return []
-        texts = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        texts.append(json.loads(line))
-                    except ValueError:
-                        raise UserError(f"{path} line {number} is not JSON") from None
-        return texts
-
-    def encoded(self, image_id):
-        """The stored urlsafe-base64 PNG of ``image_id``."""
-        if self._tsv_rows is not None or self.source == self.tsv:
-            return self._read_tsv()[image_id]
-        with self._open_env().begin() as txn:
-            value = txn.get(str(image_id).encode("utf-8"))
-        if value is None:
-            raise UserError(f"picture {image_id} is not in {self.lmdb_dir}")
-        return value.decode("utf-8", errors="ignore")
-
-    def picture(self, image_id):
-        """``image_id`` as an RGB PIL picture, opened like every picture (images.open_picture)."""
-        from cn_clip_pokemon.images import open_picture
-
-        return open_picture(io.BytesIO(base64.urlsafe_b64decode(self.encoded(image_id))))
-
-    def pictures(self):
-        for image_id in self.image_ids:
-            yield self.picture(image_id)
-
-    def label(self, image_id):
-        """The Pokemon name of a picture (dataset_info.json) or its captions, else the texts paired with it."""
-        if self.info and str(image_id) in self.info.get("images", {}):
-            entry = self.info["images"][str(image_id)]
-            return " / ".join(entry["captions"]) if entry.get("captions") else entry.get("name")
-        texts = [entry["text"] for entry in self.texts if image_id in entry.get("image_ids", [])]
-        return " / ".join(texts) if texts else None
-
-    def close(self):
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+# --------------------------------------------------------------------------- split embeddings
 
 
 def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True):
@@ -566,34 +386,54 @@ def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True)
         return compute()
     import torch
 
-    cache_dir = cache_dir_for(loaded.path)
+    cache_dir = embedding_cache.cache_dir_for(loaded.path)
     parts = dict(
-        checkpoint_identity(loaded),
+        embedding_cache.checkpoint_identity(loaded),
         kind="pictures",
         split=pictures.split,
-        source_sha256=file_digest(pictures.source, memo_dir=cache_dir),
+        source_sha256=file_digest(pictures.storage, memo_dir=cache_dir),
         resolution=loaded.input_resolution,
     )
-    path = cache_dir / f"pictures-{pictures.split}-{_cache_key(parts)}.pt"
-    cached = _read_cache(path, parts)
+    path = cache_dir / f"pictures-{pictures.split}-{embedding_cache.cache_key(parts)}.pt"
+    cached = embedding_cache.read_cache(path, parts)
     if cached is not None and cached["image_ids"].tolist() == pictures.image_ids:
         return cached["embeddings"]
     embeddings = compute()
-    _write_cache(path, parts, embeddings=embeddings, image_ids=torch.tensor(pictures.image_ids, dtype=torch.long))
+    embedding_cache.write_cache(path, parts, embeddings=embeddings, image_ids=torch.tensor(pictures.image_ids, dtype=torch.long))
     return embeddings
 
 
 # --------------------------------------------------------------------------- search
 
 
-def search(checkpoint, dataset_dir, query=None, image=None, split="test", top_k=10, device=None, cache=True, progress=True, loaded=None, batch_size=32):
+def search(
+    checkpoint,
+    dataset_dir,
+    query=None,
+    image=None,
+    split="test",
+    top_k=10,
+    device=None,
+    cache=True,
+    progress=True,
+    loaded=None,
+    batch_size=32,
+    pictures=None,
+    **load_options,
+):
     """Best-matching pictures of a dataset split for a text ``query`` or a picture file ``image``.
 
-    Returns ``{"query", "split", "results": [{"rank", "image_id", "score", "name"}]}``; ``score`` is
-    the cosine similarity. A picture query's own copy in the split (identical embedding) is kept:
-    it shows the search works, and ranks first.
+    Returns ``{"query", "kind", "split", "results": [{"rank", "image_id", "score", "name",
+    "picture"}]}``; ``score`` is the cosine similarity, ``picture`` the file the picture was built
+    from (None for a dataset without dataset_info.json). A picture query's own copy in the split
+    (identical embedding) is kept: it shows the search works, and ranks first.
+
+    ``pictures``: an open :class:`~cn_clip_pokemon.dataset_split.SplitPictures` to search (then
+    ``dataset_dir`` and ``split`` are not read); it stays open, its caller closes it. Without it
+    the split is opened here and closed before returning.
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
+    from cn_clip_pokemon.dataset_split import SplitPictures
     from cn_clip_pokemon.pokedex import to_simplified
 
     if (query is None) == (image is None):
@@ -603,8 +443,10 @@ def search(checkpoint, dataset_dir, query=None, image=None, split="test", top_k=
         query = to_simplified(query.strip())
         if not query:
             raise UserError("the search text is empty: give a name or a description, or search by picture")
-    loaded = loaded or load_checkpoint(checkpoint, device=device)
-    pictures = SplitPictures(dataset_dir, split)
+    loaded = loaded or load_checkpoint(checkpoint, device=device, **load_options)
+    owned = pictures is None
+    if owned:
+        pictures = SplitPictures(dataset_dir, split)
     try:
         embeddings = split_embeddings(loaded, pictures, cache=cache, batch_size=batch_size, progress=progress)
         if query is not None:
@@ -618,11 +460,18 @@ def search(checkpoint, dataset_dir, query=None, image=None, split="test", top_k=
         results = []
         for rank, (score, index) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
             image_id = pictures.image_ids[index]
-            results.append({"rank": rank, "image_id": image_id, "score": score, "name": pictures.label(image_id)})
-        return {"query": query if query is not None else str(image), "kind": "text" if query is not None else "picture", "split": split, "results": results, "_pictures": pictures}
-    except BaseException:
-        pictures.close()
-        raise
+            results.append(
+                {"rank": rank, "image_id": image_id, "score": score, "name": pictures.label(image_id), "picture": pictures.source(image_id)}
+            )
+        return {
+            "query": query if query is not None else str(image),
+            "kind": "text" if query is not None else "picture",
+            "split": pictures.split,
+            "results": results,
+        }
+    finally:
+        if owned:
+            pictures.close()
 
 
 def search_arguments(parser):
@@ -635,7 +484,7 @@ def search_arguments(parser):
     )
     parser.add_argument("query", nargs="?", type=search_text, help="the text to search for (omit it with --image)")
     parser.add_argument("--image", metavar="PICTURE", help="search by this picture instead of a text")
-    _add_model_options(parser)
+    add_model_options(parser)
     parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder made by `cn-clip-pokemon build-dataset`")
     parser.add_argument("--split", default="test", help="train, valid or test (default test)")
     parser.add_argument("--top-k", type=positive_int, default=10, help="pictures to show (default 10)")
@@ -646,38 +495,42 @@ def search_arguments(parser):
 def search_command(args):
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.cli import UsageError
+    from cn_clip_pokemon.dataset_split import SplitPictures
 
     if (args.query is None) == (args.image is None):
         raise UsageError("give a search text or --image PICTURE (exactly one)")
-    loaded = load_checkpoint(args.checkpoint, device=args.device, **_load_options(args))
-    found = search(
-        args.checkpoint,
-        args.dataset,
-        query=args.query,
-        image=args.image,
-        split=args.split,
-        top_k=args.top_k,
-        cache=not args.no_cache,
-        loaded=loaded,
-        batch_size=args.batch_size,
-    )
-    pictures = found.pop("_pictures")
-    try:
+    loaded = load_checkpoint(args.checkpoint, device=args.device, **model_options(args))
+    with SplitPictures(args.dataset, args.split) as pictures:
+        found = search(
+            args.checkpoint,
+            args.dataset,
+            query=args.query,
+            image=args.image,
+            top_k=args.top_k,
+            cache=not args.no_cache,
+            loaded=loaded,
+            batch_size=args.batch_size,
+            pictures=pictures,
+        )
         if args.out and found["results"]:
             from cn_clip_pokemon.grids import save_grid
 
             cells = [
-                (pictures.picture(r["image_id"]), [f"{r['rank']}. {r['name'] or r['image_id']}", f"~{r['score']:.3f}  id {r['image_id']}"])
+                (
+                    pictures.picture(r["image_id"]),
+                    [f"{r['rank']}. {r['name'] or r['image_id']}", f"~{r['score']:.3f}  id {r['image_id']}"]
+                    + ([f"~{r['picture']}"] if r["picture"] else []),
+                )
                 for r in found["results"]
             ]
             save_grid(cells, args.out, title=f"{args.split}: {found['query']}")
             print(f"grid: {args.out}", file=sys.stderr)
-    finally:
-        pictures.close()
+        count = len(pictures.image_ids)
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=2))
     else:
-        print(f"{found['query']}  ({args.split} split, {len(pictures.image_ids)} pictures)")
+        print(f"{found['query']}  ({args.split} split, {count} pictures)")
         for result in found["results"]:
-            print(f"  {result['rank']:3d}. {result['score']:.4f}  {result['name'] or '?'}  (image {result['image_id']})")
+            picture = f"  {result['picture']}" if result["picture"] else ""
+            print(f"  {result['rank']:3d}. {result['score']:.4f}  {result['name'] or '?'}{picture}  (image {result['image_id']})")
     return 0

@@ -78,7 +78,8 @@ class PokedexService:
             self._open_dataset(progress)
 
     def _open_dataset(self, progress):
-        from cn_clip_pokemon.inference import SplitPictures, split_embeddings
+        from cn_clip_pokemon.dataset_split import SplitPictures
+        from cn_clip_pokemon.inference import split_embeddings
 
         self.pictures = SplitPictures(self.dataset, self.split)
         try:
@@ -117,7 +118,7 @@ class PokedexService:
         return references
 
     def _split_pictures(self, split):
-        from cn_clip_pokemon.inference import SplitPictures
+        from cn_clip_pokemon.dataset_split import SplitPictures
 
         if split == self.split:
             return self.pictures
@@ -179,8 +180,8 @@ class PokedexService:
         if not query:
             raise UserError("the search text is empty: type a name such as 喷火龙, or a description")
         with self.lock:
-            found = search(self.loaded.path, self.dataset, query=query, split=self.split, top_k=top_k, loaded=self.loaded, progress=False)
-        found.pop("_pictures").close()
+            # the split this page keeps open: searched, not opened again per query
+            found = search(self.loaded.path, self.dataset, query=query, top_k=top_k, loaded=self.loaded, progress=False, pictures=self.pictures)
         results = [
             {
                 "rank": result["rank"],

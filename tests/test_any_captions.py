@@ -360,5 +360,4 @@ def test_evaluate_and_search_label_a_picture_with_each_of_its_captions(tmp_path)
     # a.png is right under either of its captions, so top-5 among 4 names always hits
     assert result["zero_shot"]["top5"] == 100.0
     found = search(checkpoint, dataset, query="紅色圓形", split="train", device="cpu", progress=False, top_k=3)
-    found.pop("_pictures").close()
     assert "红色圆形 / 一个红圈" in {item["name"] for item in found["results"]}

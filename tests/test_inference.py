@@ -2,6 +2,7 @@
 picture embeddings, transparency on white, and the text / JSON / grid outputs of the commands."""
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
@@ -190,7 +191,6 @@ def test_search_by_text_and_by_picture_with_cached_split(sprite_dataset, checkpo
     scores = [r["score"] for r in found["results"]]
     assert scores == sorted(scores, reverse=True)
     assert all(r["name"] == info["images"][str(r["image_id"])]["name"] for r in found["results"])
-    found.pop("_pictures").close()
     assert encode_counts == {"texts": 1, "pictures": len(test_ids)}
 
     # picture -> similar pictures: its own stored copy comes first; the split is not encoded again
@@ -218,8 +218,6 @@ def test_search_reads_the_tsv_when_there_is_no_lmdb(sprite_dataset, checkpoint_c
     shutil.copytree(sprite_dataset, copy, ignore=shutil.ignore_patterns("lmdb"))
     from_tsv = inference.search(checkpoint_copy, copy, query="杰尼龟", top_k=3, device="cpu", progress=False, cache=False)
     from_lmdb = inference.search(checkpoint_copy, sprite_dataset, query="杰尼龟", top_k=3, device="cpu", progress=False, cache=False)
-    for found in (from_tsv, from_lmdb):
-        found.pop("_pictures").close()
     assert from_tsv == from_lmdb
 
 
@@ -299,3 +297,94 @@ def test_a_template_fills_the_same_when_building_and_classifying(tmp_path):
         for template, text in zip(templates, inference.fill_templates(name, templates)):
             assert text == _preprocess_text(template.replace("{}", name))
             assert text in built
+
+
+def _no_private_keys(value):
+    """True when no dict anywhere in ``value`` has a key starting with "_"."""
+    if isinstance(value, dict):
+        return not any(str(key).startswith("_") for key in value) and all(_no_private_keys(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_no_private_keys(v) for v in value)
+    return True
+
+
+def test_results_carry_no_private_keys(sprite_dataset, checkpoint_copy, tmp_path):
+    from cn_clip_pokemon.dataset_split import SplitPictures
+
+    pictures = [sprite_on_transparency(tmp_path / "red.png"), tmp_path / "missing.png"]
+    classifier = inference.Classifier(checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    results = classifier.classify_paths(pictures, top_k=2)
+    assert [set(r) for r in results] == [{"picture", "predictions"}, {"picture", "error"}]
+    assert _no_private_keys(results)
+    # the pictures classified come from their own method, for the grid, None where one could not be opened
+    again, opened = classifier.classify_and_open(pictures, top_k=2)
+    assert again == results and opened[0].mode == "RGB" and opened[1] is None
+    assert _no_private_keys(inference.classify(pictures[:1], checkpoint_copy, names=NAMES, device="cpu", progress=False))
+
+    found = inference.search(checkpoint_copy, sprite_dataset, query="皮卡丘", top_k=3, device="cpu", progress=False)
+    assert set(found) == {"query", "kind", "split", "results"} and _no_private_keys(found)
+
+    # a caller's open split is searched and left open for it; search opens and closes none of its own
+    with SplitPictures(sprite_dataset, "test") as split:
+        mine = inference.search(checkpoint_copy, None, query="皮卡丘", top_k=3, device="cpu", progress=False, pictures=split)
+        assert mine == found
+        assert split.picture(mine["results"][0]["image_id"]).mode == "RGB"
+
+
+def test_search_names_the_picture_files(sprite_dataset, checkpoint_copy, tmp_path, capsys):
+    info = json.loads((sprite_dataset / "dataset_info.json").read_text(encoding="utf-8"))
+    base = ["search", "小火龙", "--checkpoint", str(checkpoint_copy), "--dataset", str(sprite_dataset), "--top-k", "4", "--device", "cpu"]
+    assert main(base + ["--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert len(results) == 4
+    for result in results:
+        entry = info["images"][str(result["image_id"])]
+        assert result["picture"] == entry["source"] and result["name"] == entry["name"]
+        assert result["picture"].endswith(".png") and "/" in result["picture"]  # <Pokemon folder>/<view>.png
+
+    grid = tmp_path / "found.png"
+    assert main(base + ["--out", str(grid)]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == 4
+    for line, result in zip(lines, results):
+        assert f"  {result['picture']}  (image {result['image_id']})" in line
+    with Image.open(grid) as sheet:  # the file name is a third caption line under each picture
+        assert sheet.size[1] > 128 + 12 + 2 * 18
+
+
+def test_search_without_dataset_info_shows_image_ids_only(sprite_dataset, checkpoint_copy, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(sprite_dataset, bare)
+    (bare / "dataset_info.json").unlink()
+    assert main(["search", "小火龙", "--checkpoint", str(checkpoint_copy), "--dataset", str(bare), "--top-k", "2", "--device", "cpu", "--json"]) == 0
+    assert [r["picture"] for r in json.loads(capsys.readouterr().out)["results"]] == [None, None]
+
+
+def test_the_cache_goes_under_the_cache_root_when_the_checkpoint_folder_is_read_only(checkpoint_copy, tmp_path, monkeypatch, encode_counts):
+    import os
+
+    from cn_clip_pokemon.embedding_cache import cache_dir_for
+    from cn_clip_pokemon.files import cache_root
+
+    # tests run as root, for whom chmod changes nothing: the checkpoint's folder says it is read-only
+    folder = checkpoint_copy.parent.resolve()
+    real_access = os.access
+
+    def read_only_folder(path, mode, *args, **kwargs):
+        if mode & os.W_OK and (folder == Path(path).resolve() or folder in Path(path).resolve().parents):
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", read_only_folder)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    picture = sprite_on_transparency(tmp_path / "disc.png")  # beside the checkpoint: reading is allowed
+    cache = cache_dir_for(checkpoint_copy)
+    assert cache_root() == tmp_path / "xdg" / "cn-clip-pokemon"
+    assert cache_root() in cache.parents
+    inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    assert len(list(cache.glob("names-*.pt"))) == 1
+    assert not (folder / f"{checkpoint_copy.name}.cache").exists()
+    inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    assert encode_counts["texts"] == len(NAMES)  # the second call read the names from there
