@@ -146,13 +146,16 @@ def evaluate(
     progress=True,
     keep_scores=False,
     loaded=None,
+    **load_options,
 ):
     """Evaluate ``checkpoint`` on ``dataset_dir``'s ``split``; the module docstring defines the numbers.
 
     Returns ``{"zero_shot": {"top1", "top5"}, "text_to_image": {"r1", "r5", "r10", "mean_recall",
     "queries"}, "image_to_text": {...}, "worst": [...], ...}``. ``out`` writes a PNG grid of the
     ``worst`` most confident mistakes; ``predictions_dir`` writes upstream's jsonl files;
-    ``keep_scores`` adds the raw tensors under ``"scores"``.
+    ``keep_scores`` adds the raw tensors under ``"scores"``. Each mistake names its picture by
+    ``image_id`` and by ``picture``, the file it was built from (None without dataset_info.json).
+    ``load_options`` (``vision_model``, ``text_model``) go to ``load_checkpoint``.
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures
@@ -161,7 +164,7 @@ def evaluate(
     require_positive(batch_size=batch_size)
     if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:
         raise UserError(f"worst must be a whole number of at least 0, not {worst!r}")
-    loaded = loaded or load_checkpoint(checkpoint, device=device)
+    loaded = loaded or load_checkpoint(checkpoint, device=device, **load_options)
     pictures = SplitPictures(dataset_dir, split)
     try:
         if not pictures.image_ids:
@@ -221,6 +224,7 @@ def evaluate(
             mistakes.append(
                 {
                     "image_id": image_ids[row],
+                    "picture": pictures.source(image_ids[row]),
                     "truth": names[truth] if truth is not None else None,
                     "truth_probability": p_truth,
                     "truth_rank": rank_of_truth,
@@ -240,7 +244,8 @@ def evaluate(
                         [
                             f"{m['predicted']} {m['predicted_probability'] * 100:.1f}%",
                             f"~is {m['truth']} {m['truth_probability'] * 100:.1f}% (rank {m['truth_rank']})",
-                        ],
+                        ]
+                        + ([f"~{m['picture']}"] if m["picture"] else []),
                     )
                     for m in mistakes
                 ]
@@ -277,31 +282,31 @@ def evaluate(
 
 
 def evaluate_arguments(parser):
-    from cn_clip_pokemon.cli import device_name, non_negative_int, output_file, output_folder, positive_int
+    from cn_clip_pokemon.cli import non_negative_int, output_file, output_folder
+    from cn_clip_pokemon.inference import add_model_options
 
     parser.description = (
         "Evaluate a checkpoint on a split of a built dataset: zero-shot top-1 and top-5 over the "
         "dataset's full name set, and text->image / image->text Recall@1/5/10 where every picture "
         "of the right Pokemon counts as a hit (upstream's evaluation.py rules). Percentages."
     )
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint file or an upstream pretrained name")
+    add_model_options(parser)
     parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder made by `cn-clip-pokemon build-dataset`")
     parser.add_argument("--split", default="test", help="train, valid or test (default test)")
-    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: CUDA when there is one)")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="pictures per forward pass (default 32)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--out", type=output_file, metavar="WORST.png", help="write a grid of the most confident zero-shot mistakes")
-    parser.add_argument("--worst", type=non_negative_int, default=16, help="mistakes to list and draw (default 16)")
+    parser.add_argument("--worst", type=non_negative_int, default=16, help="the most confident mistakes to list and draw (default 16; 0: none)")
     parser.add_argument(
         "--predictions",
         type=output_folder,
         metavar="DIR",
         help="write upstream's jsonl ground truths and top-10 predictions there, for cn_clip/eval/evaluation.py",
     )
-    parser.add_argument("--no-cache", action="store_true", help="encode everything again instead of using <checkpoint>.cache/")
 
 
 def evaluate_command(args):
+    from cn_clip_pokemon.inference import model_options
+
     result = evaluate(
         args.checkpoint,
         args.dataset,
@@ -312,6 +317,7 @@ def evaluate_command(args):
         out=args.out,
         predictions_dir=args.predictions,
         cache=not args.no_cache,
+        **model_options(args),
     )
     if args.json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
@@ -331,9 +337,10 @@ def evaluate_command(args):
             )
     if result["worst"]:
         print("  most confident mistakes:")
-        for m in result["worst"][:5]:
+        for m in result["worst"]:
+            picture = f"{m['picture']} (picture {m['image_id']})" if m["picture"] else f"picture {m['image_id']}"
             print(
-                f"    picture {m['image_id']}: said {m['predicted']} ({m['predicted_probability'] * 100:.1f}%), "
+                f"    {picture}: said {m['predicted']} ({m['predicted_probability'] * 100:.1f}%), "
                 f"is {m['truth']} ({m['truth_probability'] * 100:.1f}%, rank {m['truth_rank']})"
             )
     if args.out and result["worst"]:

@@ -188,3 +188,40 @@ def test_evaluate_command_json_and_text(tiny_checkpoint, sprite_dataset, capsys)
     assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--split", "valid", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "zero-shot      top-1" in text and "text->image" in text and "image->text" in text
+
+
+def test_worst_mistakes_name_their_picture_files(evaluated, sprite_dataset):
+    result, _ = evaluated
+    info = json.loads((sprite_dataset / "dataset_info.json").read_text(encoding="utf-8"))
+    assert result["worst"]
+    for mistake in result["worst"]:
+        entry = info["images"][str(mistake["image_id"])]
+        assert mistake["picture"] == entry["source"] and mistake["truth"] == entry["name"]
+
+
+def test_evaluate_worst_n_lists_n_mistakes_by_file_name(evaluated, tiny_checkpoint, sprite_dataset, tmp_path, capsys):
+    result, _ = evaluated
+    wrong = result["pictures"] - round(result["zero_shot"]["top1"] * result["pictures"] / 100)
+    assert wrong >= 7  # random weights: most of the test split is wrong
+    grid = tmp_path / "worst.png"
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--device", "cpu",
+                 "--worst", "7", "--out", str(grid)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    listed = text[text.index("  most confident mistakes:") + 1 :]
+    assert len(listed) == 7
+    for line, mistake in zip(listed, result["worst"]):
+        assert line.startswith(f"    {mistake['picture']} (picture {mistake['image_id']}): said {mistake['predicted']} ")
+    with Image.open(grid) as sheet:  # 7 cells: 3 columns, 3 rows
+        assert sheet.width == 3 * (128 + 12)
+
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--device", "cpu", "--worst", "0"]) == 0
+    assert "most confident mistakes" not in capsys.readouterr().out
+
+
+def test_evaluate_takes_the_model_options_of_classify(tiny_checkpoint, sprite_dataset, capsys):
+    base = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--device", "cpu", "--json"]
+    assert main(base + ["--vision-model", "ViT-T-8-64", "--text-model", "RBT-Tiny-chinese", "--batch-size", "7", "--no-cache"]) == 0
+    assert json.loads(capsys.readouterr().out)["zero_shot"]["top5"] >= 0
+    # the names really reach the loader: a text config given as the vision model is refused
+    assert main(base + ["--vision-model", "RBT-Tiny-chinese"]) == 1
+    assert "is a text config" in capsys.readouterr().err
