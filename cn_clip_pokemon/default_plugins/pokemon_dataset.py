@@ -114,13 +114,84 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+WHITE = (255, 255, 255)
+
+
+class SpriteAugment:
+    """Training-time changes to a stored picture (PIL RGB on white) that match how a Pokemon's views differ.
+
+    A shiny sprite is the same drawing in other colours, a back sprite another pose of the same
+    colours, and the sprites of one Pokemon differ in size and place in the square. So each picture
+    is, each with its own probability: moved and scaled on white (``scale``, ``shift``: a share of
+    the side), mirrored (``flip``), recoloured (``recolour``: hue turned by any angle, saturation
+    and brightness scaled; white and black stay as they are, as the outline and background of every
+    sprite do), or made grey (``grey``: the shape alone). Output: a PIL RGB picture of the same size.
+
+    Random numbers come from ``torch`` (seeded per DataLoader worker by upstream's training), or from
+    ``generator`` (a ``torch.Generator``) when given, so a seed gives the same pictures.
+    """
+
+    def __init__(self, flip=0.5, recolour=0.8, grey=0.2, scale=(0.75, 1.1), shift=0.1, generator=None):
+        self.flip, self.recolour, self.grey = flip, recolour, grey
+        self.scale, self.shift = tuple(scale), shift
+        self.generator = generator
+
+    def __repr__(self):
+        return (f"SpriteAugment(flip={self.flip}, recolour={self.recolour}, grey={self.grey}, "
+                f"scale={self.scale}, shift={self.shift})")
+
+    def _uniform(self, low=0.0, high=1.0):
+        import torch
+
+        return low + (high - low) * float(torch.rand((), generator=self.generator))
+
+    def __call__(self, image):
+        import numpy as np
+        from PIL import Image
+
+        image = image.convert("RGB")
+        width, height = image.size
+        if self.scale != (1.0, 1.0) or self.shift:
+            scale = self._uniform(*self.scale)
+            dx, dy = (self._uniform(-self.shift, self.shift) * width, self._uniform(-self.shift, self.shift) * height)
+            cx, cy = width / 2, height / 2
+            # PIL's affine maps each output pixel to the input: x_in = (x_out - cx - dx) / scale + cx
+            image = image.transform(
+                image.size, Image.Transform.AFFINE,
+                (1 / scale, 0, cx - (cx + dx) / scale, 0, 1 / scale, cy - (cy + dy) / scale),
+                resample=Image.Resampling.BILINEAR, fillcolor=WHITE,
+            )
+        if self._uniform() < self.flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if self._uniform() < self.recolour:
+            hsv = np.array(image.convert("HSV"))
+            hsv[..., 0] += np.uint8(int(self._uniform(0, 256)) % 256)  # wraps around: a turn of the colour wheel
+            saturation, brightness = self._uniform(0.6, 1.4), self._uniform(0.75, 1.25)
+            hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255).astype(np.uint8)
+            drawn = (hsv[..., 1] > 0) | (hsv[..., 2] < 255)  # the white background stays white
+            hsv[..., 2] = np.where(drawn, np.clip(hsv[..., 2] * brightness, 0, 255), 255).astype(np.uint8)
+            image = Image.fromarray(hsv, "HSV").convert("RGB")
+        if self._uniform() < self.grey:
+            image = image.convert("L").convert("RGB")
+        return image
+
+
 class PokemonDataset:
-    """Gives upstream's training its dataset, sampler and loader (patches/0004's get_dataset)."""
+    """Gives upstream's training its dataset, sampler and loader (patches/0004's get_dataset).
+
+    ``augment``: a picture transform (PIL to PIL) applied to training pictures before upstream's own
+    (resize, tensor, normalise; or timm's with ``--use-augment``), e.g. :class:`SpriteAugment`.
+    """
 
     description = (
         "upstream LMDBDataset (pairs read without running code); batches never hold two pairs of the same Pokemon (or text), "
         "shrink when there are fewer than a batch, and reshuffle pictures every epoch"
     )
+
+    def __init__(self, augment=None, description=None):
+        self.augment = augment
+        if description:
+            self.description = description
 
     def get_dataset(self, args, is_train, max_txt_length=64, epoch_id=0):
         import torch.distributed as dist
@@ -141,6 +212,10 @@ class PokemonDataset:
             use_augment=args.use_augment if is_train else False,
             resolution=fetch_resolution(args.vision_model),
         )
+        if is_train and self.augment is not None:
+            from torchvision.transforms import Compose
+
+            dataset.transform = Compose([self.augment, *dataset.transform.transforms])
         distributed = dist.is_available() and dist.is_initialized()
         sampler = UniqueGroupBatchSampler(
             groups,
@@ -171,8 +246,15 @@ class PokemonDataset:
 
 
 pokemon_dataset = PokemonDataset()
+# the same, with training pictures changed the way views differ (see SpriteAugment)
+pokemon_augmented_dataset = PokemonDataset(
+    augment=SpriteAugment(),
+    description="the pokemon dataset with its training pictures moved, scaled, mirrored, recoloured and made grey "
+    "(SpriteAugment), for views never seen in training",
+)
 
 
 @hookimpl
 def register_datasets(register):
     register("pokemon", pokemon_dataset)
+    register("pokemon-augmented", pokemon_augmented_dataset)
