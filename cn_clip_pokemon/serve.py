@@ -56,16 +56,18 @@ class PokedexService:
     for bad input.
     """
 
-    def __init__(self, checkpoint, dataset=None, split="test", names=None, templates=None, device=None, top_k=TOP_NAMES, progress=True):
+    def __init__(self, checkpoint, dataset=None, split="test", names=None, templates=None, device=None, top_k=TOP_NAMES,
+                 progress=True, cache=True, **load_options):
         from cn_clip_pokemon.checkpoint import load_checkpoint
         from cn_clip_pokemon.inference import DEFAULT_TEMPLATES, Classifier
         from cn_clip_pokemon.pokedex import Pokedex
 
         self.top_k = top_k
         self.lock = threading.Lock()
-        self.loaded = load_checkpoint(checkpoint, device=device)
+        self.cache = cache
+        self.loaded = load_checkpoint(checkpoint, device=device, **load_options)
         self.classifier = Classifier(
-            checkpoint, names=names, templates=templates or DEFAULT_TEMPLATES, loaded=self.loaded, progress=progress
+            checkpoint, names=names, templates=templates or DEFAULT_TEMPLATES, loaded=self.loaded, progress=progress, cache=cache
         )
         self.pokedex = Pokedex.load()
         self.dataset = Path(dataset) if dataset is not None else None
@@ -84,7 +86,7 @@ class PokedexService:
         self.pictures = SplitPictures(self.dataset, self.split)
         try:
             # Encoded (or read from the cache) now, so the first search does not wait for it.
-            split_embeddings(self.loaded, self.pictures, progress=progress)
+            split_embeddings(self.loaded, self.pictures, cache=self.cache, progress=progress)
         except BaseException:
             self.close()
             raise
@@ -181,7 +183,8 @@ class PokedexService:
             raise UserError("the search text is empty: type a name such as 喷火龙, or a description")
         with self.lock:
             # the split this page keeps open: searched, not opened again per query
-            found = search(self.loaded.path, self.dataset, query=query, top_k=top_k, loaded=self.loaded, progress=False, pictures=self.pictures)
+            found = search(self.loaded.path, self.dataset, query=query, top_k=top_k, loaded=self.loaded, progress=False,
+                           pictures=self.pictures, cache=self.cache)
         results = [
             {
                 "rank": result["rank"],
@@ -362,7 +365,8 @@ def launch_page(page, host=DEFAULT_HOST, port=None, examples_dir=None):
 
 
 def serve_arguments(parser):
-    from cn_clip_pokemon.cli import device_name, positive_int, prompt_template
+    from cn_clip_pokemon.cli import positive_int, prompt_template
+    from cn_clip_pokemon.inference import add_model_options
 
     parser.description = (
         "A web page over a checkpoint: upload, paste or drop a picture for its top-5 Pokemon names "
@@ -370,31 +374,27 @@ def serve_arguments(parser):
         "The model loads once; name and picture embeddings come from the same cache as classify and "
         f"search. Needs the web extra: {WEB_EXTRA_HINT}."
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT",
-        help="a checkpoint file (ours, upstream's fine-tune or pretrained file, a raw state dict) or an "
-        "upstream pretrained name such as ViT-B-16",
-    )
+    add_model_options(parser)  # --checkpoint, --device, --vision-model, --text-model, --batch-size, --no-cache
     parser.add_argument("--dataset", metavar="DIR", help="a dataset built by `cn-clip-pokemon build-dataset`: enables text search, candidates' pictures and examples")
     parser.add_argument("--split", default="test", help="the dataset split to show and search (default test)")
     parser.add_argument("--names", nargs="+", metavar="NAME", help="candidate names (default: all 1025 Pokemon), as for classify")
     parser.add_argument("--names-file", metavar="FILE", help="a UTF-8 file of candidate names, one per line")
     parser.add_argument("--template", action="append", type=prompt_template, metavar="TEXT", help="prompt template with {} for the name, repeatable (as for classify)")
     parser.add_argument("--top-k", type=positive_int, default=TOP_NAMES, help=f"names shown per picture (default {TOP_NAMES})")
-    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: CUDA when there is one)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0 lets the network in)")
     parser.add_argument("--port", type=positive_int, default=None, help="port (default 7860, or the next free one)")
 
 
 def serve_command(args):
     from cn_clip_pokemon.dataset_format import check_templates
-    from cn_clip_pokemon.inference import candidate_names
+    from cn_clip_pokemon.inference import candidate_names, model_options
 
     require_gradio()  # before the model loads: a missing extra is said at once
     names = candidate_names(args.names, args.names_file) if (args.names or args.names_file) else None
     service = PokedexService(
         args.checkpoint, dataset=args.dataset, split=args.split, names=names,
         templates=check_templates(args.template), device=args.device, top_k=args.top_k,
+        cache=not args.no_cache, **model_options(args),
     )
     try:
         with tempfile.TemporaryDirectory(prefix="cn-clip-pokemon-examples-") as examples_dir:
