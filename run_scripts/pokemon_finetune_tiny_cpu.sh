@@ -5,8 +5,11 @@
 #   bash run_scripts/pokemon_finetune_tiny_cpu.sh ${DATAPATH} [more `cn-clip-pokemon train` flags]
 #
 # Needs ${DATAPATH}/datasets/pokemon/lmdb/{train,valid}, made by
-#   cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon
-# (pictures stored at 64-96 px keep the data loader ahead of training).
+#   cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon --image-size 64
+# (pictures stored at 64-96 px keep the data loader ahead of training). `cn-clip-pokemon demo` builds
+# it from the animations left after holding one per Pokemon out (datasets/pokemon-views, split by
+# animation), so that the model can be evaluated on views it never saw; see the README.
+# --dataset pokemon-augmented recolours or greys some training pictures (SpriteAugment).
 # Writes ${DATAPATH}/experiments/pokemon_tiny_cpu/. Run it again after an interruption: it continues
 # from that run's epoch_latest.pt.
 #
@@ -23,6 +26,10 @@ if [ ! -d "${dataset}/lmdb/train" ]; then
     exit 1
 fi
 
+# One thread per PyTorch operation: with the data loader's worker that fills two cores, and it stays
+# fast when other programs run (two threads were three times slower then). Set it yourself to override.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
 cn-clip-pokemon train \
     --device cpu \
     --train-data "${dataset}/lmdb/train" \
@@ -38,8 +45,9 @@ cn-clip-pokemon train \
     --wd 0.1 \
     --warmup 50 \
     --mask-ratio 0.5 \
-    --max-epochs 3 \
+    --max-epochs 8 \
     --precision amp \
     --log-interval 10 \
     --report-training-batch-acc \
+    --dataset pokemon-augmented \
     "$@"

@@ -1,5 +1,6 @@
 """The demo end to end on a small slice of the real sprites, through every stage's real command."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,20 +46,54 @@ def test_demo_writes_the_report_and_its_pictures(demo_run):
         with Image.open(report["files"][key]) as picture:
             assert picture.format == "PNG" and min(picture.size) > 100
     # every stage was printed as a command the user can rerun
+    commands = [line[2:] for line in first.stdout.splitlines() if line.startswith("$ ")]
     for stage in ("fetch-sprites", "build-dataset", "train", "evaluate", "classify"):
-        assert f"$ cn-clip-pokemon {stage}" in first.stdout
+        assert any(command.startswith(f"cn-clip-pokemon {stage}") or f" cn-clip-pokemon {stage} " in command
+                   for command in commands), stage
+    # training runs with one PyTorch thread (unless the user set their own), and says so in the command
+    if "OMP_NUM_THREADS" not in os.environ:
+        assert any(command.startswith("OMP_NUM_THREADS=1 cn-clip-pokemon train ") for command in commands)
 
 
 def test_demo_learns_far_better_than_chance(demo_run):
-    workdir, _ = demo_run
+    workdir, first = demo_run
     report = json.loads((workdir / "report.json").read_text(encoding="utf-8"))
-    zero_shot = report["evaluation"]["zero_shot"]  # percentages
     chance_top1 = 100 / SLICE_POKEMON
-    assert zero_shot["top1"] >= 5 * chance_top1, zero_shot
-    assert zero_shot["top5"] >= 2.5 * 5 * chance_top1, zero_shot
+    frames = report["evaluation"]["unseen_frames"]["zero_shot"]  # percentages
+    assert frames["top1"] >= 5 * chance_top1, frames
+    assert frames["top5"] >= 2.5 * 5 * chance_top1, frames
+    # a view never seen is harder: still well above chance
+    views = report["evaluation"]["unseen_views"]
+    assert views["names"] == SLICE_POKEMON and views["pictures"] >= SLICE_POKEMON
+    assert views["zero_shot"]["top5"] >= 1.5 * 5 * chance_top1, views
+    # the report says which is which
+    assert "unseen frames" in first.stdout and "unseen views" in first.stdout
     pikachu = report["pikachu"]
     assert set(pikachu["before"]) == set(demo.SEED_CANDIDATES) == set(pikachu["after"])
     assert abs(sum(pikachu["after"].values()) - 1) < 1e-3
+
+
+def test_no_picture_of_an_unseen_view_is_trained_on(demo_run):
+    """datasets/pokemon-views' test animations are nowhere in datasets/pokemon (train, valid or test),
+    and every Pokemon is trained on."""
+    from cn_clip_pokemon.builder import animation_of
+
+    workdir, _ = demo_run
+
+    def images(name):
+        info = json.loads((workdir / "datasets" / name / "dataset_info.json").read_text(encoding="utf-8"))
+        return list(info["images"].values())
+
+    views, frames = images("pokemon-views"), images("pokemon")
+    held_out = {(entry["number"], animation_of(entry["view"])) for entry in views if entry["split"] == "test"}
+    assert len({number for number, _ in held_out}) == SLICE_POKEMON  # one animation of each
+    seen = {(entry["number"], animation_of(entry["view"])) for entry in frames}
+    assert held_out and not held_out & seen
+    assert {entry["number"] for entry in frames if entry["split"] == "train"} == set(range(1, SLICE_POKEMON + 1))
+    # the unseen-frames test split holds frames of animations that are trained on
+    trained = {(entry["number"], animation_of(entry["view"])) for entry in frames if entry["split"] == "train"}
+    tested = [entry for entry in frames if entry["split"] == "test"]
+    assert tested and all((entry["number"], animation_of(entry["view"])) in trained for entry in tested)
 
 
 def test_rerunning_the_demo_reuses_what_is_built(demo_run, shared_datasets):
