@@ -87,3 +87,12 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(augmented
     images, texts, _ = next(iter(train.dataloader))
     assert images.shape[1:] == (3, 64, 64) and images.dtype == torch.float32
     assert torch.isfinite(images).all()
+
+
+def test_hue_limits_how_far_colours_turn():
+    picture = sprite()
+    kept = run(SpriteAugment(flip=0, recolour=1, grey=0, hue=0.0, generator=torch.Generator().manual_seed(3)), picture, 10)
+    # no turn of the wheel: red stays red whatever the saturation and brightness
+    assert all(out[32, 32, 0] > out[32, 32, 1] and out[32, 32, 0] > out[32, 32, 2] for out in kept)
+    turned = run(SpriteAugment(flip=0, recolour=1, grey=0, hue=1.0, generator=torch.Generator().manual_seed(3)), picture, 10)
+    assert any(not (out[32, 32, 0] > out[32, 32, 1] and out[32, 32, 0] > out[32, 32, 2]) for out in turned)
