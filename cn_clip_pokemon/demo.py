@@ -169,17 +169,11 @@ def _flag(recipe, flag):
     return flags[flags.index(flag) + 1]
 
 
-def _cuda_available():
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _train_argv(recipe, args, dataset, experiments, epochs):
     flags = list(recipe["train_flags"])
     flags[flags.index("--max-epochs") + 1] = str(epochs)
-    if "--device" in flags and _cuda_available():
-        flags[flags.index("--device") + 1] = "auto"  # the tiny recipe is for CPUs, but use a GPU when there is one
+    if "--device" in flags:
+        flags[flags.index("--device") + 1] = "auto"  # the tiny recipe is for CPUs, but a GPU is used when there is one
     argv = [
         "train",
         "--train-data", dataset / "lmdb" / "train",
@@ -240,14 +234,26 @@ def _images(dataset):
     return json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))["images"].values()
 
 
-def _pick_pikachu(views, pictures):
-    """Pikachu's first unseen-view picture (an animation training never saw), else any picture of
-    Pikachu; front views (the sprite people know) first."""
-    ours = [entry for entry in _images(views) if entry["number"] == PIKACHU]
-    if not ours:
+def pick_question(views, pictures):
+    """The seed's question, ``{"number", "name", "picture", "candidates"}``: Pikachu among the seed's
+    four names when the run has Pikachu; else the first Pokemon of the run among its name and three
+    others of the run. The picture is one of its unseen views (a front view first), else any of it."""
+    images = list(_images(views))
+    numbers = sorted({entry["number"] for entry in images})
+    if not numbers:
         return None
-    ours.sort(key=lambda entry: (entry["split"] != "test", not _is_front(entry), entry["source"]))
-    return pictures / ours[0]["source"]
+    number = PIKACHU if PIKACHU in numbers else numbers[0]
+    ours = sorted(
+        (entry for entry in images if entry["number"] == number),
+        key=lambda entry: (entry["split"] != "test", not _is_front(entry), entry["source"]),
+    )
+    name = ours[0]["name"]
+    if number == PIKACHU:
+        candidates = list(SEED_CANDIDATES)
+    else:
+        names_of = {entry["number"]: entry["name"] for entry in images}
+        candidates = [name] + [names_of[other] for other in numbers if other != number][:3]
+    return {"number": number, "name": name, "picture": str(pictures / ours[0]["source"]), "candidates": candidates}
 
 
 def _is_front(entry):
@@ -280,13 +286,14 @@ def link_seen_views(views, pictures, seen):
     return count
 
 
-def ask_about_pikachu(picture, checkpoint, when):
-    """The seed's example: `classify` Pikachu among its four names -> {name: probability}."""
-    if picture is None:
+def ask_the_question(question, checkpoint, when):
+    """`classify` the question's picture among its candidate names -> {name: probability}."""
+    if question is None:
         return None
+    candidates = question["candidates"]
     result, _ = run_stage(
-        f"{when}: Pikachu among the seed's four names",
-        ["classify", picture, "--checkpoint", checkpoint, "--names", *SEED_CANDIDATES, "--top-k", len(SEED_CANDIDATES), "--json"],
+        f"{when}: {question['name']} among {len(candidates)} names",
+        ["classify", question["picture"], "--checkpoint", checkpoint, "--names", *candidates, "--top-k", len(candidates), "--json"],
         capture_json=True,
     )
     (item,) = result["results"]
@@ -347,12 +354,15 @@ def print_report(report):
             recall = evaluation.get(field)
             if recall:
                 print(f"  {name:13}  R@1 {recall['r1']:6.2f}%  R@5 {recall['r5']:6.2f}%  R@10 {recall['r10']:6.2f}%")
-    print(f"Pikachu ({report['pikachu']['picture']}, a view never trained on), the seed's example:")
-    print("  " + "".join(f"{name:>10}" for name in SEED_CANDIDATES))
-    for when in ("before", "after"):
-        probabilities = report["pikachu"][when]
-        cells = "".join(f"{probabilities.get(name, 0):12.4f}" for name in SEED_CANDIDATES)
-        print(f"{cells}   {when} training")
+    question = report["question"]
+    if question:
+        seed = " (the seed's example)" if question["candidates"] == SEED_CANDIDATES else ""
+        print(f"{question['name']} ({question['picture']}, a view never trained on){seed}:")
+        print("  " + "".join(f"{name:>10}" for name in question["candidates"]))
+        for when in ("before", "after"):
+            probabilities = question[when]
+            cells = "".join(f"{probabilities.get(name, 0):12.4f}" for name in question["candidates"])
+            print(f"{cells}   {when} training")
     print("files:")
     for name, path in report["files"].items():
         print(f"  {name}: {path}")
@@ -411,7 +421,7 @@ def demo_command(args):
             ["build-dataset", "--images", seen, "--out", dataset, "--image-size", size, *FRAMES_SPLIT],
         )
 
-    pikachu = _pick_pikachu(views, pictures)
+    question = pick_question(views, pictures)
     names_file = work / "names.txt"
     info = json.loads((views / "dataset_info.json").read_text(encoding="utf-8"))
     names_file.write_text("\n".join(info["names"]) + "\n", encoding="utf-8")
@@ -420,7 +430,7 @@ def demo_command(args):
     initial = experiments / f"{name}-initial.pt"
     if not initial.exists():
         save_initial_model(recipe, initial, args.pretrained)
-    before = ask_about_pikachu(pikachu, initial, "before training")
+    before = ask_the_question(question, initial, "before training")
 
     # 4. training
     epochs = _epochs(recipe, args)
@@ -431,7 +441,11 @@ def demo_command(args):
         environment = {key: value for key, value in recipe.get("environment", {}).items() if key not in os.environ}
         _, seconds["train"] = run_stage("train", _train_argv(recipe, args, dataset, experiments, epochs), environment=environment)
 
-    # 5. evaluation on both kinds of unseen pictures, predictions, curve
+    # 5. evaluation on both kinds of unseen pictures, predictions, curve; the grids' captions need a
+    # CJK font: the machine's, else Noto Sans SC fetched once (pinned, checked, cached)
+    from cn_clip_pokemon.grids import ensure_cjk_font
+
+    ensure_cjk_font()
     worst = work / "worst_confusions.png"
     evaluations = {}
     for key, held_out, out in (("unseen_frames", dataset, None), ("unseen_views", views, worst)):
@@ -446,7 +460,7 @@ def demo_command(args):
         ["classify", *_test_sample(views, pictures), "--checkpoint", checkpoint, "--names-file", names_file, "--top-k", 3, "--json", "--out", predictions],
         capture_json=True,
     )
-    after = ask_about_pikachu(pikachu, checkpoint, "after training")
+    after = ask_the_question(question, checkpoint, "after training")
     curve = work / "training_curve.png"
     metrics = experiments / name / "metrics.jsonl"
     if metrics.exists():
@@ -467,7 +481,7 @@ def demo_command(args):
         "epochs": epochs,
         "evaluation": evaluations,
         "measures": EVALUATIONS,
-        "pikachu": {"picture": str(pikachu), "candidates": SEED_CANDIDATES, "before": before or {}, "after": after or {}},
+        "question": dict(question, before=before or {}, after=after or {}) if question else None,
         "files": {
             "report": str(work / "report.json"),
             "test_predictions": str(predictions),

