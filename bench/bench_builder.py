@@ -204,7 +204,8 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the half-size build that checks memory")
     args = parser.parse_args(argv)
 
-    from cn_clip_pokemon.builder import _available_cores, scan_pictures
+    from cn_clip_pokemon.builder import scan_pictures
+    from cn_clip_pokemon.files import available_cores
     from cn_clip_pokemon.pokedex import Pokedex
     from cn_clip_pokemon.sprites import fetch_sprites, parse_numbers
 
@@ -227,7 +228,7 @@ def main(argv=None):
 
         pictures, _ = scan_pictures(pictures_dir, Pokedex.load())
         paths = [picture.source for picture in pictures]
-        cores = _available_cores()
+        cores = available_cores()
         processes = args.workers or cores
         print(f"{len(paths)} pictures, {args.image_size} px, {cores} cores available, builder with {processes} processes")
 

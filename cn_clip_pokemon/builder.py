@@ -54,7 +54,6 @@ import errno
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import pickle
 import random
@@ -70,6 +69,8 @@ from typing import NamedTuple
 
 from cn_clip_pokemon.dataset_format import check_templates, fill_template  # the one template rule
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.files import available_cores, replace_directory
+from cn_clip_pokemon.workers import run_in_pool
 
 SPLITS = ("train", "valid", "test")
 SPLIT_BY = ("auto", "view", "animation", "pokemon")
@@ -409,134 +410,6 @@ class _WorkerCpu:
         }
 
 
-def _pool_context():
-    # forkserver: workers do not inherit the parent's threads (torch, tqdm), which fork would copy.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
-
-
-def run_in_pool(function, tasks, workers, window=None, chunksize=8):
-    """Yield ``function(task)`` for each task, in order, from ``workers`` processes.
-
-    At most ``window`` tasks are in flight, which keeps memory flat however many there are:
-    the task reader cannot run ahead of the workers, nor the workers ahead of the consumer.
-
-    Each worker has its own pipe; this thread sends it chunks of tasks, receives each result as it
-    is done and puts them back in order. No helper thread: multiprocessing.Pool's worker-handler
-    thread also waits on the result pipe, so it wakes and spins for as long as a result sits there
-    unread, and with its task and result threads it contends for the GIL with the thread that writes
-    the dataset. On a busy or hyperthreaded machine that cost up to a tenth of the build's CPU.
-    An exception raised by ``function`` is raised here; a worker that dies is an error.
-    """
-    if workers <= 1:
-        yield from map(function, tasks)
-        return
-    from multiprocessing.connection import wait
-
-    window = max(window or workers * chunksize * 4, workers * chunksize)
-    context = _pool_context()
-    connections, processes = [], []
-    try:
-        for _ in range(workers):
-            ours, theirs = context.Pipe(duplex=True)
-            process = context.Process(target=_pool_worker, args=(function, theirs), daemon=True)
-            process.start()
-            theirs.close()
-            connections.append(ours)
-            processes.append(process)
-        in_flight = {connection: 0 for connection in connections}  # tasks sent and not back yet
-        tasks = enumerate(tasks)
-        done = {}  # position -> result, received out of order
-        sent = received = 0
-        exhausted = False
-
-        def feed(connection):
-            nonlocal sent, exhausted
-            while not exhausted and in_flight[connection] < window // workers and sent - received < window:
-                chunk = []
-                for position, task in tasks:
-                    chunk.append((position, task))
-                    if len(chunk) == chunksize:
-                        break
-                if len(chunk) < chunksize:
-                    exhausted = True
-                if chunk:
-                    try:
-                        connection.send(chunk)
-                    except OSError:
-                        _worker_died(processes)
-                    in_flight[connection] += len(chunk)
-                    sent += len(chunk)
-
-        for connection in connections:
-            feed(connection)
-        while received < sent:
-            for connection in wait([connection for connection in connections if in_flight[connection]]):
-                try:
-                    position, failed, result = connection.recv()
-                except (EOFError, OSError):
-                    _worker_died(processes)
-                if failed:
-                    raise result
-                in_flight[connection] -= 1
-                done[position] = result
-            while received in done:
-                yield done.pop(received)
-                received += 1
-            for connection in connections:
-                feed(connection)
-    finally:
-        for connection in connections:
-            try:
-                connection.send(None)  # stop
-            except OSError:
-                pass
-        for process in processes:
-            process.join(timeout=1)
-            if process.exitcode is None:
-                process.terminate()
-                process.join()
-        for connection in connections:
-            connection.close()
-
-
-def _worker_died(processes):
-    for process in processes:
-        process.join(timeout=0.5)  # let the dead one's exit code be known
-    codes = [process.exitcode for process in processes]
-    raise RuntimeError(f"a worker process died (exit codes {codes})") from None
-
-
-def _pool_worker(function, connection):
-    """A worker of run_in_pool: chunks of (position, task) in, one (position, failed, result) out per task."""
-    _ignore_interrupts()
-    while True:
-        try:
-            chunk = connection.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if chunk is None:
-            return
-        for position, task in chunk:
-            try:
-                message = (position, False, function(task))
-            except Exception as error:
-                message = (position, True, error)
-            try:
-                connection.send(message)
-            except OSError:  # the parent is gone
-                return
-            except Exception as error:  # a result or an exception that does not pickle
-                connection.send((position, True, RuntimeError(f"{type(error).__name__}: {error}")))
-
-
-def _ignore_interrupts():
-    # Ctrl-C goes to the whole process group: let the parent stop the pool and clean up.
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 # ---------------------------------------------------------------- splits
 
 
@@ -773,8 +646,6 @@ TEMP_LAYOUT = {**OUTPUT_LAYOUT, IMAGES_FRAGMENT: FILE}
 # The start of every dataset_info.json this builder has written (json.dumps, indent=1, format first).
 INFO_HEAD = b'{\n "format": '
 TEMP_SUFFIX = r"[a-z0-9_]{8}"  # tempfile.mkdtemp's random part
-RENAME_EXCHANGE = 2  # linux/fs.h
-AT_FDCWD = -100
 
 
 def _first_foreign(folder, layout):
@@ -938,60 +809,7 @@ def _try_lock(folder):
     return descriptor
 
 
-def _exchange(first, second):
-    """Swap two paths in one atomic step (Linux ``renameat2`` RENAME_EXCHANGE); False where unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # a C library older than glibc 2.28
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):  # kernel or filesystem without it
-        return False
-    raise OSError(code, os.strerror(code), os.fsdecode(second))
-
-
-def _replace_directory(new, target):
-    """Put the finished dataset ``new`` at ``target``, which at no instant lacks a complete dataset."""
-    # mkdtemp makes the folder private (0700); give it the permissions a plain mkdir would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(new, 0o777 & ~umask)
-    if not os.path.lexists(target):
-        os.rename(new, target)
-        return
-    if _exchange(new, target):
-        # ``new`` now holds the old dataset; if this removal is cut short, the next build finishes it.
-        shutil.rmtree(new, ignore_errors=True)
-        return
-    # No atomic swap here: move the old dataset aside, then the new one in. A build killed between
-    # the two renames leaves the old one in .NAME.old-*, and the next build puts it back.
-    holder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    os.replace(target, holder / target.name)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(holder / target.name, target)
-        holder.rmdir()
-        raise
-    shutil.rmtree(holder, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- the build
-
-
-def _available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def build_dataset(
@@ -1051,7 +869,7 @@ def build_dataset(
         if not _is_utf8(template):  # a command-line argument's undecodable bytes
             raise UserError(f"template {printable(template)} is not valid UTF-8; write it in UTF-8, e.g. 一张{{}}的图片")
     pokedex = pokedex or Pokedex.load()
-    workers = max(1, int(workers)) if workers else _available_cores()
+    workers = max(1, int(workers)) if workers else available_cores()
 
     # --images, or the manifest's folder: it must not lie inside --out.
     images_dir = Path(images_dir) if manifest is None else Path(manifest).parent
@@ -1214,7 +1032,7 @@ def build_dataset(
         _write_info(temp / INFO_FILE, info, images_fragment)
         images_fragment.unlink()
         clock.lap("info")
-        _replace_directory(temp, target)
+        replace_directory(temp, target)
         clock.lap("rename")
         wall["texts, pairs, info, rename"] = time.perf_counter() - started - sum(wall.values())
     except BaseException:
@@ -1311,9 +1129,18 @@ def print_summary(summary, file=None):
         f"built {printable(summary['out_dir'])}: {what}, "
         + ", ".join(f"{split} {splits[split]['images']} pictures/{splits[split]['pairs']} pairs" for split in SPLITS)
         + f"; {summary['image_size']} px, split by {summary['split_by']} (seed {summary['seed']}), "
-        f"{summary['seconds']:.1f} s ({summary['pictures_per_second']:.0f} pictures/s, {summary['workers']} processes)",
+        f"{summary['seconds']:.1f} s ({summary['pictures_per_second']:.0f} pictures/s, "
+        f"{summary['workers']} process{'es' if summary['workers'] != 1 else ''})",
         file=file,
     )
+    for split in SPLITS:
+        if splits[split]["images"] == 0:
+            print(
+                f"warning: the {split} split is empty: "
+                + ("training has nothing to learn from" if split == "train" else f"nothing to {'validate' if split == 'valid' else 'test'} on")
+                + "; add pictures, or change --valid-fraction/--test-fraction",
+                file=file,
+            )
     if summary["names_with_unknown_tokens"]:
         listed = ", ".join(f"{name} ({' '.join(tokens)})" for name, tokens in summary["names_with_unknown_tokens"].items())
         print(f"note: characters missing from Chinese-CLIP's vocabulary become [UNK] in: {listed}", file=file)

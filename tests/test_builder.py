@@ -347,3 +347,18 @@ def test_a_pokemon_in_folders_and_flat_files_is_dealt_as_one(sprite_pictures, tm
         pictures = [Picture("", entry["source"], number, entry["name"], entry["view"]) for entry in ours]
         assert [entry["split"] for entry in ours] == assign_splits(pictures, 0.2, 0.2, seed=0)
         assert {"train", "test"} <= {entry["split"] for entry in ours}
+
+
+def test_the_summary_warns_about_an_empty_split_and_counts_one_process(tmp_path, capsys):
+    from PIL import Image
+
+    pictures = tmp_path / "imgs"
+    pictures.mkdir()
+    for name, colour in (("0001妙蛙种子.png", "green"), ("0004小火龙.png", "orange"), ("0007杰尼龟.png", "blue")):
+        Image.new("RGB", (20, 20), colour).save(pictures / name)
+    assert cli_main(["build-dataset", "--images", str(pictures), "--out", str(tmp_path / "out"), "--image-size", "16",
+                     "--workers", "1", "--valid-fraction", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 process)" in out and "1 processes" not in out
+    assert "warning: the valid split is empty" in out
+    assert "warning: the train split is empty" not in out

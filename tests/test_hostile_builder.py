@@ -402,6 +402,7 @@ def test_a_symlinked_out_stays_a_link_and_gets_the_new_dataset(tmp_path):
 KILLER = r"""
 import os, signal, sys
 import cn_clip_pokemon.builder as builder
+import cn_clip_pokemon.files as files
 from cn_clip_pokemon.cli import main
 
 point = sys.argv[1]
@@ -424,9 +425,9 @@ if point == "writing pictures":
 elif point == "info written":
     builder._write_info = after(builder._write_info)
 elif point == "swapped in":
-    builder._exchange = after(builder._exchange)
+    files.exchange_paths = after(files.exchange_paths)
 elif point in ("moved aside", "moved in"):  # a system without rename-exchange: two renames
-    builder._exchange = lambda first, second: False
+    files.exchange_paths = lambda first, second: False
     real_replace = os.replace
     def replace(source, destination):
         real_replace(source, destination)

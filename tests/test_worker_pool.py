@@ -1,9 +1,9 @@
-"""builder.run_in_pool: the worker processes behind build-dataset and fetch-sprites."""
+"""workers.run_in_pool: the worker processes behind build-dataset and fetch-sprites."""
 import os
 
 import pytest
 
-from cn_clip_pokemon.builder import run_in_pool
+from cn_clip_pokemon.workers import run_in_pool
 
 
 def square(number):

@@ -244,12 +244,6 @@ class PokemonDataset:
         dataloader.num_batches = len(sampler)
         return DataInfo(dataloader, sampler, dataset, epoch_id)
 
-    def build_dataset(self, *args, **kwargs):
-        """cn_clip_pokemon.builder.build_dataset (imported on use)."""
-        from cn_clip_pokemon.builder import build_dataset
-
-        return build_dataset(*args, **kwargs)
-
 
 pokemon_dataset = PokemonDataset()
 # the same, with training pictures changed the way views differ (see SpriteAugment)

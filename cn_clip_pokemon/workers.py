@@ -1,0 +1,130 @@
+"""Worker processes for CPU-bound work (build-dataset's pictures, fetch-sprites' animations), in one place."""
+import multiprocessing
+
+
+def _pool_context():
+    # forkserver: workers do not inherit the parent's threads (torch, tqdm), which fork would copy.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
+
+
+def run_in_pool(function, tasks, workers, window=None, chunksize=8):
+    """Yield ``function(task)`` for each task, in order, from ``workers`` processes.
+
+    At most ``window`` tasks are in flight, which keeps memory flat however many there are:
+    the task reader cannot run ahead of the workers, nor the workers ahead of the consumer.
+
+    Each worker has its own pipe; this thread sends it chunks of tasks, receives each result as it
+    is done and puts them back in order. No helper thread: multiprocessing.Pool's worker-handler
+    thread also waits on the result pipe, so it wakes and spins for as long as a result sits there
+    unread, and with its task and result threads it contends for the GIL with the thread that writes
+    the dataset. On a busy or hyperthreaded machine that cost up to a tenth of the build's CPU.
+    An exception raised by ``function`` is raised here; a worker that dies is an error.
+    """
+    if workers <= 1:
+        yield from map(function, tasks)
+        return
+    from multiprocessing.connection import wait
+
+    window = max(window or workers * chunksize * 4, workers * chunksize)
+    context = _pool_context()
+    connections, processes = [], []
+    try:
+        for _ in range(workers):
+            ours, theirs = context.Pipe(duplex=True)
+            process = context.Process(target=_pool_worker, args=(function, theirs), daemon=True)
+            process.start()
+            theirs.close()
+            connections.append(ours)
+            processes.append(process)
+        in_flight = {connection: 0 for connection in connections}  # tasks sent and not back yet
+        tasks = enumerate(tasks)
+        done = {}  # position -> result, received out of order
+        sent = received = 0
+        exhausted = False
+
+        def feed(connection):
+            nonlocal sent, exhausted
+            while not exhausted and in_flight[connection] < window // workers and sent - received < window:
+                chunk = []
+                for position, task in tasks:
+                    chunk.append((position, task))
+                    if len(chunk) == chunksize:
+                        break
+                if len(chunk) < chunksize:
+                    exhausted = True
+                if chunk:
+                    try:
+                        connection.send(chunk)
+                    except OSError:
+                        _worker_died(processes)
+                    in_flight[connection] += len(chunk)
+                    sent += len(chunk)
+
+        for connection in connections:
+            feed(connection)
+        while received < sent:
+            for connection in wait([connection for connection in connections if in_flight[connection]]):
+                try:
+                    position, failed, result = connection.recv()
+                except (EOFError, OSError):
+                    _worker_died(processes)
+                if failed:
+                    raise result
+                in_flight[connection] -= 1
+                done[position] = result
+            while received in done:
+                yield done.pop(received)
+                received += 1
+            for connection in connections:
+                feed(connection)
+    finally:
+        for connection in connections:
+            try:
+                connection.send(None)  # stop
+            except OSError:
+                pass
+        for process in processes:
+            process.join(timeout=1)
+            if process.exitcode is None:
+                process.terminate()
+                process.join()
+        for connection in connections:
+            connection.close()
+
+
+def _worker_died(processes):
+    for process in processes:
+        process.join(timeout=0.5)  # let the dead one's exit code be known
+    codes = [process.exitcode for process in processes]
+    raise RuntimeError(f"a worker process died (exit codes {codes})") from None
+
+
+def _pool_worker(function, connection):
+    """A worker of run_in_pool: chunks of (position, task) in, one (position, failed, result) out per task."""
+    _ignore_interrupts()
+    while True:
+        try:
+            chunk = connection.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if chunk is None:
+            return
+        for position, task in chunk:
+            try:
+                message = (position, False, function(task))
+            except Exception as error:
+                message = (position, True, error)
+            try:
+                connection.send(message)
+            except OSError:  # the parent is gone
+                return
+            except Exception as error:  # a result or an exception that does not pickle
+                connection.send((position, True, RuntimeError(f"{type(error).__name__}: {error}")))
+
+
+def _ignore_interrupts():
+    # Ctrl-C goes to the whole process group: let the parent stop the pool and clean up.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
