@@ -50,26 +50,24 @@ class CommandLineParser(argparse.ArgumentParser):
 # Checked while parsing, so a bad value is a usage error before any model is loaded.
 
 
-def positive_int(text):
-    """An argparse type: a whole number of at least 1."""
+def _whole_number_at_least(minimum, text):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}" if minimum else f"must be 0 or more, not {value}")
     return value
+
+
+def positive_int(text):
+    """An argparse type: a whole number of at least 1."""
+    return _whole_number_at_least(1, text)
 
 
 def non_negative_int(text):
     """An argparse type: a whole number of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+    return _whole_number_at_least(0, text)
 
 
 def prompt_template(text):

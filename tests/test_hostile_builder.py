@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cn_clip_pokemon.builder import OUTPUT_NAMES, SPLITS, build_dataset, printable
+from test_builder import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
@@ -49,17 +50,6 @@ def save_picture(path, index, mode="RGB", **save):
         image = image.convert(mode)
     image.save(os.fsencode(path) if isinstance(path, bytes) else path, **save)
     return path
-
-
-def png_header_only(width, height):
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
 def make_hostile_folder(folder):
