@@ -6,7 +6,6 @@ generated pictures, so nothing here needs the network or the shared sprite copie
 """
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -354,6 +353,3 @@ def test_the_page_in_chromium(served, page_url, browser, tmp_path, capsys):
     best = classify_json(served["checkpoint"], blue, capsys)[0]
     assert page_top1() == f"{best['name']} #{best['number']}"
 
-    if os.environ.get("CN_CLIP_POKEMON_SCREENSHOT"):  # refresh the README's picture on request only
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(tmp_path / "serve.png", REPO / "docs" / "serve.png")
