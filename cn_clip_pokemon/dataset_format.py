@@ -13,6 +13,7 @@ opened. :func:`safe_pair_loads` refuses every opcode but those of plain values a
 unpickler that imports nothing: only tuples, lists, numbers, strings, bytes and None can come out,
 and the value must then be an upstream pair.
 """
+import functools
 import io
 import pickle
 
@@ -149,3 +150,38 @@ def safe_pair_loads(value, where):
             "the dataset is not trusted: rebuild it with `cn-clip-pokemon build-dataset`"
         )
     return tuple(pair)
+
+
+def read_pairs(lmdb_split_dir):
+    """``((image_id, text), ...)`` of every pair of an LMDB split, in order, each read with
+    :func:`safe_pair_loads`. Remembered while the pairs file is unchanged, so the launcher's check
+    and the dataset plugin's grouping in the same process read the split once."""
+    import os
+    from pathlib import Path
+
+    split = Path(lmdb_split_dir).resolve()
+    stamp = os.stat(split / "pairs" / "data.mdb").st_mtime_ns
+    return _read_pairs(str(split), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_pairs(lmdb_split_dir, _stamp):
+    import os
+
+    import lmdb
+
+    pairs_dir = os.path.join(lmdb_split_dir, "pairs")
+    env = lmdb.open(pairs_dir, readonly=True, lock=False, readahead=False)
+    try:
+        with env.begin(buffers=True) as txn:
+            count = txn.get(b"num_samples")
+            if count is None:
+                raise UserError(f"{pairs_dir} has no num_samples: not an LMDB split built for Chinese-CLIP; rebuild it")
+            pairs = []
+            for index in range(int(bytes(count).decode("utf-8"))):
+                key = str(index)
+                image_id, _text_id, text = safe_pair_loads(txn.get(key.encode("utf-8")), pair_location(pairs_dir, key))
+                pairs.append((image_id, text))
+    finally:
+        env.close()
+    return tuple(pairs)

@@ -175,30 +175,17 @@ def _check_lmdb(path, flag, split):
 
 
 def _checked_pair_count(path):
-    """num_samples of an LMDB split's pairs, each pair read once without running code (a crafted
-    value is refused here, in one line, before any worker process would meet it); None when the
-    split cannot be read (upstream then says why)."""
+    """How many pairs an LMDB split has, each read once without running code (a crafted value is
+    refused here, in one line, before any worker process would meet it; the dataset plugin's
+    grouping then reuses what was read); None when the split cannot be read (upstream then says why)."""
     import lmdb
 
-    from cn_clip_pokemon.dataset_format import pair_location, safe_pair_loads
+    from cn_clip_pokemon.dataset_format import read_pairs
 
-    pairs_dir = os.path.join(path, "pairs")
     try:
-        env = lmdb.open(pairs_dir, readonly=True, lock=False, readahead=False)
-    except lmdb.Error:
+        return len(read_pairs(path))
+    except (lmdb.Error, OSError, ValueError):
         return None
-    try:
-        with env.begin(buffers=True) as txn:
-            value = txn.get(b"num_samples")
-            count = int(bytes(value)) if value is not None else None
-            for index in range(count or 0):
-                key = str(index)
-                safe_pair_loads(txn.get(key.encode("utf-8")), pair_location(pairs_dir, key))
-        return count
-    except (lmdb.Error, ValueError):
-        return None
-    finally:
-        env.close()
 
 
 def _warn_about_small_pictures(args, vision_config_path):

@@ -13,15 +13,14 @@ picture's "number" (pictures sharing a caption, see captions.py), so neither a c
 repeats in a batch.
 
 Pair values are upstream's pickles, and a pickle can run code: every pair is read with
-``dataset_format.safe_pair_loads`` (no imports, no calls), both when grouping and when training
-reads a sample (:class:`PlainPairsLMDBDataset`), so a crafted dataset is refused, never executed.
+``dataset_format.safe_pair_loads`` (no imports, no calls), both when grouping (``read_pairs``) and
+when training reads a sample (upstream's LMDBDataset, patches/0011), so a crafted dataset is
+refused, never executed.
 """
 import json
-import os
-from functools import lru_cache
 from pathlib import Path
 
-from cn_clip_pokemon.dataset_format import INFO_FILE, pair_location, safe_pair_loads
+from cn_clip_pokemon.dataset_format import INFO_FILE, read_pairs
 from cn_clip_pokemon.hookspecs import hookimpl
 
 DATASET_INFO = INFO_FILE
@@ -34,84 +33,17 @@ def dataset_info_path(lmdb_split_dir):
 
 def pair_groups(lmdb_split_dir):
     """One key per pair of the LMDB split, in pair order: ("pokemon", number) or ("text", text)."""
-    info_path = dataset_info_path(lmdb_split_dir)
-    stamp = os.stat(Path(lmdb_split_dir) / "pairs" / "data.mdb").st_mtime_ns
-    info_stamp = info_path.stat().st_mtime_ns if info_path.is_file() else None
-    return _pair_groups(str(Path(lmdb_split_dir).resolve()), stamp, info_stamp)
-
-
-@lru_cache(maxsize=4)
-def _pair_groups(lmdb_split_dir, _stamp, _info_stamp):
-    import lmdb
-
-    info_path = dataset_info_path(lmdb_split_dir)
     numbers = {}
+    info_path = dataset_info_path(lmdb_split_dir)
     if info_path.is_file():
         with open(info_path, encoding="utf-8") as f:
             images = json.load(f).get("images", {})
         numbers = {image_id: meta.get("number") for image_id, meta in images.items()}
-    pairs_dir = os.path.join(lmdb_split_dir, "pairs")
-    env = lmdb.open(pairs_dir, readonly=True, lock=False, readahead=False)
-    try:
-        with env.begin(buffers=True) as txn:
-            count = int(bytes(txn.get(b"num_samples")).decode("utf-8"))
-            groups = []
-            for index in range(count):
-                key = str(index).encode("utf-8")
-                image_id, _text_id, text = safe_pair_loads(txn.get(key), pair_location(pairs_dir, key))
-                number = numbers.get(str(image_id))
-                groups.append(("pokemon", number) if number is not None else ("text", text))
-    finally:
-        env.close()
+    groups = []
+    for image_id, text in read_pairs(lmdb_split_dir):
+        number = numbers.get(str(image_id))
+        groups.append(("pokemon", number) if number is not None else ("text", text))
     return tuple(groups)
-
-
-def plain_pairs_lmdb_dataset_class():
-    """Upstream's LMDBDataset, reading each pair with safe_pair_loads instead of pickle.loads.
-
-    Made on first use (importing cn_clip.training pulls in torch and timm, which listing plugins
-    must not pay), and then reachable as this module's ``PlainPairsLMDBDataset``, so DataLoader
-    workers started with "spawn" can unpickle the dataset.
-    """
-    made = globals().get("_plain_pairs_lmdb_dataset")
-    if made is not None:
-        return made
-    from cn_clip.training.data import LMDBDataset
-
-    class PlainPairsLMDBDataset(LMDBDataset):
-        # upstream's __getitem__ with one change: the pair is read without running code
-        def __getitem__(self, index):
-            import base64
-            from io import BytesIO
-
-            from cn_clip.clip import _tokenizer, tokenize
-            from cn_clip.training.data import _preprocess_text
-            from PIL import Image
-
-            sample_index = index % self.number_samples
-            key = str(sample_index).encode("utf-8")
-            pair = safe_pair_loads(self.txn_pairs.get(key), pair_location(os.path.join(self.lmdb_path, "pairs"), key))
-            image_id, _text_id, raw_text = pair
-
-            image_b64 = self.txn_imgs.get(str(image_id).encode("utf-8")).tobytes()
-            image_b64 = image_b64.decode(encoding="utf8", errors="ignore")
-            image = Image.open(BytesIO(base64.urlsafe_b64decode(image_b64)))  # already resized
-            image = self.transform(image)
-
-            text = tokenize([_preprocess_text(raw_text)], context_length=self.max_txt_length)[0]
-            eos_index = text.numpy().tolist().index(_tokenizer.vocab["[SEP]"])
-            return image, text, eos_index
-
-    PlainPairsLMDBDataset.__module__ = __name__
-    PlainPairsLMDBDataset.__qualname__ = "PlainPairsLMDBDataset"
-    globals()["_plain_pairs_lmdb_dataset"] = PlainPairsLMDBDataset
-    return PlainPairsLMDBDataset
-
-
-def __getattr__(name):
-    if name == "PlainPairsLMDBDataset":
-        return plain_pairs_lmdb_dataset_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 WHITE = (255, 255, 255)
@@ -201,7 +133,7 @@ class PokemonDataset:
 
     def get_dataset(self, args, is_train, max_txt_length=64, epoch_id=0):
         import torch.distributed as dist
-        from cn_clip.training.data import DataInfo, fetch_resolution
+        from cn_clip.training.data import DataInfo, LMDBDataset, fetch_resolution
         from torch.utils.data import DataLoader
 
         from cn_clip_pokemon.sampler import UniqueGroupBatchSampler
@@ -211,7 +143,7 @@ class PokemonDataset:
         # per file per process. Reading every pair here also refuses a crafted dataset before
         # any training starts.
         groups = pair_groups(db_path)
-        dataset = plain_pairs_lmdb_dataset_class()(
+        dataset = LMDBDataset(
             db_path,
             split="train" if is_train else "val",
             max_txt_length=max_txt_length,
