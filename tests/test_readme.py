@@ -152,7 +152,7 @@ def test_other_lines_are_known():
     # CN_CLIP_POKEMON_PLUGINS= lines and the plugin walkthrough run for real in tests/test_example_plugin.py;
     # upstream's tools run after `import cn_clip_pokemon`: their flags are checked in tests/test_upstream_tools.py
     known = (
-        "cn-clip-pokemon", "bash run_scripts/", "python3 -m venv", "pip install", "python bench/", "CN_CLIP_POKEMON_PLUGINS=",
+        "cn-clip-pokemon", "bash run_scripts/", "python3 -m venv", "export DATAPATH=", "pip install", "python bench/", "CN_CLIP_POKEMON_PLUGINS=",
         'python -c "import cn_clip_pokemon, runpy;',
         "bash bench/gpu_check.sh",  # its --smoke mode runs in tests/test_gpu_check.py
     )
