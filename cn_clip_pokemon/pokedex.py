@@ -1,10 +1,13 @@
 """Pokemon names: number <-> simplified Chinese name, picture-name parsing, and the `t2s` command.
 
-The names come from npm ``pokemon@3.3.1`` (zh-hans and zh-hant, MIT, Sindre Sorhus), shipped as
-``data/pokedex.json``. That zh-hans list still holds a few traditional characters (#707 钥圈兒,
-#728 球球海獅, #801 瑪機雅娜), so the canonical name of a Pokemon is its zh-hans name passed through
-OpenCC's t2s: every name we hand out is simplified, and every name we read is converted the same
-way before it is looked up.
+The canonical name of a Pokemon is its official Simplified Chinese name, the one the games use:
+``data/official-names.tsv``, made from PokeAPI's data (its header records the source commit, the
+licence and how it was made), which also gives the official Traditional Chinese, English and
+Japanese names. The older translations of npm ``pokemon@3.3.1`` (``data/npm-pokemon-names.json``,
+zh-hans and zh-hant, MIT, Sindre Sorhus), which this package used before, stay as aliases: any of
+these names finds its Pokemon (:meth:`Pokedex.lookup`), and every name we hand out is the official
+one. Names are compared after NFKC and OpenCC's t2s, so a traditional character, a full-width
+letter, a space or a letter's case never decides a match.
 """
 import functools
 import json
@@ -19,15 +22,23 @@ from cn_clip_pokemon.dataset_format import fill_template
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.files import atomic_write
 
-POKEDEX_FILE = Path(__file__).parent / "data" / "pokedex.json"
+DATA_DIR = Path(__file__).parent / "data"
+OFFICIAL_NAMES_FILE = DATA_DIR / "official-names.tsv"  # number, zh_hans, zh_hant, en, ja
+NPM_NAMES_FILE = DATA_DIR / "npm-pokemon-names.json"  # the older names, kept as aliases
+# The columns of official-names.tsv after the number: the canonical name, then the other languages.
+OFFICIAL_COLUMNS = ("zh_hans", "zh_hant", "en", "ja")
 
 # A picture name is "<number><separator><name><view>" with each part optional:
 # 0001妙蛙种子.png, 1妙蛙种子.png, 0025-皮卡丘.jpg, 025_皮卡丘.webp, 皮卡丘.png, 0025皮卡丘_2.png.
 _LEADING_NUMBER = re.compile(r"^#?(\d+)")
 _SEPARATORS = " \t_-.#"
 # What may follow a name as a view label: "_2", " (2)", "-back", "2"; tried only when the whole
-# remainder is not a name, so names with digits or letters (3D龙II, 谜拟Q) still match first.
-_VIEW_SUFFIX = re.compile(r"^(?P<name>.+?)(?:[\s_\-.]+(?P<label>.+)|[(（](?P<paren>[^)）]*)[)）]|(?P<digits>\d+))$")
+# remainder is not a name, so names with digits, letters or separators (多边兽2型, Mr. Mime, Ho-Oh)
+# still match first, and then the longest name before a separator wins ("Mr. Mime_back").
+_VIEW_SEPARATOR = re.compile(r"[\s_\-.]+")
+_VIEW_SUFFIX = re.compile(r"^(?P<name>.+?)(?:[(（](?P<paren>[^)）]*)[)）]|(?P<digits>\d+))$")
+# Characters a name may be written with or without: spaces and the middle dots of 卡璞・鸣鸣.
+_IGNORED_IN_NAMES = str.maketrans("", "", " ·・")
 
 
 _SURROGATES = re.compile("([\ud800-\udfff]+)")
@@ -54,9 +65,15 @@ def to_simplified(text):
 
 
 def _lookup_key(name):
-    """What two spellings of one name have in common: NFKC (full-width Ｑ -> Q), simplified, no spaces."""
-    name = unicodedata.normalize("NFKC", name)
-    return to_simplified(name).replace(" ", "").lower()
+    """What two spellings of one name have in common: NFKC (full-width ２ -> 2), simplified, lower
+    case, without spaces or middle dots, ’ as ', and Latin letters without accents (Flabébé)."""
+    name = unicodedata.normalize("NFKC", name).replace("\u2019", "'")
+    key = to_simplified(name).translate(_IGNORED_IN_NAMES).lower()
+    if not key.isascii():
+        unaccented = "".join(char for char in unicodedata.normalize("NFKD", key) if not unicodedata.combining(char))
+        if unaccented.isascii():  # only for Latin script: kana keep their dakuten
+            key = unaccented
+    return key
 
 
 def _has_cjk(text):
@@ -64,35 +81,52 @@ def _has_cjk(text):
 
 
 class Pokedex:
-    """The 1025 Pokemon: ``name(number)`` (simplified), ``number(name)``, ``names()``."""
+    """The 1025 Pokemon: ``name(number)`` (official, simplified), ``number(name)``, ``lookup(text)``.
+
+    ``entries``: dicts with ``number``, ``zh_hans`` (the canonical name), and optionally
+    ``zh_hant`` and ``aliases`` (other names that find the same Pokemon).
+    """
 
     def __init__(self, entries, source=""):
         self.source = source
         self._names = {}
         self._traditional = {}
+        self._aliases = {}
         self._numbers = {}
         for entry in entries:
             number = int(entry["number"])
             canonical = to_simplified(unicodedata.normalize("NFC", entry["zh_hans"]))
             self._names[number] = canonical
             self._traditional[number] = entry.get("zh_hant", "")
+            aliases = [entry["zh_hans"], entry.get("zh_hant", ""), *entry.get("aliases", ())]
+            self._aliases[number] = list(dict.fromkeys(
+                alias for alias in aliases if alias and _lookup_key(alias) != _lookup_key(canonical)
+            ))
         # Canonical names first so they win over any alias that happens to collide with one.
         for number, canonical in self._names.items():
             self._numbers[_lookup_key(canonical)] = number
-        for entry in entries:
-            number = int(entry["number"])
-            for alias in (entry["zh_hans"], entry.get("zh_hant", "")):
-                if alias:
-                    self._numbers.setdefault(_lookup_key(alias), number)
+        for number, aliases in self._aliases.items():
+            for alias in aliases:
+                self._numbers.setdefault(_lookup_key(alias), number)
 
     @classmethod
-    @functools.lru_cache(maxsize=1)
+    @functools.lru_cache(maxsize=2)
     def load(cls, path=None):
-        """The shipped Pokedex (cached); ``path`` reads another file of the same format."""
-        path = Path(path) if path is not None else POKEDEX_FILE
-        with open(path, encoding="utf-8") as file:
-            data = json.load(file)
-        return cls(data["pokemon"], source=data.get("source", ""))
+        """The shipped Pokedex (cached): official names, with the older npm names as aliases.
+
+        ``path`` reads another table in the format of ``data/official-names.tsv`` instead (no npm aliases).
+        """
+        entries = read_official_names(OFFICIAL_NAMES_FILE if path is None else path)
+        source = f"{Path(path).name if path is not None else OFFICIAL_NAMES_FILE.name} (official names)"
+        if path is None:
+            with open(NPM_NAMES_FILE, encoding="utf-8") as file:
+                npm = json.load(file)
+            older = {int(entry["number"]): entry for entry in npm["pokemon"]}
+            for entry in entries:
+                old = older.get(entry["number"], {})
+                entry["aliases"] += [old.get("zh_hans", ""), old.get("zh_hant", "")]
+            source += f"; aliases: {npm['source']}"
+        return cls(entries, source=source)
 
     def __len__(self):
         return len(self._names)
@@ -101,7 +135,7 @@ class Pokedex:
         return number in self._names
 
     def name(self, number):
-        """The simplified Chinese name of Pokemon ``number``; KeyError for an unknown number."""
+        """The official simplified Chinese name of Pokemon ``number``; KeyError for an unknown number."""
         try:
             return self._names[int(number)]
         except KeyError:
@@ -110,12 +144,27 @@ class Pokedex:
     def traditional_name(self, number):
         return self._traditional[int(number)]
 
+    def aliases(self, number):
+        """The other names of Pokemon ``number`` that find it (other languages, older translations)."""
+        return list(self._aliases[int(number)])
+
     def number(self, name):
-        """The number of a name, simplified or traditional (either Pokedex spelling); None if unknown."""
+        """The number of any known name of a Pokemon (see :meth:`lookup`); None if unknown."""
         return self._numbers.get(_lookup_key(name))
 
+    def lookup(self, text):
+        """``(official name, number)`` for any name of a Pokemon: the official simplified name,
+        the official traditional, English or Japanese one, or an older translation (npm
+        ``pokemon@3.3.1``), in traditional or simplified characters. Any other text comes back
+        simplified, with number None (a description, or a caption that is no Pokemon)."""
+        text = unicodedata.normalize("NFC", text).strip()
+        number = self.number(text)
+        if number is None:
+            return to_simplified(text), None
+        return self._names[number], number
+
     def names(self):
-        """Every simplified name, in number order."""
+        """Every official simplified name, in number order."""
         return [self._names[number] for number in sorted(self._names)]
 
     def numbers(self):
@@ -175,12 +224,17 @@ class Pokedex:
         number = self.number(text)
         if number is not None:
             return number, ""
+        # "name<separator>label": the longest name first ("Mr. Mime_back" is Mr. Mime, not Mr).
+        for separator in reversed(list(_VIEW_SEPARATOR.finditer(text))):
+            name, label = text[:separator.start()], text[separator.end():]
+            number = self.number(name) if name and label else None
+            if number is not None:
+                return number, label.strip(" ()（）")
         match = _VIEW_SUFFIX.match(text)
         if match:
             number = self.number(match.group("name"))
             if number is not None:
-                label = match.group("label") or match.group("paren") or match.group("digits") or ""
-                return number, label.strip(" ()（）")
+                return number, (match.group("paren") or match.group("digits") or "").strip()
         return None, ""
 
     def tokenizer_report(self, names=None, templates=None, context_length=52):
@@ -215,6 +269,40 @@ class Pokedex:
                 over += length > context_length
         identical = [group for group in by_tokens.values() if len(group) > 1]
         return {"unknown": unknown, "identical": identical, "longest_tokens": longest, "texts_over_context_length": over}
+
+
+def read_official_names(path):
+    """The rows of a table like ``data/official-names.tsv`` as Pokedex entries.
+
+    Lines starting with # are its header; the first other line names the columns: number, zh_hans,
+    and any of zh_hant, en, ja (names in the other columns become aliases).
+    """
+    path = Path(path)
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read the names table {path}: {error}; reinstall cn-clip-pokemon") from None
+    columns = lines[0].split("\t") if lines else []
+    if columns[:2] != ["number", "zh_hans"]:
+        raise UserError(f"{path}: the first line after the # header must name the columns number, zh_hans, ...")
+    entries = []
+    for line_number, line in enumerate(lines[1:], 2):
+        row = dict(zip(columns, line.split("\t")))
+        if not row.get("number", "").isdigit() or not row.get("zh_hans"):
+            raise UserError(f"{path}: row {line_number} ({line[:40]!r}) has no number or no zh_hans name")
+        entries.append({
+            "number": int(row["number"]),
+            "zh_hans": row["zh_hans"],
+            "zh_hant": row.get("zh_hant", ""),
+            "aliases": [row[column] for column in columns[2:] if column != "zh_hant" and row.get(column)],
+        })
+    return entries
+
+
+def lookup_name(text):
+    """``(official name, number)`` for a name someone typed (number None when it is no Pokemon's
+    name): the one lookup `classify --names`, `search` and the page use. See :meth:`Pokedex.lookup`."""
+    return Pokedex.load().lookup(text)
 
 
 @functools.lru_cache(maxsize=1)

