@@ -147,8 +147,9 @@ def read_names_file(path):
 
 
 def candidate_names(names=None, names_file=None):
-    """The names to classify among: given ones (simplified, deduplicated), or all of the Pokedex."""
-    from cn_clip_pokemon.pokedex import Pokedex, to_simplified
+    """The names to classify among: given ones, or all of the Pokedex. A given name of a Pokemon in
+    any language or older translation becomes its official name, other text is simplified; deduplicated."""
+    from cn_clip_pokemon.pokedex import Pokedex, lookup_name
 
     if names is None and names_file is None:
         return Pokedex.load().names()
@@ -159,7 +160,7 @@ def candidate_names(names=None, names_file=None):
         given.extend(read_names_file(names_file))
     if not given:
         raise UserError("no candidate names: --names and --names-file gave none")
-    return list(dict.fromkeys(to_simplified(name) for name in given))
+    return list(dict.fromkeys(lookup_name(name)[0] for name in given))
 
 
 class Classifier:
@@ -208,9 +209,8 @@ class Classifier:
         """``(results, pictures)``: :meth:`classify_paths`' results, and for each the PIL picture
         that was classified (None where it could not be opened), for drawing them."""
         from cn_clip_pokemon.images import open_picture
-        from cn_clip_pokemon.pokedex import Pokedex
+        from cn_clip_pokemon.pokedex import lookup_name
 
-        pokedex = Pokedex.load()
         opened, results = [], []
         for path in paths:
             try:
@@ -224,7 +224,7 @@ class Classifier:
         for result, image in zip(results, opened):
             if image is not None:
                 result["predictions"] = [
-                    {"name": name, "number": pokedex.number(name), "probability": probability}
+                    {"name": name, "number": lookup_name(name)[1], "probability": probability}
                     for name, probability in next(ranked)
                 ]
         return results, opened
@@ -423,10 +423,13 @@ def search(
 ):
     """Best-matching pictures of a dataset split for a text ``query`` or a picture file ``image``.
 
-    Returns ``{"query", "kind", "split", "results": [{"rank", "image_id", "score", "name",
-    "picture"}]}``; ``score`` is the cosine similarity, ``picture`` the file the picture was built
-    from (None for a dataset without dataset_info.json). A picture query's own copy in the split
-    (identical embedding) is kept: it shows the search works, and ranks first.
+    Returns ``{"query", "number", "kind", "split", "results": [{"rank", "image_id", "score", "name",
+    "number", "picture"}]}``; ``score`` is the cosine similarity, ``picture`` the file the picture was
+    built from (None for a dataset without dataset_info.json). A text that is any name of a Pokemon
+    (official, traditional, English, Japanese, an older translation) searches for its official name,
+    which ``query`` and ``number`` give (``number`` is None for any other text and for a picture;
+    a result's ``number`` likewise). A picture query's own copy in the split (identical embedding)
+    is kept: it shows the search works, and ranks first.
 
     ``pictures``: an open :class:`~cn_clip_pokemon.dataset_split.SplitPictures` to search (then
     ``dataset_dir`` and ``split`` are not read); it stays open, its caller closes it. Without it
@@ -434,13 +437,14 @@ def search(
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures
-    from cn_clip_pokemon.pokedex import to_simplified
+    from cn_clip_pokemon.pokedex import lookup_name
 
     if (query is None) == (image is None):
         raise UserError("search needs either a text or --image PICTURE (not both)")
     require_positive(top_k=top_k, batch_size=batch_size)
+    number = None
     if query is not None:
-        query = to_simplified(query.strip())
+        query, number = lookup_name(query)
         if not query:
             raise UserError("the search text is empty: give a name or a description, or search by picture")
     loaded = loaded or load_checkpoint(checkpoint, device=device, **load_options)
@@ -461,10 +465,13 @@ def search(
         for rank, (score, index) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
             image_id = pictures.image_ids[index]
             results.append(
-                {"rank": rank, "image_id": image_id, "score": score, "name": pictures.label(image_id), "picture": pictures.source(image_id)}
+                {"rank": rank, "image_id": image_id, "score": score, "name": pictures.label(image_id),
+                 "number": lookup_name(pictures.label(image_id))[1] if pictures.label(image_id) else None,
+                 "picture": pictures.source(image_id)}
             )
         return {
             "query": query if query is not None else str(image),
+            "number": number,
             "kind": "text" if query is not None else "picture",
             "split": pictures.split,
             "results": results,
@@ -529,7 +536,8 @@ def search_command(args):
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=2))
     else:
-        print(f"{found['query']}  ({args.split} split, {count} pictures)")
+        number = f" #{found['number']}" if found["number"] else ""
+        print(f"{found['query']}{number}  ({args.split} split, {count} pictures)")
         for result in found["results"]:
             picture = f"  {result['picture']}" if result["picture"] else ""
             print(f"  {result['rank']:3d}. {result['score']:.4f}  {result['name'] or '?'}{picture}  (image {result['image_id']})")

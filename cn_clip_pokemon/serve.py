@@ -52,7 +52,8 @@ class PokedexService:
 
     ``classify_upload(upload)`` takes Gradio's file payload (``{"path", "orig_name"}``, or a path)
     and returns ``[{"name", "number", "probability", "picture"}]``; ``search_text(query)`` returns
-    ``{"query", "results": [{"rank", "name", "number", "score", "picture"}]}``. Both raise UserError
+    ``{"query", "number", "results": [{"rank", "name", "number", "score", "picture"}]}`` (any name of a
+    Pokemon is searched for, and answered with, its official name and number). Both raise UserError
     for bad input.
     """
 
@@ -60,7 +61,6 @@ class PokedexService:
                  progress=True, cache=True, **load_options):
         from cn_clip_pokemon.checkpoint import load_checkpoint
         from cn_clip_pokemon.inference import DEFAULT_TEMPLATES, Classifier
-        from cn_clip_pokemon.pokedex import Pokedex
 
         self.top_k = top_k
         self.lock = threading.Lock()
@@ -69,7 +69,6 @@ class PokedexService:
         self.classifier = Classifier(
             checkpoint, names=names, templates=templates or DEFAULT_TEMPLATES, loaded=self.loaded, progress=progress, cache=cache
         )
-        self.pokedex = Pokedex.load()
         self.dataset = Path(dataset) if dataset is not None else None
         self.split = split
         self.pictures = None  # the split searched, open while serving
@@ -189,13 +188,13 @@ class PokedexService:
             {
                 "rank": result["rank"],
                 "name": result["name"],
-                "number": self.pokedex.number(result["name"]) if result["name"] else None,
+                "number": result["number"],
                 "score": result["score"],
                 "picture": self.pictures.picture(result["image_id"]),
             }
             for result in found["results"]
         ]
-        return {"query": found["query"], "results": results}
+        return {"query": found["query"], "number": found["number"], "results": results}
 
     def _picture_of(self, name):
         """The dataset's picture of a candidate name, or None when it has none."""
@@ -297,7 +296,7 @@ def build_page(service, examples_dir=None):
         if found is None:
             return None, message
         gallery = [(r["picture"], f"{r['rank']}. " + _caption(r, f"{r['score']:.3f}")) for r in found["results"]]
-        return gallery, f"“{found['query']}”: {len(gallery)} pictures"
+        return gallery, f"“{_caption({'name': found['query'], 'number': found['number']}, '')}”: {len(gallery)} pictures"
 
     facts = service.describe()
     with gr.Blocks(title="cn-clip-pokemon", analytics_enabled=False) as page:

@@ -322,7 +322,7 @@ def test_results_carry_no_private_keys(sprite_dataset, checkpoint_copy, tmp_path
     assert _no_private_keys(inference.classify(pictures[:1], checkpoint_copy, names=NAMES, device="cpu", progress=False))
 
     found = inference.search(checkpoint_copy, sprite_dataset, query="皮卡丘", top_k=3, device="cpu", progress=False)
-    assert set(found) == {"query", "kind", "split", "results"} and _no_private_keys(found)
+    assert set(found) == {"query", "number", "kind", "split", "results"} and _no_private_keys(found)
 
     # a caller's open split is searched and left open for it; search opens and closes none of its own
     with SplitPictures(sprite_dataset, "test") as split:
