@@ -295,7 +295,8 @@ def classify_arguments(parser):
         nargs="+",
         metavar="NAME",
         help="candidate names, separated by spaces or commas (default: all 1025 Pokemon); "
-        "traditional characters are converted to simplified",
+        "any name of a Pokemon (an older translation, 繁體, English, 日本語) becomes its official "
+        "Simplified Chinese name; other traditional characters are converted to simplified",
     )
     parser.add_argument("--names-file", metavar="FILE", help="a UTF-8 file of candidate names, one per line")
     parser.add_argument(
@@ -485,8 +486,8 @@ def search_arguments(parser):
     from cn_clip_pokemon.cli import output_file, positive_int, search_text
 
     parser.description = (
-        "Search the pictures of a built dataset split: by text (a name such as 喷火龙, or any "
-        "description) or, with --image, by a picture (most similar pictures first). The split's "
+        "Search the pictures of a built dataset split: by text (any name of a Pokemon, such as 喷火龙, "
+        "噴火龍 or Charizard, searched as its official name; or any description) or, with --image, by a picture (most similar pictures first). The split's "
         "picture embeddings are cached beside the checkpoint."
     )
     parser.add_argument("query", nargs="?", type=search_text, help="the text to search for (omit it with --image)")
