@@ -13,14 +13,17 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",  # torch 2.14 and torchvision 0.29 require it
-    # patches/ lives at the top of the repository (so `git apply patches/*.patch` works in a
-    # Chinese-CLIP checkout) and ships inside the wheel as cn_clip_pokemon/patches.
+    # patches/ and run_scripts/ live at the top of the repository (so `git apply patches/*.patch`
+    # works in a Chinese-CLIP checkout and `bash run_scripts/NAME.sh` in a clone) and ship inside
+    # the wheel as cn_clip_pokemon/patches and cn_clip_pokemon/run_scripts (`cn-clip-pokemon run-script`).
+    # What the sdist carries besides: MANIFEST.in.
     packages=find_packages(include=["cn_clip_pokemon", "cn_clip_pokemon.*"])
-    + ["cn_clip_pokemon.patches"],
-    package_dir={"cn_clip_pokemon.patches": "patches"},
+    + ["cn_clip_pokemon.patches", "cn_clip_pokemon.run_scripts"],
+    package_dir={"cn_clip_pokemon.patches": "patches", "cn_clip_pokemon.run_scripts": "run_scripts"},
     package_data={
         "cn_clip_pokemon": ["data/*", "model_configs/*.json"],
         "cn_clip_pokemon.patches": ["*.patch"],
+        "cn_clip_pokemon.run_scripts": ["*.sh"],
     },
     install_requires=[
         "cn_clip==1.6.0",
@@ -41,6 +44,7 @@ setup(
         "web": ["gradio>=5"],
         "test": [
             "pytest>=7",
+            "build",  # tests/test_wheel_install.py builds the sdist and the wheel
             "cairosvg>=2.7",
             # the web page and its test, which drives Debian's chromium (never a downloaded browser)
             "gradio>=5",

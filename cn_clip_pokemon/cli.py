@@ -25,6 +25,7 @@ COMMANDS = [
     ("build-dataset", "cn_clip_pokemon.builder", "Build upstream's TSV/JSONL/LMDB dataset from a picture folder.", False),
     ("t2s", "cn_clip_pokemon.pokedex", "Convert file names or a TSV/JSONL/text file from traditional to simplified Chinese.", False),
     ("train", "cn_clip_pokemon.launcher", "Run upstream's cn_clip.training.main on the CPU, one GPU, or many through torchrun.", True),
+    ("run-script", "cn_clip_pokemon.scripts", "Run a shipped run script (run_scripts/*.sh) by name; --list them, --copy them out to edit.", False),
     ("classify", "cn_clip_pokemon.inference", "Which Pokemon is this? Top-k names for pictures.", False),
     ("search", "cn_clip_pokemon.inference", "Search a built dataset's pictures by text (or by picture).", False),
     ("evaluate", "cn_clip_pokemon.evaluation", "Zero-shot top-1/top-5 and Recall@1/5/10 of a checkpoint on a dataset split.", False),

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Upstream's MUGE / Flickr30k-CN fine-tuning (ViT-B-16 + RoBERTa-wwm-ext-base), made single-GPU:
-# no torch.distributed.launch, no MASTER_ADDR/RANK to set by hand. Called by
+# Upstream's MUGE / Flickr30k-CN fine-tuning (ViT-B-16 + RoBERTa-wwm-ext-base), made single-GPU.
+# No torch.distributed.launch, no MASTER_ADDR/RANK to set by hand. Called by
 # muge_finetune_vit-b-16_rbt-base.sh and flickr30k_finetune_vit-b-16_rbt-base.sh (the two upstream
 # scripts had the same flags), or directly:
 #
 #   bash run_scripts/finetune_vit-b-16_rbt-base.sh MUGE|Flickr30k-CN ${DATAPATH} [more `cn-clip-pokemon train` flags]
+#   cn-clip-pokemon run-script finetune_vit-b-16_rbt-base MUGE|Flickr30k-CN ${DATAPATH} [...]   (pip install, no clone)
 #
 # Needs (upstream's DATAPATH layout and data, see Chinese-CLIP's README):
 #   ${DATAPATH}/datasets/${DATASET}/lmdb/{train,valid}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Upstream's Flickr30k-CN fine-tuning (ViT-B-16 + RoBERTa-wwm-ext-base), made single-GPU: no
-# torch.distributed.launch, no MASTER_ADDR/RANK to set by hand.
+# Upstream's Flickr30k-CN fine-tuning (ViT-B-16 + RoBERTa-wwm-ext-base), made single-GPU.
+# No torch.distributed.launch, no MASTER_ADDR/RANK to set by hand.
 #
 #   bash run_scripts/flickr30k_finetune_vit-b-16_rbt-base.sh ${DATAPATH} [more `cn-clip-pokemon train` flags]
+#   cn-clip-pokemon run-script flickr30k_finetune_vit-b-16_rbt-base ${DATAPATH} [...]   (pip install, no clone)
 #
 # Needs (upstream's DATAPATH layout and data, see Chinese-CLIP's README):
 #   ${DATAPATH}/datasets/Flickr30k-CN/lmdb/{train,valid}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Upstream's MUGE fine-tuning (ViT-B-16 + RoBERTa-wwm-ext-base), made single-GPU: no
-# torch.distributed.launch, no MASTER_ADDR/RANK to set by hand.
+# Upstream's MUGE fine-tuning (ViT-B-16 + RoBERTa-wwm-ext-base), made single-GPU.
+# No torch.distributed.launch, no MASTER_ADDR/RANK to set by hand.
 #
 #   bash run_scripts/muge_finetune_vit-b-16_rbt-base.sh ${DATAPATH} [more `cn-clip-pokemon train` flags]
+#   cn-clip-pokemon run-script muge_finetune_vit-b-16_rbt-base ${DATAPATH} [...]   (pip install, no clone)
 #
 # Needs (upstream's DATAPATH layout and data, see Chinese-CLIP's README):
 #   ${DATAPATH}/datasets/MUGE/lmdb/{train,valid}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Train tiny Chinese-CLIP towers (ViT-T-8-64 + RBT-Tiny-chinese) on the Pokemon dataset, on the CPU,
-# from random initialisation: the whole path on a laptop in minutes, no weights to download.
+# Train tiny Chinese-CLIP towers (ViT-T-8-64 + RBT-Tiny-chinese) on the Pokemon dataset, on the CPU.
+# From random initialisation: the whole path on a laptop in minutes, no weights to download.
 #
 #   bash run_scripts/pokemon_finetune_tiny_cpu.sh ${DATAPATH} [more `cn-clip-pokemon train` flags]
+#   cn-clip-pokemon run-script pokemon_finetune_tiny_cpu ${DATAPATH} [...]   (pip install, no clone)
 #
 # Needs ${DATAPATH}/datasets/pokemon/lmdb/{train,valid}, made by
 #   cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon --image-size 64

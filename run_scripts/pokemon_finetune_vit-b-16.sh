@@ -2,6 +2,7 @@
 # Fine-tune Chinese-CLIP ViT-B-16 + RoBERTa-wwm-ext-base on the Pokemon dataset, on one GPU.
 #
 #   bash run_scripts/pokemon_finetune_vit-b-16.sh ${DATAPATH} [more `cn-clip-pokemon train` flags]
+#   cn-clip-pokemon run-script pokemon_finetune_vit-b-16 ${DATAPATH} [...]   (pip install, no clone)
 #
 # Needs (upstream's DATAPATH layout):
 #   ${DATAPATH}/datasets/pokemon/lmdb/{train,valid}
@@ -19,10 +20,12 @@
 #   --lr 5e-5, --warmup 100: upstream's fine-tuning values for released weights.
 #   --keep-checkpoints 2: each ViT-B-16 checkpoint with its optimizer state is 2.3 GB; this keeps
 #     the two newest epochN.pt beside epoch_latest.pt (about 7 GB) instead of ~47 GB for 20 epochs.
-# What to edit: on a 24 GB GPU add --grad-checkpointing (same batch, ~30% slower, far less memory);
-# --use-flash-attention runs both towers on PyTorch's fused attention (same results, faster, less
-# memory). Flags given after DATAPATH come last and win, e.g. `--max-epochs 1` or
-# `--nproc-per-node 4` (4 GPUs).
+# What to edit: on a 24 GB GPU add --grad-checkpointing (same batch; slower and far less memory,
+# by how much not measured here); --use-flash-attention runs both towers on PyTorch's fused attention
+# (same results; expected faster and leaner, not measured here). Flags given after DATAPATH come
+# last and win, e.g. `--max-epochs 1`. Several GPUs: `--nproc-per-node 8 --batch-size 16` keeps this
+# recipe (upstream gathers every GPU's features into one loss, so 8 x 16 = the same 128 pairs per
+# loss, steps and lr schedule; --valid-batch-size stays 128, as validation is per GPU).
 set -euo pipefail
 
 DATAPATH=${1:?usage: bash $0 DATAPATH [more cn-clip-pokemon train flags]}

@@ -13,22 +13,28 @@ import torch
 from test_training import cpu_env, load_checkpoint, run_script  # noqa: F401
 
 
-def test_vit_b16_run_script_takes_one_step_from_an_official_format_file(sprite_dataset, tmp_path):
+def write_official_vit_b16(path):
+    """A random ViT-B-16 + RoBERTa-wwm-ext-base-chinese saved as the release files are ({"state_dict"},
+    fp16, "module." keys); returns the state dict written."""
     from cn_clip.clip.model import CLIP, convert_weights
 
     from cn_clip_pokemon.checkpoint import model_config_for
 
-    datapath = tmp_path / "data"
-    (datapath / "datasets").mkdir(parents=True)
-    (datapath / "datasets" / "pokemon").symlink_to(sprite_dataset, target_is_directory=True)
-    weights = datapath / "pretrained_weights" / "clip_cn_vit-b-16.pt"
-    weights.parent.mkdir()
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = CLIP(**model_config_for("ViT-B-16", "RoBERTa-wwm-ext-base-chinese")["model_info"])
     convert_weights(model)  # the release files are fp16
     official = {"module." + key: value for key, value in model.state_dict().items()}
-    torch.save({"state_dict": official}, weights)
-    del model
+    torch.save({"state_dict": official}, path)
+    return official
+
+
+def test_vit_b16_run_script_takes_one_step_from_an_official_format_file(sprite_dataset, tmp_path):
+    datapath = tmp_path / "data"
+    (datapath / "datasets").mkdir(parents=True)
+    (datapath / "datasets" / "pokemon").symlink_to(sprite_dataset, target_is_directory=True)
+    weights = datapath / "pretrained_weights" / "clip_cn_vit-b-16.pt"
+    official = write_official_vit_b16(weights)
 
     result = run_script(
         "pokemon_finetune_vit-b-16.sh", str(datapath),
