@@ -2,6 +2,7 @@
 __version__ = "0.1.0"
 
 from cn_clip_pokemon.hookspecs import hookimpl  # noqa: E402  (re-exported for plugin authors)
+from cn_clip_pokemon.batching import unique_text_batches  # noqa: E402  (for plugin authors' get_dataset)
 
 
 def _install_patches():
@@ -29,4 +30,4 @@ def load_model(path_or_name, device=None, **kwargs):
     return _load_model(path_or_name, device=device, **kwargs)
 
 
-__all__ = ["__version__", "hookimpl", "load_model"]
+__all__ = ["__version__", "hookimpl", "load_model", "unique_text_batches"]

@@ -138,22 +138,25 @@ def plugins_arguments(parser):
 
 
 def plugins_command(args):
+    """Exit 1 when a plugin, or one of its registrations, was skipped (each is listed)."""
     import json
 
-    from cn_clip_pokemon.plugins import describe_plugins
+    from cn_clip_pokemon.plugins import anything_skipped, describe_plugins
 
     described = describe_plugins()
     if args.json:
         print(json.dumps(described, ensure_ascii=False, indent=2))
-        return 0
-    for plugin in described:
-        if "skipped" in plugin:
-            print(f"{plugin['name']}  (from {plugin['distribution']}): SKIPPED, {plugin['skipped']}")
-            continue
-        print(f"{plugin['name']}  ({plugin['module']}, from {plugin['distribution']})")
-        for hook, names in plugin["registers"].items():
-            print(f"  {hook}: {', '.join(names) if names else '(nothing)'}")
-    return 0
+    else:
+        for plugin in described:
+            if "skipped" in plugin:
+                print(f"{plugin['name']}  (from {plugin['distribution']}): SKIPPED, {plugin['skipped']}")
+                continue
+            print(f"{plugin['name']}  ({plugin['module']}, from {plugin['distribution']})")
+            for hook, names in plugin["registers"].items():
+                print(f"  {hook}: {', '.join(names) if names else '(nothing)'}")
+            for skip in plugin.get("skipped_registrations", []):
+                print(f"  SKIPPED {skip['kind']} {skip['name']}: {skip['skipped']}")
+    return EXIT_ERROR if anything_skipped() else 0
 
 
 def build_parser(only=None):
@@ -184,6 +187,9 @@ def build_parser(only=None):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        from cn_clip_pokemon import plugins
+
+        plugins.decide()  # what each plugin adds is decided once, before any argument means anything
         raw_commands = {name: module for name, module, _, raw in COMMANDS if raw}
         if argv and argv[0] in raw_commands:
             module = importlib.import_module(raw_commands[argv[0]])

@@ -142,7 +142,11 @@ def prepare_upstream_argv(argv):
             # built by build-dataset: batches that never repeat a Pokemon
             argv += ["--dataset", "pokemon"]
     elif args.dataset.lower() != "none" and args.dataset not in datasets:
-        raise UserError(f"--dataset {args.dataset}: no such dataset plugin; registered: {', '.join(sorted(datasets))}, or none")
+        skipped = plugins.why_not_registered("dataset", args.dataset)
+        raise UserError(
+            f"--dataset {args.dataset}: no such dataset plugin{f' ({skipped})' if skipped else ''}; "
+            f"registered: {', '.join(sorted(datasets))}, or none"
+        )
     elif args.train_data is None and getattr(datasets.get(args.dataset), "needs_train_data", True):
         raise UserError(
             f"--dataset {args.dataset} reads its pictures from --train-data: give --train-data DATASET/lmdb/train "
@@ -313,5 +317,9 @@ def train_main(argv):
         many = options.nproc_per_node * options.nnodes > 1
         name = "torchrun" if many and not inside_torchrun() else "local"
     if name not in launchers:
-        raise UserError(f"--launcher {name}: no such launcher; registered: {', '.join(sorted(launchers))}")
-    return launchers[name].launch(options, upstream_argv)
+        skipped = plugins.why_not_registered("launcher", name)
+        raise UserError(
+            f"--launcher {name}: no such launcher{f' ({skipped})' if skipped else ''}; "
+            f"registered: {', '.join(sorted(launchers))}"
+        )
+    return plugins.launch(name, options, upstream_argv)  # a plugin's launcher that raises is one line

@@ -1,11 +1,26 @@
-"""The plugin manager: loads the ``cn_clip.training`` entry-point group once.
+"""The plugin manager: loads the ``cn_clip.training`` entry-point group once and decides, once, what
+each plugin adds.
 
 Our own Pokemon dataset, launchers and tiny model configs are declared in setup.py under the same
 entry-point group a third-party plugin uses. ``DEFAULT_PLUGINS`` is the fallback for a source tree
 that was not pip-installed, so the package still works from a plain checkout.
 
 ``CN_CLIP_POKEMON_PLUGINS`` limits what loads: a comma-separated list of entry-point names
-(``pokemon,launchers``), or an empty string for none but the defaults.
+(``shapes,cats``), or an empty string for none but the defaults.
+
+The host wins. Before a command parses its arguments (:func:`decide`), every hook of every plugin is
+called once and its registrations are checked:
+
+- a plugin that fails to import, misspells a hook, raises in a hook or registers something invalid
+  (an empty name, a name twice, a dataset without ``get_dataset``, a model config upstream cannot
+  read) is skipped whole: none of its registrations count, in any command;
+- a registration whose name is already taken (by upstream's own model configs, by cn-clip-pokemon's
+  built-in datasets, launchers and model configs, by a reserved word such as ``--launcher auto``, or
+  by a plugin of another distribution loaded earlier) is skipped alone; the rest of that plugin loads.
+
+Each skip is one warning line on stderr naming both sides and the way out, and ``cn-clip-pokemon
+plugins`` lists it and exits 1. A third-party dataset or launcher that raises when training calls it
+costs one line naming the plugin and its distribution (:class:`PluginError`), never a traceback.
 """
 import importlib
 import importlib.util
@@ -20,11 +35,27 @@ from cn_clip_pokemon import hookspecs
 from cn_clip_pokemon.errors import UserError
 
 ENTRY_POINT_GROUP = "cn_clip.training"
+OWN_DISTRIBUTION = "cn-clip-pokemon"
 
 DEFAULT_PLUGINS = {
     "pokemon": "cn_clip_pokemon.default_plugins.pokemon_dataset",
     "launchers": "cn_clip_pokemon.default_plugins.launchers",
     "tiny_models": "cn_clip_pokemon.default_plugins.model_configs",
+}
+
+# hook name -> what it registers
+HOOK_KINDS = {
+    "register_datasets": "dataset",
+    "register_launchers": "launcher",
+    "register_model_configs": "model config",
+}
+HOOK_NAMES = tuple(HOOK_KINDS)
+
+# names no plugin may take: they mean something to the commands themselves
+RESERVED_NAMES = {
+    "dataset": {"none": "cn-clip-pokemon's `train --dataset none` (upstream's own sampler)"},
+    "launcher": {"auto": "cn-clip-pokemon's `train --launcher auto` (torchrun for several processes, else local)"},
+    "model config": {},
 }
 
 pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
@@ -33,25 +64,35 @@ pm.add_hookspecs(hookspecs)
 _loaded = False
 # plugin name -> distribution name ("name version"), for `cn-clip-pokemon plugins`
 _distributions = {}
-# plugin name -> why it was skipped (failed to import, misspelt hook, failing hook)
-_broken = {}
+# entry points that never became plugins: {"name", "distribution", "skipped"} (failed to import, same
+# module or same entry-point name as another plugin)
+_unregistered = []
+_misspelt = {}  # plugin name -> why pluggy refused it (a hook name no spec has); unregistered
+_decision = None  # (the registered plugins it was decided for, Decision)
+_warned = set()
 
-WAY_OUT = (
-    "to run without it, list the plugins to load: CN_CLIP_POKEMON_PLUGINS=name1,name2 "
-    "(an empty value loads only cn-clip-pokemon's own)"
-)
+
+
+def _way_out(plugin_name):
+    """How to run without ``plugin_name``: the CN_CLIP_POKEMON_PLUGINS setting that leaves it out."""
+    return (
+        f"to run without it, list the plugins to load: {_load_only(without=plugin_name)} "
+        "(an empty value loads only cn-clip-pokemon's own)"
+    )
 
 
 class PluginError(UserError, ValueError):
-    """A plugin registered something that cannot be used (a clash, a bad model config)."""
+    """A plugin failed where a command needs it (its dataset or launcher raised): one line, exit 1."""
 
 
-def _report_broken(name, reason):
-    """A plugin that cannot load is skipped with one line; commands that do not need it go on."""
-    _broken[name] = reason
-    owner = _distributions.get(name)
-    where = f" (from {owner})" if owner else ""
-    print(f"cn-clip-pokemon: warning: plugin {name!r}{where} is skipped: {reason}; {WAY_OUT}", file=sys.stderr)
+def _warn(message):
+    """One line on stderr, once per process; torchrun's workers other than rank 0 stay quiet (the
+    launching command said it already)."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"cn-clip-pokemon: warning: {message}", file=sys.stderr)
 
 
 def _first_line(error):
@@ -59,58 +100,79 @@ def _first_line(error):
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
+def distribution_of(plugin_name):
+    return _distributions.get(plugin_name, "registered in-process")
+
+
+def _owner(plugin_name):
+    return f"plugin {plugin_name!r} ({distribution_of(plugin_name)})"
+
+
+def _own_distribution():
+    try:
+        return f"{OWN_DISTRIBUTION} {metadata.version(OWN_DISTRIBUTION)}"
+    except metadata.PackageNotFoundError:
+        return f"{OWN_DISTRIBUTION} (source tree)"
+
+
+def _skip_entry_point(name, distribution, reason):
+    _unregistered.append({"name": name, "distribution": distribution, "skipped": reason})
+
+
 def load_plugins():
-    """Load entry-point plugins and the defaults, once. A plugin that fails is reported and skipped."""
+    """Register our own plugins, then the entry points' (sorted by name), once. An entry point that
+    cannot be imported, or that repeats a module or a name already registered, is skipped with one line."""
     global _loaded
     if _loaded:
         return pm
     _loaded = True
+    own = _own_distribution()
+    for name, module_path in DEFAULT_PLUGINS.items():  # ours first: built-in names win
+        pm.register(importlib.import_module(module_path), name=name)
+        _distributions[name] = own
     wanted = os.environ.get("CN_CLIP_POKEMON_PLUGINS")
     wanted = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if wanted is not None and ep.name not in wanted and ep.name not in DEFAULT_PLUGINS:
-            continue
-        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, ep.value)):
+        if DEFAULT_PLUGINS.get(ep.name) == ep.value:
+            continue  # one of ours, registered above
+        if wanted is not None and ep.name not in wanted:
             continue
         dist = getattr(ep, "dist", None)
-        if dist is not None:
-            _distributions[ep.name] = f"{dist.metadata['Name']} {dist.version}"
+        distribution = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "an unknown distribution"
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            _skip_entry_point(
+                ep.name, distribution,
+                f"the plugin name {ep.name!r} is taken by {_owner(ep.name)}; rename the entry point in the "
+                "plugin's pyproject.toml",
+            )
+            continue
         try:
             module = ep.load()
         except Exception as error:  # anything a broken import raises
-            _report_broken(ep.name, f"importing {ep.value} failed ({_first_line(error)})")
+            _skip_entry_point(ep.name, distribution, f"importing {ep.value} failed ({_first_line(error)})")
             continue
         if pm.is_registered(module):
             other = pm.get_name(module)
-            _report_broken(
-                ep.name,
-                f"it is the same module {getattr(module, '__name__', module)!r} as plugin {other!r} "
-                f"({_distributions.get(other, 'another distribution')}): two distributions ship a top-level "
-                "module of that name; give each plugin a package of its own",
+            _skip_entry_point(
+                ep.name, distribution,
+                f"it is the same module {getattr(module, '__name__', module)!r} as {_owner(other)}: two "
+                "distributions ship a top-level module of that name; give each plugin a package of its own",
             )
             continue
+        _distributions[ep.name] = distribution
         pm.register(module, name=ep.name)
-    for name, module_path in DEFAULT_PLUGINS.items():
-        if pm.get_plugin(name) is None:
-            pm.register(importlib.import_module(module_path), name=name)
-            _distributions.setdefault(name, "cn-clip-pokemon (source tree)")
-    _drop_invalid_plugins()
+    for skipped in _unregistered:  # said once every plugin is known, so the way out lists them
+        _warn(f"plugin {skipped['name']!r} (from {skipped['distribution']}) is skipped: {skipped['skipped']}; "
+              f"{_way_out(skipped['name'])}")
     return pm
 
 
-def _drop_invalid_plugins():
-    """pluggy's check_pending, one plugin at a time: a misspelt hook skips that plugin only."""
-    while True:
-        try:
-            pm.check_pending()
-            return
-        except pluggy.PluginValidationError as error:
-            name = pm.get_name(error.plugin) or repr(error.plugin)
-            pm.unregister(error.plugin)
-            _report_broken(name, f"{error} (a misspelt hook name? the hooks are {', '.join(HOOK_NAMES)})")
-
-
-HOOK_NAMES = ("register_datasets", "register_launchers", "register_model_configs")
+def builtin_plugin_names():
+    """The default plugins as registered from cn-clip-pokemon itself (their names win every clash)."""
+    return {
+        name for name, path in DEFAULT_PLUGINS.items()
+        if getattr(pm.get_plugin(name), "__name__", None) == path
+    }
 
 
 def upstream_model_config_names():
@@ -124,148 +186,307 @@ def upstream_model_config_names():
     return names
 
 
-class Registry(dict):
-    """A name -> object mapping filled by ``register(name, obj)`` callbacks from the hooks; it knows
-    which plugin registered each name, and refuses a name taken twice, naming both."""
+def _upstream_distribution():
+    try:
+        return f"cn_clip {metadata.version('cn_clip')}"
+    except metadata.PackageNotFoundError:
+        return "cn_clip"
 
-    def __init__(self, kind, reserved=None):
+
+class Registry(dict):
+    """Name -> registered object, for one kind (dataset, launcher, model config); ``plugin_of`` says
+    which plugin registered each name."""
+
+    def __init__(self, kind):
         super().__init__()
         self.kind = kind
-        self.owners = {}
-        self.reserved = reserved or {}  # name -> who already has it (upstream)
+        self.plugin_of = {}
 
-    def registrar(self, plugin_name):
-        def register(name, obj):
-            self.register(name, obj, plugin_name)
-
-        return register
-
-    def register(self, name, obj, plugin_name="in-process"):
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin {plugin_name!r}: a {self.kind} name must be a non-empty string, got {name!r}")
-        owner = f"plugin {plugin_name!r} ({_distributions.get(plugin_name, 'registered in-process')})"
-        if name in self.reserved:
-            raise PluginError(
-                f"{self.kind} {name!r} of {owner} is already {self.reserved[name]}: "
-                f"rename the plugin's {self.kind}"
-            )
-        if name in self:
-            first = self.owners[name]
-            raise PluginError(
-                f"{self.kind} {name!r} is registered twice, by {first} and by {owner}; rename one of "
-                f"the plugins' {self.kind}s, or load one of them only ({WAY_OUT})"
-            )
-        self[name] = obj
-        self.owners[name] = owner
+    def owner(self, name):
+        return _owner(self.plugin_of[name])
 
 
-def _collect(hook_name, kind, reserved=None, check=None):
-    load_plugins()
-    registry = Registry(kind, reserved)
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():  # in registration order
-        if impl.plugin_name in _broken:
-            continue
-        register = registry.registrar(impl.plugin_name)
-        if check is not None:
-            register = _checked(register, check, impl.plugin_name)
+class Decision:
+    """What every plugin adds, decided once: registries per kind, and every skip."""
+
+    def __init__(self):
+        self.registries = {kind: Registry(kind) for kind in HOOK_KINDS.values()}
+        self.skipped_plugins = {}  # plugin name -> reason (the whole plugin)
+        self.offered_by_skipped = {}  # plugin name -> what it offered before it was skipped
+        self.skipped_registrations = {}  # plugin name -> [{"kind", "name", "skipped"}]
+        self.registered = {}  # plugin name -> {hook name: [names kept]}
+
+    @property
+    def anything_skipped(self):
+        return bool(self.skipped_plugins or self.skipped_registrations or _unregistered)
+
+
+def _plugins_in_order():
+    """Built-in plugins first, then the others in the order they were registered."""
+    named = [(name, plugin) for name, plugin in pm.list_name_plugin() if plugin is not None]
+    builtin = builtin_plugin_names()
+    return [item for item in named if item[0] in builtin] + [item for item in named if item[0] not in builtin]
+
+
+def _drop_invalid_plugins():
+    """pluggy's check_pending, one plugin at a time: a misspelt hook skips that plugin only."""
+    while True:
         try:
-            impl.function(register=register)
-        except UserError:
-            raise
-        except Exception as error:
-            _report_broken(impl.plugin_name, f"its {hook_name} hook failed ({_first_line(error)})")
-            pm.unregister(name=impl.plugin_name)
-            return _collect(hook_name, kind, reserved, check)
-    return registry
+            pm.check_pending()
+            return
+        except pluggy.PluginValidationError as error:
+            name = pm.get_name(error.plugin) or repr(error.plugin)
+            pm.unregister(error.plugin)
+            _misspelt[name] = f"{error} (a misspelt hook name? the hooks are {', '.join(HOOK_NAMES)})"
 
 
-def _checked(register, check, plugin_name):
-    def checked_register(name, obj):
-        check(name, obj, plugin_name)
-        register(name, obj)
+def decide():
+    """Call every plugin's hooks once and decide what each adds (see the module docstring); warn about
+    every skip once. Decided again only when plugins are registered or unregistered in-process."""
+    global _decision
+    load_plugins()
+    _drop_invalid_plugins()
+    key = tuple((name, id(plugin)) for name, plugin in pm.list_name_plugin())
+    if _decision is not None and _decision[0] == key:
+        return _decision[1]
+    decision = Decision()
+    decision.skipped_plugins.update(_misspelt)
+    reserved = {kind: dict(names) for kind, names in RESERVED_NAMES.items()}
+    reserved["model config"].update(
+        (name, f"upstream's own model config ({_upstream_distribution()})") for name in upstream_model_config_names()
+    )
+    builtin = builtin_plugin_names()
+    for plugin_name, plugin in _plugins_in_order():
+        offered, problem = _offered_by(plugin_name, plugin)
+        if problem is not None:
+            decision.skipped_plugins[plugin_name] = problem
+            decision.offered_by_skipped[plugin_name] = offered
+            continue
+        kept = decision.registered.setdefault(plugin_name, {})
+        for hook_name, kind, name, obj in offered:
+            kept.setdefault(hook_name, [])
+            registry = decision.registries[kind]
+            clash = _clash(kind, name, registry, reserved[kind], plugin_name, builtin)
+            if clash is not None:
+                decision.skipped_registrations.setdefault(plugin_name, []).append(
+                    {"kind": kind, "name": name, "skipped": clash}
+                )
+                continue
+            registry[name] = obj
+            registry.plugin_of[name] = plugin_name
+            kept[hook_name].append(name)
+    for name, reason in decision.skipped_plugins.items():
+        _warn(f"plugin {name!r} (from {distribution_of(name)}) is skipped, none of what it registers counts: {reason}; {_way_out(name)}")
+    for name, skips in decision.skipped_registrations.items():
+        for skip in skips:
+            _warn(f"{skip['kind']} {skip['name']!r} of {_owner(name)} is skipped: {skip['skipped']}")
+    _decision = (key, decision)
+    return decision
 
-    return checked_register
+
+def _offered_by(plugin_name, plugin):
+    """Everything ``plugin`` registers, as (hook, kind, name, object), and why it cannot load (or None)."""
+    offered = []
+    for hook_name, kind in HOOK_KINDS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+
+            def register(name, obj, _hook=hook_name, _kind=kind):
+                offered.append((_hook, _kind, name, obj))
+
+            try:
+                impl.function(register=register)
+            except Exception as error:
+                return offered, f"its {hook_name} hook raised {_first_line(error)}"
+    seen = set()
+    for hook_name, kind, name, obj in offered:
+        if not isinstance(name, str) or not name.strip() or name != name.strip():
+            return offered, f"a {kind} name must be a non-empty string without surrounding spaces, got {name!r}"
+        if (kind, name) in seen:
+            return offered, f"its {hook_name} hook registers the {kind} {name!r} twice"
+        seen.add((kind, name))
+        problem = CHECKS[kind](name, obj)
+        if problem is not None:
+            return offered, problem
+    return offered, None
 
 
-def get_datasets():
-    """Dataset name -> dataset plugin object."""
-    return _collect("register_datasets", "dataset", check=_check_dataset)
+def _clash(kind, name, registry, reserved, plugin_name, builtin):
+    """Why ``name`` cannot be ``plugin_name``'s (it is taken), or None."""
+    key = name.replace("/", "-") if kind == "model config" else name  # the resolver's spelling
+    taken = next((reserved[k] for k in reserved if k.lower() == key.lower()), None)
+    if taken is None and name in registry and registry.plugin_of[name] in builtin:
+        taken = f"cn-clip-pokemon's own {kind} ({_owner(registry.plugin_of[name])})"
+    if taken is not None:
+        return (
+            f"{name!r} is {taken}, which wins; the rest of the plugin loads. Ask its authors to rename "
+            f"their {kind}, or leave the plugin out: {_load_only(without=plugin_name)}"
+        )
+    if name not in registry:
+        return None
+    first = registry.plugin_of[name]
+    return (
+        f"{_owner(first)} registered it first and keeps it; to use this one instead, leave {first!r} out: "
+        f"{_load_only(without=first)}"
+    )
 
 
-def get_launchers():
-    """Launcher name -> launcher object."""
-    return _collect("register_launchers", "launcher", check=_check_launcher)
+def _load_only(without):
+    """The CN_CLIP_POKEMON_PLUGINS setting that loads every installed plugin but ``without``."""
+    others = sorted(n for n in _distributions if n not in DEFAULT_PLUGINS and n != without)
+    return f"CN_CLIP_POKEMON_PLUGINS={','.join(others)}"
 
 
-def get_model_configs():
-    """Model config name -> its config: a path to upstream-format JSON, or the dict itself."""
-    reserved = {name: "upstream's own model config" for name in upstream_model_config_names()}
-    return _collect("register_model_configs", "model config", reserved=reserved, check=_check_model_config)
-
-
-def _check_dataset(name, dataset, plugin_name):
+def _check_dataset(name, dataset):
     if not callable(getattr(dataset, "get_dataset", None)):
-        raise PluginError(
-            f"dataset {name!r} of plugin {plugin_name!r} has no get_dataset(args, is_train, max_txt_length, "
-            "epoch_id) method (see cn_clip_pokemon.hookspecs.DatasetPlugin)"
+        return (
+            f"its dataset {name!r} has no get_dataset(args, is_train, max_txt_length, epoch_id) method "
+            "(see cn_clip_pokemon.hookspecs.DatasetPlugin)"
         )
+    return None
 
 
-def _check_launcher(name, launcher, plugin_name):
+def _check_launcher(name, launcher):
     if not callable(getattr(launcher, "launch", None)):
-        raise PluginError(
-            f"launcher {name!r} of plugin {plugin_name!r} has no launch(options, argv) method "
-            "(see cn_clip_pokemon.hookspecs.Launcher)"
-        )
+        return f"its launcher {name!r} has no launch(options, argv) method (see cn_clip_pokemon.hookspecs.Launcher)"
+    return None
 
 
-def _check_model_config(name, config, plugin_name):
+def _check_model_config(name, config):
     """A path to a JSON file or a dict, in upstream's format for a vision or a text tower."""
     import json
 
-    where = f"model config {name!r} of plugin {plugin_name!r}"
+    where = f"its model config {name!r}"
     if isinstance(config, (str, os.PathLike)):
         try:
             with open(config, encoding="utf-8") as f:
                 content = json.load(f)
         except (OSError, ValueError) as error:
-            raise PluginError(f"{where}: {config} is not a readable JSON file ({_first_line(error)})") from None
+            return f"{where}: {config} is not a readable JSON file ({_first_line(error)})"
     elif isinstance(config, dict):
         content = config
     else:
-        raise PluginError(f"{where} is a {type(config).__name__}; give a path to a JSON file or a dict")
+        return f"{where} is a {type(config).__name__}; give a path to a JSON file or a dict"
     if not isinstance(content, dict) or hookspecs.config_kind(content) is None:
-        raise PluginError(
+        return (
             f"{where} is neither a vision config ({', '.join(hookspecs.VISION_CONFIG_KEYS)}) nor a text "
             f"config ({', '.join(hookspecs.TEXT_CONFIG_KEYS[:3])}, ...), the keys of upstream's model_configs/*.json"
         )
+    return None
+
+
+CHECKS = {"dataset": _check_dataset, "launcher": _check_launcher, "model config": _check_model_config}
+
+
+def get_datasets():
+    """Dataset name -> dataset plugin object."""
+    return decide().registries["dataset"]
+
+
+def get_launchers():
+    """Launcher name -> launcher object."""
+    return decide().registries["launcher"]
+
+
+def get_model_configs():
+    """Model config name -> its config: a path to upstream-format JSON, or the dict itself."""
+    return decide().registries["model config"]
+
+
+def why_not_registered(kind, name):
+    """Why ``name`` is not a registered ``kind``, when a plugin offered it and was skipped ("" if none did)."""
+    decision = decide()
+    for plugin_name, skips in decision.skipped_registrations.items():
+        for skip in skips:
+            if skip["kind"] == kind and skip["name"] == name:
+                return f"{_owner(plugin_name)} offered it, skipped: {skip['skipped']}"
+    for plugin_name, reason in decision.skipped_plugins.items():
+        offered = decision.offered_by_skipped.get(plugin_name, [])
+        if any(k == kind and n == name for _, k, n, _obj in offered):
+            return f"{_owner(plugin_name)} offers it, but is skipped: {reason}"
+    return ""
+
+
+TRACEBACK_VARIABLE = "CN_CLIP_POKEMON_TRACEBACK"
+
+
+def _blame(kind, name, registry, action, error):
+    """The one line for a third-party plugin that failed; with CN_CLIP_POKEMON_TRACEBACK=1 (for the
+    plugin's authors) the exception itself goes on, with its traceback."""
+    if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+        raise error
+    plugin_name = registry.plugin_of[name]
+    message = str(error).strip().splitlines()[0] if isinstance(error, UserError) and str(error).strip() else _first_line(error)
+    return PluginError(
+        f"{kind} {name!r} of {_owner(plugin_name)} failed in {action}: {message}; update the plugin "
+        f"({TRACEBACK_VARIABLE}=1 shows where it failed), or {_way_out(plugin_name)}"
+    )
+
+
+def get_plugin_dataset(name, args, is_train, max_txt_length=64, epoch_id=0):
+    """``datasets[name].get_dataset(...)`` for upstream's training (patches/0004), checked: a third-party
+    plugin that raises, or returns no usable DataInfo, is one PluginError line naming it and its
+    distribution. cn-clip-pokemon's own datasets are called as they are."""
+    datasets = get_datasets()
+    dataset = datasets[name]
+    if datasets.plugin_of[name] in builtin_plugin_names():
+        return dataset.get_dataset(args, is_train, max_txt_length=max_txt_length, epoch_id=epoch_id)
+    action = f"get_dataset(is_train={is_train}, epoch_id={epoch_id})"
+    try:
+        data = dataset.get_dataset(args, is_train, max_txt_length=max_txt_length, epoch_id=epoch_id)
+    except Exception as error:
+        raise _blame("dataset", name, datasets, action, error) from None
+    loader = getattr(data, "dataloader", None)
+    missing = [attribute for attribute in ("num_batches", "num_samples") if not isinstance(getattr(loader, attribute, None), int)]
+    if missing:
+        raise _blame(
+            "dataset", name, datasets, action,
+            UserError(
+                f"it returned {type(data).__name__}, not upstream's DataInfo with dataloader.{' and dataloader.'.join(missing)} "
+                "(cn_clip_pokemon.unique_text_batches builds one)"
+            ),
+        )
+    return data
+
+
+def launch(name, options, argv):
+    """``launchers[name].launch(options, argv)``: a third-party launcher that raises is one PluginError line."""
+    launchers = get_launchers()
+    launcher = launchers[name]
+    if launchers.plugin_of[name] in builtin_plugin_names():
+        return launcher.launch(options, argv)
+    try:
+        return launcher.launch(options, argv)
+    except Exception as error:
+        raise _blame("launcher", name, launchers, "launch()", error) from None
 
 
 def describe_plugins():
-    """What each loaded plugin is, where it comes from and what it registers (for `plugins`)."""
-    load_plugins()
+    """What each plugin is, where it comes from, what it registers and what was skipped (for `plugins`)."""
+    decision = decide()
     described = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
-        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        registers = {}
-        for hook_name in hooks:
-            recorded = []
-            impl = getattr(plugin, hook_name)
-            try:
-                impl(register=lambda item_name, _obj, _r=recorded: _r.append(item_name))
-            except Exception as error:
-                recorded.append(f"(failed: {_first_line(error)})")
-            registers[hook_name] = recorded
-        described.append(
-            {
-                "name": name,
-                "module": getattr(plugin, "__name__", repr(plugin)),
-                "distribution": _distributions.get(name, "registered in-process"),
-                "hooks": hooks,
-                "registers": registers,
-            }
-        )
-    for name, reason in sorted(_broken.items()):
-        if pm.get_plugin(name) is None:
-            described.append({"name": name, "distribution": _distributions.get(name, "unknown"), "skipped": reason})
+        if plugin is None or name in decision.skipped_plugins:
+            continue
+        entry = {
+            "name": name,
+            "module": getattr(plugin, "__name__", repr(plugin)),
+            "distribution": distribution_of(name),
+            "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
+            "registers": decision.registered.get(name, {}),
+        }
+        if name in decision.skipped_registrations:
+            entry["skipped_registrations"] = decision.skipped_registrations[name]
+        described.append(entry)
+    skipped = [
+        {"name": name, "distribution": distribution_of(name), "skipped": reason}
+        for name, reason in decision.skipped_plugins.items()
+    ]
+    described += sorted(skipped + _unregistered, key=lambda entry: entry["name"])
     return described
+
+
+def anything_skipped():
+    """True when a plugin, or one of its registrations, was skipped (`plugins` then exits 1)."""
+    return decide().anything_skipped

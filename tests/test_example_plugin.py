@@ -97,3 +97,73 @@ def test_the_readme_lines_for_a_broken_plugin(scratch):
     only, none = [line.strip() for line in breaking[0].splitlines() if line.strip()]
     assert "shapes  (cn_clip_shapes" in run_line(only, scratch).stdout
     assert "shapes" not in run_line(none, scratch).stdout
+
+
+# --------------------------------------------------------------------------- the batching helper
+
+
+@pytest.fixture
+def shapes_plugin():
+    """The example package's module registered in-process as the plugin "shapes-test" (its model configs)."""
+    import importlib.util
+
+    from cn_clip_pokemon import plugins
+
+    spec = importlib.util.spec_from_file_location(
+        "cn_clip_shapes_under_test", REPO / "examples" / "cn-clip-shapes" / "cn_clip_shapes" / "__init__.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plugins.load_plugins()
+    plugins.pm.register(module, name="shapes-test")
+    try:
+        yield module
+    finally:
+        plugins.pm.unregister(module)
+
+
+def upstream_args(**overrides):
+    """The fields of upstream's parsed arguments that a dataset plugin reads."""
+    from argparse import Namespace
+
+    values = dict(batch_size=64, valid_batch_size=64, num_workers=0, valid_num_workers=0, seed=7,
+                  vision_model="ViT-Shapes-32", device=None)
+    return Namespace(**{**values, **overrides})
+
+
+def captions_of(data, batch):
+    return [data.dataset.captions[index] for index in batch]
+
+
+def test_the_example_dataset_is_batched_like_the_built_in_one(shapes_plugin):
+    """unique_text_batches: the DataLoader, num_samples, batches shrunk to the 12 captions there are, no
+    caption twice in a batch, new batches each epoch and the same validation batches every epoch."""
+    from cn_clip_pokemon import plugins
+
+    dataset = plugins.get_datasets()["shapes"]
+    args = upstream_args()
+    data = plugins.get_plugin_dataset("shapes", args, is_train=True, max_txt_length=16, epoch_id=0)
+    loader = data.dataloader
+    assert (loader.num_batches, loader.num_samples, data.sampler.batch_size) == (20, 240, 12)
+    batches = list(data.sampler)
+    assert len(batches) == 20 and sorted(i for batch in batches for i in batch) == list(range(240))
+    assert all(len(set(captions_of(data, batch))) == 12 for batch in batches)
+    images, texts, eos = next(iter(loader))  # what upstream's training step unpacks
+    assert tuple(images.shape) == (12, 3, 32, 32) and tuple(texts.shape) == (12, 16) and tuple(eos.shape) == (12,)
+
+    later = dataset.get_dataset(args, is_train=True, max_txt_length=16, epoch_id=1)
+    assert list(later.sampler) != batches
+    valid = [list(dataset.get_dataset(args, is_train=False, max_txt_length=16, epoch_id=e).sampler) for e in (0, 3)]
+    assert valid[0] == valid[1]
+
+    # a batch smaller than the captions there are is kept as asked
+    small = dataset.get_dataset(upstream_args(batch_size=5), is_train=True, max_txt_length=16)
+    assert (small.sampler.batch_size, small.dataloader.num_batches, small.dataloader.num_samples) == (5, 48, 240)
+
+
+def test_the_batching_helper_wants_one_group_per_item(shapes_plugin):
+    from cn_clip_pokemon import unique_text_batches
+
+    pictures = shapes_plugin.ShapePictures(24, 32, 16, seed=0)
+    with pytest.raises(ValueError, match="12 group keys for a dataset of 24 items; give one key per item"):
+        unique_text_batches(pictures, pictures.captions[:12], upstream_args(), is_train=True)

@@ -132,11 +132,9 @@ class PokemonDataset:
             self.description = description
 
     def get_dataset(self, args, is_train, max_txt_length=64, epoch_id=0):
-        import torch.distributed as dist
-        from cn_clip.training.data import DataInfo, LMDBDataset, fetch_resolution
-        from torch.utils.data import DataLoader
+        from cn_clip.training.data import LMDBDataset, fetch_resolution
 
-        from cn_clip_pokemon.sampler import UniqueGroupBatchSampler
+        from cn_clip_pokemon.batching import unique_text_batches
 
         db_path = args.train_data if is_train else args.val_data
         # read (and closed) before LMDBDataset opens the same files: LMDB wants one environment
@@ -154,27 +152,7 @@ class PokemonDataset:
             from torchvision.transforms import Compose
 
             dataset.transform = Compose([self.augment, *dataset.transform.transforms])
-        distributed = dist.is_available() and dist.is_initialized()
-        sampler = UniqueGroupBatchSampler(
-            groups,
-            batch_size=args.batch_size if is_train else args.valid_batch_size,
-            num_replicas=dist.get_world_size() if distributed else 1,
-            rank=dist.get_rank() if distributed else 0,
-            seed=args.seed,
-        )
-        # validation batches stay the same from epoch to epoch, as upstream's
-        sampler.set_epoch(epoch_id if is_train else 0)
-        num_workers = args.num_workers if is_train else args.valid_num_workers
-        device = getattr(args, "device", None)
-        dataloader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=num_workers,
-            pin_memory=getattr(device, "type", None) == "cuda",
-        )
-        dataloader.num_samples = sampler.num_samples
-        dataloader.num_batches = len(sampler)
-        return DataInfo(dataloader, sampler, dataset, epoch_id)
+        return unique_text_batches(dataset, groups, args, is_train, epoch_id)
 
 
 pokemon_dataset = PokemonDataset()

@@ -5,7 +5,7 @@ Registers the dataset "shapes" (it draws its own pictures, so `train --dataset s
 """
 import random
 
-from cn_clip_pokemon import hookimpl
+from cn_clip_pokemon import hookimpl, unique_text_batches
 
 COLOURS = {"红色": (220, 30, 30), "绿色": (30, 160, 60), "蓝色": (40, 70, 210), "黄色": (235, 200, 20)}
 SHAPES = ("圆形", "方形", "三角形")
@@ -39,6 +39,7 @@ class ShapePictures:
 
         self.length, self.resolution, self.max_txt_length, self.seed = length, resolution, max_txt_length, seed
         self.transform = image_transform(resolution)
+        self.captions = [CAPTIONS[index % len(CAPTIONS)] for index in range(length)]
 
     def __len__(self):
         return self.length
@@ -46,7 +47,7 @@ class ShapePictures:
     def __getitem__(self, index):
         from cn_clip.clip import _tokenizer, tokenize
 
-        caption = CAPTIONS[index % len(CAPTIONS)]
+        caption = self.captions[index]
         image = self.transform(draw(caption, self.resolution, random.Random(self.seed * 100003 + index)))
         text = tokenize([caption], context_length=self.max_txt_length)[0]
         eos_index = text.tolist().index(_tokenizer.vocab["[SEP]"])
@@ -58,21 +59,13 @@ class ShapesDataset:
     needs_train_data = False
 
     def get_dataset(self, args, is_train, max_txt_length=64, epoch_id=0):
-        import torch.distributed as dist
-        from cn_clip.training.data import DataInfo, fetch_resolution
-        from torch.utils.data import DataLoader, DistributedSampler
+        from cn_clip.training.data import fetch_resolution
 
-        batch_size = args.batch_size if is_train else args.valid_batch_size
-        # 20 drawings of each caption per epoch; consecutive items have different captions, so a
-        # batch of at most 12 never repeats one (a repeated caption is a false negative)
-        dataset = ShapePictures(20 * len(CAPTIONS), fetch_resolution(args.vision_model), max_txt_length,
-                                seed=args.seed + (epoch_id if is_train else 10**6))
-        sampler = DistributedSampler(dataset, shuffle=False, drop_last=True)
-        dataloader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                                num_workers=args.num_workers if is_train else args.valid_num_workers)
-        dataloader.num_batches = len(dataloader)
-        dataloader.num_samples = dataloader.num_batches * batch_size * dist.get_world_size()
-        return DataInfo(dataloader, sampler, dataset, epoch_id)
+        # 20 new drawings of each caption per epoch; batched as the built-in dataset is: never one
+        # caption twice in a batch (a false negative), batches of at most 12 (the captions there are)
+        pictures = ShapePictures(20 * len(CAPTIONS), fetch_resolution(args.vision_model), max_txt_length,
+                                 seed=args.seed + (epoch_id if is_train else 10**6))
+        return unique_text_batches(pictures, pictures.captions, args, is_train, epoch_id)
 
 
 @hookimpl
