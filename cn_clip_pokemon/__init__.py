@@ -24,10 +24,27 @@ _install_patches()
 
 
 def load_model(path_or_name, device=None, **kwargs):
-    """Load any Chinese-CLIP checkpoint: returns ``(model, preprocess)``. See checkpoint.load_model."""
+    """Load any Chinese-CLIP checkpoint: returns ``(model, preprocess)``. See checkpoint.load_model.
+
+    ``preprocess`` is :class:`cn_clip_pokemon.images.PicturePreprocess`: ``preprocess(picture)`` takes
+    a path or a PIL image of any mode (RGBA, LA, P with transparency, 16-bit, CMYK) and gives the
+    model's input tensor exactly as ``classify`` and the dataset builder see the picture: transparent
+    pixels composited on white, padded to a square on white, then upstream's ``image_transform``.
+    :func:`load_checkpoint` returns the same with the checkpoint's ``captions`` (the names it was
+    trained on).
+    """
     from cn_clip_pokemon.checkpoint import load_model as _load_model
 
     return _load_model(path_or_name, device=device, **kwargs)
 
 
-__all__ = ["__version__", "hookimpl", "load_model", "unique_text_batches"]
+def load_checkpoint(path_or_name, device=None, **kwargs):
+    """Like :func:`load_model`, but returns a ``LoadedCheckpoint``: ``.model``, ``.preprocess`` (the
+    same PicturePreprocess), ``.captions`` (the candidate captions it was trained on, or None),
+    ``.context_length`` (for ``cn_clip.clip.tokenize``), ``.model_config`` and ``.path``."""
+    from cn_clip_pokemon.checkpoint import load_checkpoint as _load_checkpoint
+
+    return _load_checkpoint(path_or_name, device=device, **kwargs)
+
+
+__all__ = ["__version__", "hookimpl", "load_checkpoint", "load_model", "unique_text_batches"]

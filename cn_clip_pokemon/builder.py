@@ -842,10 +842,9 @@ def build_dataset(
     the Pokedex; ``manifest`` (with ``images_dir`` None) reads picture-caption rows from a CSV, TSV
     or JSONL file. Captions are converted to simplified Chinese unless ``t2s`` is False.
     """
-    from tqdm import tqdm
-
     from cn_clip_pokemon.captions import AnyNames, all_captions, number_groups, read_manifest
     from cn_clip_pokemon.pokedex import Pokedex
+    from cn_clip_pokemon.progress import progress_bar
 
     started = time.perf_counter()
     clock = _StageClock() if profile else _NoClock()
@@ -933,7 +932,7 @@ def build_dataset(
         try:
             first_seen = {}
             tasks = ((index, picture.source, image_size, profile) for index, picture in enumerate(pictures))
-            bar = tqdm(total=len(pictures), unit="picture", desc="build-dataset", disable=not progress)
+            bar = progress_bar(total=len(pictures), unit="picture", description="build-dataset", enabled=progress)
             with bar:
                 for index, encoded, digest, error, timing in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
                     clock.lap("transfer: parent, waiting for results")
@@ -1052,6 +1051,12 @@ def build_dataset(
         pictures=len(pictures),
         pictures_per_second=len(pictures) / seconds if seconds else 0.0,
     )
+    if naming != "pokedex":
+        # captions of the test split that no training picture has (a flat folder: one picture each)
+        trained = {caption for _, caption in images.caption_images["train"]}
+        tested = {caption for _, caption in images.caption_images["test"]}
+        summary["test_captions"] = len(tested)
+        summary["test_captions_unseen_in_training"] = len(tested - trained)
     if profile:
         summary["profile"] = {
             "parent": clock.seconds,  # this process's main thread, CPU seconds per stage
@@ -1086,7 +1091,9 @@ class NothingToBuild(UserError):
         else:
             detail = " (the folder is empty)"
         hint = {
-            "pokedex": "Name pictures like 0025皮卡丘.png, or put them in folders named like 0025皮卡丘/",
+            "pokedex": "Name pictures like 0025皮卡丘.png, or put them in folders named like 0025皮卡丘/; for "
+                       "captions that are not Pokemon names, use --any-names (the file or folder name is the caption) "
+                       "or --manifest FILE (a CSV, TSV or JSONL of paths and captions)",
             "any-names": "Name pictures by their caption (红色圆形.png), or put them in folders named by it (红色圆形/)",
             "manifest": "Give each row a picture's path (relative to the manifest) and a caption",
         }[naming]
@@ -1116,6 +1123,13 @@ def load_dataset_info(dataset_dir):
         return json.load(file)
 
 
+def _split_by_shown(summary):
+    """How the summary names the split: a caption dataset's groups stand where Pokemon would."""
+    if summary.get("naming", "pokedex") != "pokedex" and summary["split_by"] == "pokemon":
+        return "caption"
+    return summary["split_by"]
+
+
 def print_summary(summary, file=None):
     file = file or sys.stdout
     splits = summary["splits"]
@@ -1128,7 +1142,7 @@ def print_summary(summary, file=None):
     print(
         f"built {printable(summary['out_dir'])}: {what}, "
         + ", ".join(f"{split} {splits[split]['images']} pictures/{splits[split]['pairs']} pairs" for split in SPLITS)
-        + f"; {summary['image_size']} px, split by {summary['split_by']} (seed {summary['seed']}), "
+        + f"; {summary['image_size']} px, split by {_split_by_shown(summary)} (seed {summary['seed']}), "
         f"{summary['seconds']:.1f} s ({summary['pictures_per_second']:.0f} pictures/s, "
         f"{summary['workers']} process{'es' if summary['workers'] != 1 else ''})",
         file=file,
@@ -1141,6 +1155,14 @@ def print_summary(summary, file=None):
                 + "; add pictures, or change --valid-fraction/--test-fraction",
                 file=file,
             )
+    if summary.get("test_captions_unseen_in_training"):
+        print(
+            f"warning: {summary['test_captions_unseen_in_training']} of {summary['test_captions']} test captions never "
+            "occur in training (each caption's pictures lie in one split), so the test split measures captions the "
+            "model never saw; to test new pictures of trained captions, give each caption several pictures (a folder "
+            "per caption with --any-names, or several --manifest rows) and --split-by view",
+            file=file,
+        )
     if summary["names_with_unknown_tokens"]:
         listed = ", ".join(f"{name} ({' '.join(tokens)})" for name, tokens in summary["names_with_unknown_tokens"].items())
         print(f"note: characters missing from Chinese-CLIP's vocabulary become [UNK] in: {listed}", file=file)

@@ -3,7 +3,8 @@
 Shapes accepted by :func:`load_model`:
 
 - ours: upstream's training format plus ``"model_config"`` (the names and every ``CLIP(**kwargs)``
-  argument), so the file alone rebuilds its model;
+  argument), so the file alone rebuilds its model, and ``"captions"`` (the candidate captions of
+  the dataset it was trained on: :attr:`LoadedCheckpoint.captions`);
 - upstream fine-tune checkpoints ``{"epoch", "step", "name", "state_dict", "optimizer"}`` whose keys
   carry DistributedDataParallel's ``module.`` prefix;
 - FlashAttention layouts (``attn.Wqkv.*`` keys, see ``cn_clip.clip.model.convert_state_dict``);
@@ -23,6 +24,7 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 
+from cn_clip_pokemon.dataset_format import CAPTIONS_KEY
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.hookspecs import VISION_CONFIG_KEYS
 from cn_clip_pokemon.files import atomic_write, file_sha256
@@ -523,13 +525,20 @@ def pick_device(device=None):
 
 
 class LoadedCheckpoint:
-    """What :func:`load_checkpoint` returns: the model, its preprocessing, where it came from."""
+    """What :func:`load_checkpoint` returns: the model, its preprocessing, where it came from.
 
-    def __init__(self, model, preprocess, model_config, path):
+    ``preprocess``: an :class:`~cn_clip_pokemon.images.PicturePreprocess` (a path or a PIL image of
+    any mode -> the model's input tensor, transparency on white, padded square). ``captions``: the
+    candidate captions of the dataset the checkpoint was trained on (the names ``classify`` ranks by
+    default), a list of str, or None for a checkpoint that records none (upstream's, older ones).
+    """
+
+    def __init__(self, model, preprocess, model_config, path, captions=None):
         self.model = model
         self.preprocess = preprocess
         self.model_config = model_config
         self.path = path
+        self.captions = captions
 
     @property
     def input_resolution(self):
@@ -544,10 +553,14 @@ class LoadedCheckpoint:
 def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None):
     """Like :func:`load_model`, but returns a :class:`LoadedCheckpoint` (config and path too)."""
     from cn_clip.clip.model import CLIP, resize_pos_embed
-    from cn_clip.clip.utils import _MODEL_INFO, _MODELS, image_transform
+    from cn_clip.clip.utils import _MODEL_INFO, _MODELS
+
+    from cn_clip_pokemon.images import PicturePreprocess
 
     path = resolve_checkpoint_path(path_or_name, download_root=download_root)
-    state_dict, saved_config = split_checkpoint(read_checkpoint(path), path)
+    saved = read_checkpoint(path)
+    state_dict, saved_config = split_checkpoint(saved, path)
+    captions = checkpoint_captions(saved, path)
     state_dict = normalize_state_dict(state_dict)
 
     if str(path_or_name) in _MODELS and not (vision_model or text_model):
@@ -626,15 +639,35 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
     load_state_dict_strictly(model, state_dict, path, source)
     device = pick_device(device)
     model = model.float().to(device).eval()
-    return LoadedCheckpoint(model, image_transform(model_config["input_resolution"]), model_config, Path(path))
+    return LoadedCheckpoint(model, PicturePreprocess(model_config["input_resolution"]), model_config, Path(path), captions)
+
+
+def checkpoint_captions(checkpoint, path):
+    """The ``"captions"`` a checkpoint records (training writes its dataset's candidate captions there,
+    next to ``model_config``): a list of str, or None when it has none. One that is not a non-empty
+    list of texts is ignored with one warning line, as the file is not ours to trust."""
+    import sys
+
+    captions = checkpoint.get(CAPTIONS_KEY) if isinstance(checkpoint, dict) else None
+    if captions is None:
+        return None
+    if isinstance(captions, (list, tuple)) and captions and all(isinstance(caption, str) and caption for caption in captions):
+        return list(dict.fromkeys(captions))
+    print(f"cn-clip-pokemon: warning: {path}: its {CAPTIONS_KEY!r} entry is not a list of texts; ignored", file=sys.stderr)
+    return None
 
 
 def load_model(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None):
     """Load any Chinese-CLIP checkpoint or pretrained name; returns ``(model, preprocess)``.
 
     ``model`` is a ``cn_clip.clip.model.CLIP`` in fp32 and eval mode on ``device`` (CUDA when there is
-    one); ``preprocess`` is upstream's ``image_transform`` at the model's resolution. ``vision_model``
-    and ``text_model`` force config names; ``input_resolution`` runs a ViT at another resolution.
+    one). ``preprocess`` is a :class:`cn_clip_pokemon.images.PicturePreprocess`: it takes a path or a
+    PIL image of any mode and opens it exactly as the dataset builder and ``classify`` do
+    (transparent pixels composited on white, padded to a square on white, then upstream's
+    ``image_transform`` at the model's resolution), so the same picture gets the same answer
+    through every door. ``vision_model`` and ``text_model`` force config names;
+    ``input_resolution`` runs a ViT at another resolution. :func:`load_checkpoint` gives the same
+    plus ``captions``, the names the checkpoint was trained to tell apart.
     """
     loaded = load_checkpoint(
         path_or_name,
@@ -668,8 +701,9 @@ def atomic_torch_save(obj, path):
         torch.save(obj, f)
 
 
-def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_state=None):
-    """Write ``model`` in our checkpoint format (upstream's keys plus ``model_config``), atomically.
+def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_state=None, captions=None):
+    """Write ``model`` in our checkpoint format (upstream's keys plus ``model_config``, and
+    ``captions`` when given: the names it tells apart), atomically.
 
     Keys get DDP's ``module.`` prefix like upstream's training writes them, so upstream's own
     ``load_from_name(path, vision_model_name=..., text_model_name=..., input_resolution=...)`` and
@@ -685,6 +719,8 @@ def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_
     }
     if optimizer_state is not None:
         checkpoint["optimizer"] = optimizer_state
+    if captions is not None:
+        checkpoint[CAPTIONS_KEY] = [str(caption) for caption in captions]
     atomic_torch_save(checkpoint, path)
     return Path(path)
 

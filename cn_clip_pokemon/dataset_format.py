@@ -21,9 +21,40 @@ from cn_clip_pokemon.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 INFO_FILE = "dataset_info.json"
+# A checkpoint's entry (next to "model_config") naming the candidate captions of its training set.
+CAPTIONS_KEY = "captions"
 
 PLACEHOLDER = "{}"
 TEMPLATE_EXAMPLE = "一张{}的图片"
+
+
+# --------------------------------------------------------------------------- the info file
+
+
+def info_path_of_split(lmdb_split_dir):
+    """DATASET/dataset_info.json for DATASET/lmdb/SPLIT (it may not exist)."""
+    from pathlib import Path
+
+    return Path(lmdb_split_dir).resolve().parent.parent / INFO_FILE
+
+
+def training_captions(train_data):
+    """The candidate captions a checkpoint trained on ``train_data`` (DATASET/lmdb/train) records:
+    the ``names`` of DATASET/dataset_info.json, every Pokemon or caption of every split (a test split
+    of unseen Pokemon is ranked among all of them). None without a readable info file, e.g. for a
+    dataset made by upstream's own scripts; training then records none."""
+    import json
+
+    if not train_data:
+        return None
+    try:
+        with open(info_path_of_split(train_data), encoding="utf-8") as file:
+            names = json.load(file).get("names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(names, list) and names and all(isinstance(name, str) and name for name in names):
+        return list(dict.fromkeys(names))
+    return None
 
 
 # --------------------------------------------------------------------------- prompt templates

@@ -2,13 +2,16 @@
 
 What is measured, on the pictures of one split of a built dataset (CPU or GPU):
 
-- **Zero-shot top-1 / top-5**: each picture is classified among the dataset's *full* name set
-  (``dataset_info.json`` "names": every Pokemon of every split, not only those of this split), each
-  name embedded through the dataset's prompt templates (averaged, as upstream's
-  ``zero_shot_classifier`` does). Top-k is a hit when the picture's own name is among the k most
-  probable names; k really is 5 (upstream's ``zeroshot_evaluation.py`` computes ``topk=(1, 1)``).
-  A dataset of any captions (``build-dataset --any-names`` or ``--manifest``) is classified among all
-  its captions, and a picture is a hit under any of its own captions.
+- **Zero-shot top-1 / top-5**: each picture is classified among the names ``classify`` ranks by
+  default, the checkpoint's own captions (the names of the dataset it was trained on), together
+  with the dataset's *full* name set (``dataset_info.json`` "names": every Pokemon of every split,
+  not only those of this split), each name embedded through the dataset's prompt templates
+  (averaged, as upstream's ``zero_shot_classifier`` does). Top-k is a hit when a right name is among
+  the k most probable names; k really is 5 (upstream's ``zeroshot_evaluation.py`` computes
+  ``topk=(1, 1)``). A group is one answer: a picture of any captions (``build-dataset --any-names``
+  or ``--manifest``) is right under each of its own captions and each caption of its group (the
+  builder's groups: captions sharing a picture, or tokenizing alike); the report says how many
+  pictures had several right captions.
   Without ``dataset_info.json`` the names are the distinct texts of all splits, and a picture's
   label is any text paired with it.
 - **Text -> image Recall@K**: every distinct text of the split (``{split}_texts.jsonl``) queries all
@@ -53,27 +56,47 @@ def _all_split_texts(dataset_dir):
     return texts
 
 
-def zero_shot_labels(pictures, dataset_dir):
-    """``(names, templates, labels)``: labels[i] is the set of name indices right for picture i."""
+def zero_shot_labels(pictures, dataset_dir, captions=None):
+    """``(names, templates, labels)``: labels[i] is the set of name indices right for picture i.
+
+    A picture is right under any of its own captions and any caption of its group (the pictures
+    sharing a ``number`` in dataset_info.json: one Pokemon, or captions the builder grouped because
+    they share a picture or tokenize alike): the builder treats a group as one answer, so does this.
+    ``captions`` (the checkpoint's own, :attr:`LoadedCheckpoint.captions`) come first in ``names``,
+    then the dataset's names they lack, so a picture ranks among what ``classify`` ranks by default.
+    """
     info = pictures.info
     if info and info.get("names"):
-        names = list(info["names"])
+        names = list(dict.fromkeys(list(captions or []) + list(info["names"])))
         # the dataset's own templates, held to the builder's rule (a hand-edited info file too)
         templates = check_templates(info.get("templates"))
         index = {name: i for i, name in enumerate(names)}
+        images = info.get("images", {})
+
+        def own_captions(entry):
+            # a picture of any captions (--any-names, --manifest) is right under each of its captions
+            return (entry.get("captions") or [entry.get("name")]) if isinstance(entry, dict) else [None]
+
+        group_captions = {}
+        for entry in images.values():
+            if isinstance(entry, dict) and entry.get("number") is not None:
+                group_captions.setdefault(entry["number"], set()).update(
+                    name for name in own_captions(entry) if isinstance(name, str) and name in index
+                )
         labels = []
         for image_id in pictures.image_ids:
-            entry = info.get("images", {}).get(str(image_id))
-            # a picture of any captions (--any-names, --manifest) is right under each of its captions
-            wanted = (entry.get("captions") or [entry.get("name")]) if entry is not None else [None]
+            entry = images.get(str(image_id))
+            wanted = own_captions(entry)
             if not all(isinstance(name, str) and name in index for name in wanted):
                 raise UserError(
                     f"{Path(dataset_dir) / 'dataset_info.json'} has no name for picture {image_id} of the "
                     f"{pictures.split} split (or the name is not in its 'names'): rebuild the dataset"
                 )
-            labels.append({index[name] for name in wanted})
+            right = {index[name] for name in wanted}
+            right.update(index[name] for name in group_captions.get(entry.get("number"), ()))
+            labels.append(right)
         return names, templates, labels
-    names = _all_split_texts(dataset_dir)
+    names = list(dict.fromkeys(list(captions or []) + _all_split_texts(dataset_dir)))
     index = {name: i for i, name in enumerate(names)}
     labels = {image_id: set() for image_id in pictures.image_ids}
     for entry in pictures.texts:
@@ -173,7 +196,8 @@ def evaluate(
         image_embeddings = split_embeddings(loaded, pictures, cache=cache, batch_size=batch_size, progress=progress)
 
         # zero-shot classification over the full name set
-        names, templates, labels = zero_shot_labels(pictures, dataset_dir)
+        names, templates, labels = zero_shot_labels(pictures, dataset_dir, loaded.captions)
+        several = sum(len(wanted) > 1 for wanted in labels)
         names_embedded = name_embeddings(loaded, names, templates, cache=cache, progress=progress)
         logit_scale = loaded.model.logit_scale.detach().float().exp().cpu()
         probabilities = (logit_scale * image_embeddings @ names_embedded.T).softmax(dim=-1)
@@ -261,7 +285,11 @@ def evaluate(
             "pictures": len(image_ids),
             "texts": len(texts),
             "names": len(names),
+            # the checkpoint's own captions are the candidates (with the dataset's names it lacks)
+            "names_from": "checkpoint" if loaded.captions else "dataset",
             "templates": templates,
+            # pictures with several right captions (their own, or their group's): any of them is a hit
+            "pictures_with_several_captions": several,
             "zero_shot": zero_shot,
             "text_to_image": text_to_image,
             "image_to_text": image_to_text,
@@ -328,6 +356,11 @@ def evaluate_command(args):
     )
     zero_shot = result["zero_shot"]
     print(f"  zero-shot      top-1 {zero_shot['top1']:6.2f}   top-5 {zero_shot['top5']:6.2f}")
+    if result["pictures_with_several_captions"]:
+        print(
+            f"                 {result['pictures_with_several_captions']} of {result['pictures']} pictures have several "
+            "right captions (their own or their group's): any of them counts as a hit"
+        )
     for label, key in (("text->image", "text_to_image"), ("image->text", "image_to_text")):
         scores = result[key]
         if scores:

@@ -5,7 +5,9 @@
 Pillow reads (RGBA, LA, P with transparency, CMYK, 16-bit, ...), any frame of an animation, and
 SVG when the optional renderer is installed (``pip install cn-clip-pokemon[svg]``, CairoSVG).
 ``fit_square`` pads to a square on white and resizes; ``encode_picture`` gives exactly the urlsafe
-base64 PNG that upstream's ``LMDBDataset`` decodes.
+base64 PNG that upstream's ``LMDBDataset`` decodes. ``PicturePreprocess`` is the model's
+``preprocess`` for every door (the Python API's ``load_model``, the commands, the page): these
+steps, then upstream's ``image_transform``.
 """
 import base64
 import io
@@ -111,14 +113,19 @@ def _apply_icc_profile(image):
 
 
 def open_picture(source, frame=0, svg_size=SVG_SIZE, marks=None):
-    """Open ``source`` (path or binary file object) as an RGB PIL image, composited on white.
+    """Open ``source`` (path, binary file object, or a PIL image) as an RGB PIL image, composited on white.
 
+    A PIL image (any mode, as ``Image.open`` gives it or made in memory) goes through the same steps
+    as a file: EXIF rotation (its first frame), ICC profile to sRGB, transparency on white; ``frame``
+    is then the frame it is at. The result is idempotent: opening it again changes nothing.
     ``frame`` picks the frame of an animated GIF/WebP/APNG (0 = first). Raises PictureError
     (a UserError) naming the file for empty, truncated, unreadable, oversized pictures and for a
     frame the picture does not have. ``marks``, a list, gets this process's CPU time
     (``time.process_time()``) at the end of decoding, before compositing: the builder's profile.
     """
     name = _source_name(source)
+    if isinstance(source, Image.Image):
+        return _open_pil_image(source, name)
     if isinstance(source, (str, Path)):
         try:
             with open(source, "rb") as file:
@@ -168,7 +175,26 @@ def _open_picture_file(source, name, frame, svg_size, svg_name, marks=None):
             raise PictureError(f"{name}: damaged or truncated picture ({error})") from None
     if marks is not None:
         marks.append(time.process_time())
-    return composite_on_white(_apply_icc_profile(picture))
+    return _srgb_on_white(picture)
+
+
+def _srgb_on_white(picture):
+    """The last step of every opening: sRGB, transparency on white, and an ``info`` that no longer
+    claims a profile or a transparent colour (both are applied), so opening the result again is a no-op."""
+    result = composite_on_white(_apply_icc_profile(picture))
+    for key in ("icc_profile", "transparency"):
+        result.info.pop(key, None)
+    return result
+
+
+def _open_pil_image(image, name):
+    """:func:`open_picture` for a PIL image: loaded (damage is a PictureError), then as a file's frame."""
+    try:
+        image.load()
+        picture = ImageOps.exif_transpose(image) if image.tell() == 0 else image.copy()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise PictureError(f"{getattr(image, 'filename', None) or name}: damaged or truncated picture ({error})") from None
+    return _srgb_on_white(picture)
 
 
 def fit_square(image, size, resample=None):
@@ -205,6 +231,37 @@ def fit_square(image, size, resample=None):
     if image.width > size:
         return image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return image.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def square_picture(source, size):
+    """``source`` (a path, a binary file object or a PIL image, any mode) as the model sees it, before
+    its tensor: opened by :func:`open_picture` (transparency on white), padded to a square on white
+    and resized to ``size`` by :func:`fit_square`, exactly as the builder stores pictures."""
+    return fit_square(open_picture(source), size)
+
+
+class PicturePreprocess:
+    """The ``preprocess`` of every door (``load_model``, ``classify``, ``search``, ``evaluate``, the
+    page): ``preprocess(picture)`` gives the model's input tensor ``[3, R, R]`` for a path, a binary
+    file object or a PIL image of any mode (RGBA, LA, P with transparency, 16-bit, CMYK, ...).
+
+    It is :func:`square_picture` (on white, padded square, ``R`` pixels), then upstream's own
+    ``cn_clip.clip.utils.image_transform(R)`` (kept as ``.transform``): upstream's transform alone
+    would show transparent pixels as they are stored, usually black, and squash a picture that is
+    not square. A picture that cannot be opened raises :class:`PictureError` naming it.
+    """
+
+    def __init__(self, resolution):
+        from cn_clip.clip.utils import image_transform
+
+        self.resolution = int(resolution)
+        self.transform = image_transform(self.resolution)
+
+    def __call__(self, picture):
+        return self.transform(square_picture(picture, self.resolution))
+
+    def __repr__(self):
+        return f"PicturePreprocess({self.resolution}): open_picture (on white) -> fit_square -> {self.transform!r}"
 
 
 def encode_picture(image):

@@ -9,7 +9,8 @@ split is read through ``dataset_split.SplitPictures``).
 
 Every picture is opened by ``images.open_picture`` (transparency composited on white) and padded to
 a square with ``images.fit_square``, exactly as the dataset builder stores pictures, before
-upstream's own ``image_transform``. Texts go through upstream's ``_preprocess_text`` and
+upstream's own ``image_transform``: the checkpoint's ``preprocess`` (``images.PicturePreprocess``),
+the same one the Python API's ``load_model`` returns. Texts go through upstream's ``_preprocess_text`` and
 ``tokenize`` with the model's context length (52 for upstream's models), as in training.
 """
 import json
@@ -28,9 +29,9 @@ PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".
 
 
 def _progress(iterable, total, description, enabled):
-    from tqdm import tqdm
+    from cn_clip_pokemon.progress import progress_bar
 
-    return tqdm(iterable, total=total, desc=description, unit="batch", disable=not enabled, leave=False)
+    return progress_bar(iterable, total=total, description=description, unit="batch", enabled=enabled, leave=False)
 
 
 def fill_templates(name, templates):
@@ -95,10 +96,10 @@ def name_embeddings(loaded, names, templates=DEFAULT_TEMPLATES, cache=True, batc
 
 
 def prepare_picture(loaded, image):
-    """A PIL picture as the model's input tensor: padded square like the builder, then upstream's transform."""
-    from cn_clip_pokemon.images import composite_on_white, fit_square
-
-    return loaded.preprocess(fit_square(composite_on_white(image), loaded.input_resolution))
+    """A picture (PIL image of any mode, or a path) as the model's input tensor: ``loaded.preprocess``,
+    the one :class:`~cn_clip_pokemon.images.PicturePreprocess` every door uses (on white, padded square
+    like the builder, then upstream's transform)."""
+    return loaded.preprocess(image)
 
 
 def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, description="encoding pictures"):
@@ -146,13 +147,24 @@ def read_names_file(path):
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def candidate_names(names=None, names_file=None):
-    """The names to classify among: given ones, or all of the Pokedex. A given name of a Pokemon in
-    any language or older translation becomes its official name, other text is simplified; deduplicated."""
+def candidate_names(names=None, names_file=None, loaded=None):
+    """The names to classify among: given ones; else the captions the checkpoint ``loaded`` was
+    trained on (:attr:`LoadedCheckpoint.captions`); else all of the Pokedex, with one line on stderr
+    saying so when ``loaded`` records none. A given name of a Pokemon in any language or older
+    translation becomes its official name, other text is simplified; deduplicated."""
     from cn_clip_pokemon.pokedex import Pokedex, lookup_name
 
     if names is None and names_file is None:
-        return Pokedex.load().names()
+        if loaded is not None and loaded.captions:
+            return list(loaded.captions)
+        pokedex_names = Pokedex.load().names()
+        if loaded is not None:
+            print(
+                f"cn-clip-pokemon: note: {loaded.path} records no captions of its training set: ranking the "
+                f"{len(pokedex_names)} Pokemon of the Pokedex (give --names or --names-file to choose)",
+                file=sys.stderr,
+            )
+        return pokedex_names
     given = []
     for name in names or []:
         given.extend(part.strip() for part in name.replace("，", ",").split(",") if part.strip())
@@ -175,7 +187,9 @@ class Classifier:
 
         self.templates = check_templates(templates or DEFAULT_TEMPLATES)  # before the model loads
         self.loaded = loaded or load_checkpoint(checkpoint, device=device, **load_options)
-        self.names = list(names) if names is not None else candidate_names()
+        self.names = list(names) if names is not None else candidate_names(loaded=self.loaded)
+        # where the names came from: given, the checkpoint's own captions, or the Pokedex
+        self.names_from = "given" if names is not None else "checkpoint" if self.loaded.captions else "pokedex"
         if not self.names:
             raise UserError("no names to classify among")
         self.progress = progress
@@ -294,7 +308,8 @@ def classify_arguments(parser):
         "--names",
         nargs="+",
         metavar="NAME",
-        help="candidate names, separated by spaces or commas (default: all 1025 Pokemon); "
+        help="candidate names, separated by spaces or commas (default: the captions the checkpoint was "
+        "trained on; all 1025 Pokemon for a checkpoint that records none); "
         "any name of a Pokemon (an older translation, 繁體, English, 日本語) becomes its official "
         "Simplified Chinese name; other traditional characters are converted to simplified",
     )
@@ -343,6 +358,7 @@ def classify_command(args):
                 {
                     "checkpoint": str(classifier.loaded.path),
                     "names": len(classifier.names),
+                    "names_from": classifier.names_from,
                     "templates": classifier.templates,
                     "results": results,
                 },

@@ -28,6 +28,14 @@ import numpy as np
 from torch.utils.data.distributed import DistributedSampler
 
 logger = logging.getLogger(__name__)
+# warnings already given in this process: upstream makes a new loader every epoch, a run says it once
+_warned = set()
+
+
+def _warn_once(key, message, *values):
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *values)
 
 
 class UniqueGroupBatchSampler:
@@ -35,9 +43,11 @@ class UniqueGroupBatchSampler:
 
     ``groups``: one hashable key per pair (index i of the dataset -> groups[i]).
     ``batch_size``: pairs per rank per batch, as upstream's --batch-size.
+    ``loader``: what the batches are for ("training", "validation"), named in the warning given
+    (once per process) when there are fewer distinct groups than a global batch.
     """
 
-    def __init__(self, groups, batch_size, num_replicas=1, rank=0, seed=0):
+    def __init__(self, groups, batch_size, num_replicas=1, rank=0, seed=0, loader=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 0 <= rank < num_replicas:
@@ -63,15 +73,19 @@ class UniqueGroupBatchSampler:
             self.batch_size = batch_size
         else:
             self.batch_size = max(1, self.num_groups // num_replicas)
-            logger.warning(
-                "Only %d distinct texts for a global batch of %d: batches shrink to %d per process",
-                self.num_groups, batch_size * num_replicas, self.batch_size,
-            )
-            if self.num_groups < num_replicas:
-                logger.warning(
-                    "Fewer distinct texts (%d) than processes (%d): some batches repeat a text",
-                    self.num_groups, num_replicas,
+            where = f" in the {loader} loader" if loader else ""
+            if rank == 0:  # every process computes the same; one says it
+                _warn_once(
+                    ("shrink", loader, self.num_groups, batch_size, num_replicas),
+                    "Only %d distinct texts for a global batch of %d%s: batches shrink to %d per process",
+                    self.num_groups, batch_size * num_replicas, where, self.batch_size,
                 )
+                if self.num_groups < num_replicas:
+                    _warn_once(
+                        ("repeat", loader, self.num_groups, num_replicas),
+                        "Fewer distinct texts (%d) than processes (%d)%s: some batches repeat a text",
+                        self.num_groups, num_replicas, where,
+                    )
         self.global_batch_size = self.batch_size * num_replicas
         self.num_pairs = len(self.group_of_pair)
         self.num_batches = math.ceil(self.num_pairs / self.global_batch_size)

