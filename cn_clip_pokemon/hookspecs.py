@@ -1,9 +1,11 @@
 """The plugin contract of the ``cn_clip.training`` entry-point group: three hooks, and what they register.
 
 A plugin is a module (or object) with ``@hookimpl`` functions; each hook receives a ``register``
-callback and calls it once per thing it offers. A name already taken (by upstream, another plugin or
-this one) is refused at registration, naming both owners. The Protocol classes below say what each
-registered object must provide; they are the contract, checked when the plugin is used.
+callback and calls it once per thing it offers. Every hook of every plugin is called once, before a
+command parses its arguments (cn_clip_pokemon.plugins.decide). The host wins: a name already taken
+(by upstream, by cn-clip-pokemon itself, or by a plugin loaded earlier) is skipped with a warning
+naming both owners, and a plugin whose hook raises or registers something invalid is skipped whole.
+The Protocol classes below say what each registered object must provide.
 """
 from os import PathLike
 from typing import Any, Dict, Optional, Protocol, Sequence, Union, runtime_checkable
@@ -56,6 +58,11 @@ class DatasetPlugin(Protocol):
     - ``sampler`` has ``set_epoch(epoch)`` (or is None); with a ``start_batch`` attribute it lets a
       run resumed mid-epoch skip the batches already trained;
     - every batch of a process has ``batch_size`` items (upstream gathers features across processes).
+
+    ``cn_clip_pokemon.unique_text_batches(dataset, groups, args, is_train, epoch_id)`` builds all of
+    this from a torch Dataset of ``(image, text, eos_index)`` items and one group key per item (the
+    caption): the built-in dataset's batching, where no batch holds a group twice. An exception
+    raised here costs the user one line naming the plugin (``CN_CLIP_POKEMON_TRACEBACK=1`` shows it).
 
     ``needs_train_data`` (default True): False when the plugin makes its own data, so
     ``train --dataset NAME`` runs without ``--train-data``. ``description``: one line for

@@ -148,7 +148,7 @@ def load_plugins():
             continue
         try:
             module = ep.load()
-        except Exception as error:  # anything a broken import raises
+        except (Exception, SystemExit) as error:  # anything a broken import raises, sys.exit() too
             _skip_entry_point(ep.name, distribution, f"importing {ep.value} failed ({_first_line(error)})")
             continue
         if pm.is_registered(module):
@@ -297,7 +297,7 @@ def _offered_by(plugin_name, plugin):
 
             try:
                 impl.function(register=register)
-            except Exception as error:
+            except (Exception, SystemExit) as error:
                 return offered, f"its {hook_name} hook raised {_first_line(error)}"
     seen = set()
     for hook_name, kind, name, obj in offered:
@@ -317,7 +317,8 @@ def _clash(kind, name, registry, reserved, plugin_name, builtin):
     key = name.replace("/", "-") if kind == "model config" else name  # the resolver's spelling
     taken = next((reserved[k] for k in reserved if k.lower() == key.lower()), None)
     if taken is None and name in registry and registry.plugin_of[name] in builtin:
-        taken = f"cn-clip-pokemon's own {kind} ({_owner(registry.plugin_of[name])})"
+        first = registry.plugin_of[name]
+        taken = f"cn-clip-pokemon's own {kind} (plugin {first!r}, {distribution_of(first)})"
     if taken is not None:
         return (
             f"{name!r} is {taken}, which wins; the rest of the plugin loads. Ask its authors to rename "

@@ -158,7 +158,7 @@ def test_built_in_names_win_and_the_rest_of_the_plugin_loads(capsys):
         ("dataset", "pokemon"), ("dataset", "None"), ("launcher", "local"), ("launcher", "auto"),
         ("model config", "ViT-B-16"), ("model config", "ViT-B/16"), ("model config", "ViT-T-8-64"),
     }
-    assert "plugin 'pokemon' (cn-clip-pokemon" in skipped[("dataset", "pokemon")]
+    assert "cn-clip-pokemon's own dataset (plugin 'pokemon', cn-clip-pokemon " in skipped[("dataset", "pokemon")]
     assert "upstream's own model config (cn_clip 1.6.0)" in skipped[("model config", "ViT-B-16")]
     assert "`train --launcher auto`" in skipped[("launcher", "auto")]
     assert listed["greedy-test"]["registers"] == {
@@ -332,6 +332,7 @@ def test_installed_distributions_plugins_load_filter_and_break_cleanly(tmp_path)
     fake_distribution(tmp_path, "cn-clip-echo", {"echo": "cn_clip_echo"}, {"cn_clip_echo/__init__.py": GOOD_PLUGIN})
     fake_distribution(tmp_path, "cn-clip-broken", {"broken": "cn_clip_broken"}, {"cn_clip_broken/__init__.py": "import no_such_module\n"})
     fake_distribution(tmp_path, "cn-clip-echo-copy", {"echo2": "cn_clip_echo"}, {})  # the same module twice
+    fake_distribution(tmp_path, "cn-clip-exits", {"exits": "cn_clip_exits"}, {"cn_clip_exits/__init__.py": "raise SystemExit(3)\n"})
     # an entry point named like one of ours: ours keeps the name, theirs is never imported
     fake_distribution(tmp_path, "cn-clip-impostor", {"pokemon": "cn_clip_impostor"}, {"cn_clip_impostor/__init__.py": "raise SystemExit(3)\n"})
 
@@ -346,10 +347,11 @@ def test_installed_distributions_plugins_load_filter_and_break_cleanly(tmp_path)
     assert by_name["echo"]["distribution"] == "cn-clip-echo 1.0"
     assert "same module 'cn_clip_echo' as plugin 'echo' (cn-clip-echo 1.0)" in skipped[("echo2", "cn-clip-echo-copy 1.0")]
     assert "No module named 'no_such_module'" in skipped[("broken", "cn-clip-broken 1.0")]
+    assert "importing cn_clip_exits failed (SystemExit: 3)" in skipped[("exits", "cn-clip-exits 1.0")]
     assert by_name["pokemon"]["distribution"].startswith("cn-clip-pokemon ")
     assert "the plugin name 'pokemon' is taken by plugin 'pokemon' (cn-clip-pokemon" in skipped[("pokemon", "cn-clip-impostor 1.0")]
     warnings = listed.stderr.splitlines()
-    assert len(warnings) == 3 and all(line.startswith("cn-clip-pokemon: warning: ") for line in warnings)
+    assert len(warnings) == 4 and all(line.startswith("cn-clip-pokemon: warning: ") for line in warnings)
     assert any("plugin 'broken' (from cn-clip-broken 1.0) is skipped" in line and "CN_CLIP_POKEMON_PLUGINS=echo " in line for line in warnings)
 
     # only the plugins named load (the defaults always do); the broken one is then not imported
