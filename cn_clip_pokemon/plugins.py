@@ -202,9 +202,6 @@ class Registry(dict):
         self.kind = kind
         self.plugin_of = {}
 
-    def owner(self, name):
-        return _owner(self.plugin_of[name])
-
 
 class Decision:
     """What every plugin adds, decided once: registries per kind, and every skip."""
@@ -246,7 +243,7 @@ def decide():
     global _decision
     load_plugins()
     _drop_invalid_plugins()
-    key = tuple((name, id(plugin)) for name, plugin in pm.list_name_plugin())
+    key = (tuple((name, id(plugin)) for name, plugin in pm.list_name_plugin()), tuple(_misspelt))
     if _decision is not None and _decision[0] == key:
         return _decision[1]
     decision = Decision()
