@@ -69,7 +69,20 @@ from typing import NamedTuple
 
 from cn_clip_pokemon.dataset_format import check_templates, fill_template  # the one template rule
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import available_cores, replace_directory
+from cn_clip_pokemon.files import (
+    FILE,
+    available_cores,
+    clean_leftovers,
+    first_foreign,
+    flatten_layout,
+    holds_marker,
+    load_json_file,
+    mode_name,
+    replace_directory,
+    sorted_entries,
+    try_lock,
+    write_failure,
+)
 from cn_clip_pokemon.workers import run_in_pool
 
 SPLITS = ("train", "valid", "test")
@@ -170,12 +183,7 @@ def _with_slash(entry, shown):
         return shown
 
 
-def _mode_name(mode):
-    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink")):
-        if test(mode):
-            return name
-    return "special file"
+_mode_name = mode_name  # captions.py names special files the same way
 
 
 def _is_utf8(name):
@@ -186,9 +194,7 @@ def _is_utf8(name):
         return False
 
 
-def _sorted_entries(folder):
-    with os.scandir(folder) as scan:
-        return sorted(scan, key=lambda entry: entry.name)
+_sorted_entries = sorted_entries
 
 
 def scan_pictures(images_dir, pokedex, exclude=None):
@@ -510,7 +516,8 @@ class _LmdbWriter:
         self.written_since_open = 0
 
     def _open(self, map_size):
-        return self._lmdb.open(self.path, map_size=map_size, subdir=True, lock=False, sync=False)
+        # bytes: a folder name that is not UTF-8 (through a symlinked --out) still opens
+        return self._lmdb.open(os.fsencode(self.path), map_size=map_size, subdir=True, lock=False, sync=False)
 
     def put(self, key, value):
         self.pending.append((key, value))
@@ -630,8 +637,8 @@ class _ImageWriter:
 # ---------------------------------------------------------------- the output folder
 
 # Exactly what build-dataset writes in --out, and nothing else: a rebuild replaces the whole folder,
-# so it refuses one holding anything more. FILE marks a file, a dict a folder and what it may hold.
-FILE = "file"
+# so it refuses one holding anything more (files.py's rule: a command deletes only what its listing
+# and its marker, here dataset_info.json, prove it wrote). A dict is a folder and what it may hold.
 LMDB_FOLDER = "lmdb"
 IMAGES_FRAGMENT = "images.json.part"  # only in the temporary folder, while the build runs
 OUTPUT_LAYOUT = {
@@ -642,40 +649,21 @@ OUTPUT_LAYOUT = {
                   for split in SPLITS},
 }
 OUTPUT_NAMES = frozenset(OUTPUT_LAYOUT)
-TEMP_LAYOUT = {**OUTPUT_LAYOUT, IMAGES_FRAGMENT: FILE}
+OUTPUT_LISTING = flatten_layout(OUTPUT_LAYOUT)
+TEMP_LISTING = flatten_layout({**OUTPUT_LAYOUT, IMAGES_FRAGMENT: FILE})
 # The start of every dataset_info.json this builder has written (json.dumps, indent=1, format first).
 INFO_HEAD = b'{\n "format": '
-TEMP_SUFFIX = r"[a-z0-9_]{8}"  # tempfile.mkdtemp's random part
-
-
-def _first_foreign(folder, layout):
-    """The first path under ``folder`` (relative, "/" after a folder) that ``layout`` does not allow, or None."""
-    for entry in _sorted_entries(folder):
-        expected = layout.get(entry.name)
-        is_folder = entry.is_dir(follow_symlinks=False)
-        if expected == FILE and entry.is_file(follow_symlinks=False):
-            continue
-        if isinstance(expected, dict) and is_folder:
-            inner = _first_foreign(entry.path, expected)
-            if inner is None:
-                continue
-            return f"{entry.name}/{inner}"
-        return entry.name + ("/" if is_folder else "")
-    return None
+INFO_LIMIT = 4 << 30  # a dataset_info.json of ten million pictures is about 2 GiB
 
 
 def _holds_our_info(folder):
-    try:
-        with open(os.path.join(folder, INFO_FILE), "rb") as file:
-            return file.read(len(INFO_HEAD)) == INFO_HEAD
-    except OSError:
-        return False
+    return holds_marker(folder, INFO_FILE, INFO_HEAD)
 
 
 def _is_our_dataset(folder):
     """A real folder holding only what build-dataset writes, with its dataset_info.json."""
     try:
-        return (os.path.isdir(folder) and not os.path.islink(folder) and _first_foreign(folder, OUTPUT_LAYOUT) is None
+        return (os.path.isdir(folder) and not os.path.islink(folder) and first_foreign(folder, OUTPUT_LISTING) is None
                 and _holds_our_info(folder))
     except OSError:
         return False
@@ -708,7 +696,7 @@ def _check_output(out_dir, images_dir):
         if not target.is_dir():
             raise UserError(f"{shown} is a file; give --out a folder")
         try:
-            foreign = _first_foreign(target, OUTPUT_LAYOUT)
+            foreign = first_foreign(target, OUTPUT_LISTING)
             our_info = _holds_our_info(target)
             empty = not any(target.iterdir())
         except OSError as error:
@@ -731,82 +719,18 @@ def _check_output(out_dir, images_dir):
 
 
 def _clean_leftovers(target):
-    """Undo what interrupted builds of ``target`` left beside it; returns one line per thing done.
-
-    ``.NAME.old-*`` holds the previous dataset when a build without rename-exchange was killed
-    between its two renames: put back if ``target`` is missing, else removed. ``.NAME.tmp-*`` is a
-    killed build's temporary folder: removed unless a running build holds its lock. Either is
-    touched only when it holds nothing but what build-dataset writes.
-    """
-    notes = []
-    try:
-        entries = _sorted_entries(target.parent)
-    except OSError:
-        return notes
-    holders = [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)
-               and re.fullmatch(re.escape(f".{target.name}.old-") + TEMP_SUFFIX, entry.name)]
-    temps = [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)
-             and re.fullmatch(re.escape(f".{target.name}.tmp-") + TEMP_SUFFIX, entry.name)]
-    if holders and not os.path.lexists(target):
-        complete = [holder for holder in holders if _is_our_dataset(os.path.join(holder, target.name))]
-        if complete:
-            newest = max(complete, key=lambda holder: os.stat(os.path.join(holder, target.name, INFO_FILE)).st_mtime)
-            os.rename(os.path.join(newest, target.name), target)
-            notes.append(f"put back the previous dataset from {printable(newest)} (a build was stopped while replacing it)")
-    for holder in holders:
-        inside = os.path.join(holder, target.name)
-        try:
-            names = os.listdir(holder)
-            ours = names == [] or (names == [target.name] and not os.path.islink(inside) and os.path.isdir(inside)
-                                   and _first_foreign(inside, OUTPUT_LAYOUT) is None)
-        except OSError:
-            ours = False
-        notes.append(_remove_leftover(holder) if ours else
-                     f"left {printable(holder)} alone: it holds files build-dataset does not write")
-    for temp in temps:
-        lock = _try_lock(temp)
-        if lock is None:
-            continue  # a build running now holds it
-        try:
-            try:
-                ours = _first_foreign(temp, TEMP_LAYOUT) is None
-            except OSError:
-                ours = False
-            notes.append(_remove_leftover(temp) if ours else
-                         f"left {printable(temp)} alone: it holds files build-dataset does not write")
-        finally:
-            os.close(lock)
-    return notes
+    """Undo what interrupted builds of ``target`` left beside it (files.clean_leftovers: the previous
+    dataset put back, killed builds' temporary folders removed, only when they hold nothing but what
+    build-dataset writes); returns one line per thing done."""
+    return clean_leftovers(
+        target, "build-dataset",
+        owns_old=lambda inside: first_foreign(inside, OUTPUT_LISTING) is None,
+        owns_temporary=lambda temp: first_foreign(temp, TEMP_LISTING) is None,
+        complete=_is_our_dataset,
+    )
 
 
-def _remove_leftover(path):
-    try:
-        shutil.rmtree(path)
-    except OSError as error:
-        return f"could not remove {printable(path)}, left by an interrupted build ({error.strerror or error}); delete it yourself"
-    return f"removed {printable(path)}, left by an interrupted build"
-
-
-def _try_lock(folder):
-    """A descriptor holding an exclusive lock on ``folder``, or None when another process holds one.
-
-    A build holds the lock on its temporary folder while it runs; the kernel drops it when the
-    process dies, even by kill -9, so a folder nobody holds is a leftover.
-    """
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): never take a folder for a leftover
-        return None
-    try:
-        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(descriptor)
-        return None
-    return descriptor
+_try_lock = try_lock
 
 
 # ---------------------------------------------------------------- the build
@@ -870,6 +794,9 @@ def build_dataset(
     pokedex = pokedex or Pokedex.load()
     workers = max(1, int(workers)) if workers else available_cores()
 
+    if not _is_utf8(str(out_dir)):
+        raise UserError(f"--out {printable(str(out_dir))} is not valid UTF-8, and training opens the dataset by a "
+                        "UTF-8 path: choose a folder name in UTF-8")
     # --images, or the manifest's folder: it must not lie inside --out.
     images_dir = Path(images_dir) if manifest is None else Path(manifest).parent
     source_shown = printable(str(manifest if manifest is not None else images_dir))
@@ -1034,8 +961,13 @@ def build_dataset(
         replace_directory(temp, target)
         clock.lap("rename")
         wall["texts, pairs, info, rename"] = time.perf_counter() - started - sum(wall.values())
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temp, ignore_errors=True)
+        import lmdb
+
+        if isinstance(error, (OSError, lmdb.Error)):  # the disk filled up, the folder went read-only...
+            kept = f"the previous dataset in {printable(str(out_dir))} is as it was" if _is_our_dataset(target) else None
+            raise write_failure(error, target.parent, kept) from None
         raise
     finally:
         if lock is not None:
@@ -1119,8 +1051,7 @@ def load_dataset_info(dataset_dir):
     path = Path(dataset_dir) / INFO_FILE
     if not path.is_file():
         raise UserError(f"{dataset_dir} has no {INFO_FILE}: build it with `cn-clip-pokemon build-dataset`")
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
+    return load_json_file(path, INFO_LIMIT, f"a {INFO_FILE}", "rebuild the dataset with `cn-clip-pokemon build-dataset`")
 
 
 def _split_by_shown(summary):
@@ -1223,7 +1154,7 @@ def build_dataset_arguments(parser):
         "like Pokemon names)",
     )
     parser.add_argument(
-        "--out", type=Path, required=True,
+        "--out", type=dataset_folder, required=True,
         help="the dataset folder, e.g. ${DATAPATH}/datasets/pokemon: new, empty, or a dataset built here, which is "
         "replaced (a folder holding anything else is refused; a symlink is followed and stays a link)",
     )
@@ -1245,6 +1176,18 @@ def build_dataset_arguments(parser):
     parser.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: every available core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def dataset_folder(text):
+    """An argparse type: a dataset folder's path, in UTF-8 (upstream's LMDB reader opens it as UTF-8 text)."""
+    import argparse
+
+    if not _is_utf8(text):
+        raise argparse.ArgumentTypeError(
+            f"{printable(text)} is not valid UTF-8, and training opens the dataset by a UTF-8 path: "
+            "choose a folder name in UTF-8"
+        )
+    return Path(text)
 
 
 def build_dataset_command(args):

@@ -26,13 +26,13 @@ one caption.
 """
 import csv
 import errno
-import json
 import os
 import stat
 import unicodedata
 from pathlib import Path
 
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.files import parse_json, read_limited
 
 CAPTION_EXAMPLE = "红色圆形"
 MANIFEST_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -45,6 +45,8 @@ SKIP_BAD_ROW = "bad manifest row"
 SKIP_MISSING = "missing file"
 SKIP_REPEATED_ROW = "repeated row"
 SKIP_INSIDE_OUT = "inside --out"
+
+MANIFEST_LIMIT = 2 << 30  # bytes; ten million rows of a path and a caption are about 1 GiB
 
 
 def clean_caption(text, t2s=True):
@@ -145,7 +147,8 @@ def _rows_of_table(data, kind, manifest):
     """``(line, path, [captions], error)`` for each row of a CSV/TSV manifest; the first line names the columns."""
     lines = list(_decoded_lines(data))
     good = [ok for _, ok in lines]
-    options = {"delimiter": ","} if kind == "csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    # strict: a quote left open is an error at the end of the file, not every later row read as one caption
+    options = {"delimiter": ",", "strict": True} if kind == "csv" else {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
     reader = csv.reader((text for text, _ in lines), **options)
     try:
         header = next(reader)
@@ -169,9 +172,13 @@ def _rows_of_table(data, kind, manifest):
             row = next(reader)
         except StopIteration:
             return
-        except csv.Error as error:  # an unclosed quote runs to the end of the file
-            yield start, None, [], f"cannot parse the row ({error})"
-            return
+        except csv.Error as error:
+            # The reader goes on at the next line: a field over csv's limit (131,072 characters) costs
+            # its row only; a quote left open runs to the end of the file, and that is said.
+            line = max(reader.line_num, start)
+            lines = f" (lines {start}-{line})" if line > start else ""
+            yield start, None, [], f"cannot parse the row{lines} ({error})"
+            continue
         line = reader.line_num
         if not row or all(not field.strip() for field in row):
             continue  # a blank line is no row
@@ -191,7 +198,7 @@ def _rows_of_jsonl(data, manifest):
             yield line, None, [], "the line is not valid UTF-8 (save the manifest as UTF-8)"
             continue
         try:
-            record = json.loads(text)
+            record = parse_json(text)  # nesting is bounded, never a RecursionError
         except ValueError as error:
             yield line, None, [], f"not a JSON line ({getattr(error, 'msg', error)})"
             continue
@@ -243,12 +250,9 @@ def read_manifest(manifest, t2s=True, out_dir=None):
     kind = MANIFEST_SUFFIXES.get(manifest.suffix.lower())
     if kind is None:
         raise UserError(f"--manifest {shown}: name it .csv, .tsv or .jsonl (the suffix says how it is read)")
-    try:
-        data = manifest.read_bytes()
-    except IsADirectoryError:
-        raise UserError(f"--manifest {shown} is a folder; give the .csv, .tsv or .jsonl file (or use --images)") from None
-    except OSError as error:
-        raise UserError(f"cannot read --manifest {shown} ({error.strerror or error})") from None
+    if manifest.is_dir():
+        raise UserError(f"--manifest {shown} is a folder; give the .csv, .tsv or .jsonl file (or use --images)")
+    data = read_limited(manifest, MANIFEST_LIMIT, "a manifest")  # a FIFO or a device is refused, never waited on
     base = manifest.parent
     name = printable(manifest.name)
     rows = _rows_of_jsonl(data, shown) if kind == "jsonl" else _rows_of_table(data, kind, shown)

@@ -17,11 +17,15 @@ which mostly measures memory, and on unseen views (datasets/pokemon-views, test)
 user's question: a picture of a Pokemon the model has not seen in any form. Every stage is run as a
 separate `python -m cn_clip_pokemon ...` process and printed first, so any of them can be rerun by
 hand. A stage whose output is already there is reused (and says so); --fresh starts over.
+
+The demo deletes only what it wrote: its marker WORKDIR/.cn-clip-pokemon-demo.json lists every
+file and folder that appeared in the work folder while it ran (files.Ledger), and --fresh deletes
+exactly those, keeping anything else there. A work folder that is not empty and has no such marker
+is refused by --fresh.
 """
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -101,6 +105,10 @@ VIT_B_16 = {
 
 CONFIGS = {"tiny": TINY, "vit-b-16": VIT_B_16}
 
+# The demo's own record of what it wrote in the work folder (files.Ledger); --fresh deletes that only.
+DEMO_MARKER = ".cn-clip-pokemon-demo.json"
+SEEN_VIEWS = "pictures-seen-views"
+
 
 def demo_arguments(parser):
     parser.add_argument("--workdir", type=Path, default=Path("pokemon-demo"), help="where everything goes (default ./pokemon-demo)")
@@ -111,7 +119,11 @@ def demo_arguments(parser):
         help="training budget in minutes on this machine's CPU; scales the number of epochs of the tiny "
         "recipe (default 10, tuned on 2 cores)",
     )
-    parser.add_argument("--fresh", action="store_true", help="remove the work folder first and start over")
+    parser.add_argument(
+        "--fresh", action="store_true",
+        help="start over: first delete what earlier demo runs wrote in the work folder (listed in its "
+        f"{DEMO_MARKER}), keeping anything else there; a folder the demo did not make is refused",
+    )
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="tiny (random initialisation, CPU) or vit-b-16 (fine-tune the real model; needs --pretrained)")
     parser.add_argument("--pretrained", type=Path, default=None, help="official weights for --config vit-b-16, e.g. ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt")
     parser.add_argument("--numbers", default="1-649", help="which Pokemon (default 1-649, every one with sprites)")
@@ -200,10 +212,17 @@ def _same_pictures(pictures, numbers, frames):
     """Whether fetch-sprites already laid out these Pokemon with this many frames."""
     from cn_clip_pokemon.sprites import MARKER, parse_numbers
 
+    from cn_clip_pokemon.files import load_json_file
+
     marker = pictures / MARKER
     if not marker.exists():
         return False
-    made = json.loads(marker.read_text(encoding="utf-8"))
+    try:
+        made = load_json_file(marker, 64 << 20, MARKER, "")
+    except UserError:
+        return False  # fetch-sprites says what is wrong with it
+    if not isinstance(made, dict):
+        return False
     wanted = list(parse_numbers(numbers))
     made_numbers = made.get("numbers") or []
     if len(made_numbers) == 2 and wanted == list(range(wanted[0], wanted[-1] + 1)):
@@ -231,7 +250,9 @@ def save_initial_model(recipe, path, pretrained=None, seed=123):
 
 
 def _images(dataset):
-    return json.loads((dataset / "dataset_info.json").read_text(encoding="utf-8"))["images"].values()
+    from cn_clip_pokemon.builder import load_dataset_info
+
+    return load_dataset_info(dataset)["images"].values()
 
 
 def pick_question(views, pictures):
@@ -271,10 +292,18 @@ def _test_sample(views, pictures, count=24):
     return [pictures / entry["source"] for entry in chosen[::step][:count]]
 
 
-def link_seen_views(views, pictures, seen):
+def link_seen_views(views, pictures, seen, ledger=None):
     """``seen``: a folder of symlinks to the pictures of ``views``' train split (the animations that
-    are trained on), laid out as in ``pictures``, for `build-dataset --split-by view` to deal frames of."""
-    shutil.rmtree(seen, ignore_errors=True)
+    are trained on), laid out as in ``pictures``, for `build-dataset --split-by view` to deal frames of.
+    The links of an earlier run (those ``ledger`` says the demo wrote) go first; anything else there
+    is refused, as the dataset would be built from it."""
+    from cn_clip_pokemon.files import remove_listed
+
+    if ledger is not None:
+        kept = remove_listed(seen, ledger.owned(under=SEEN_VIEWS))
+        if kept:
+            raise UserError(f"{seen} holds {kept[0]}, which the demo did not write, and the dataset of seen views is "
+                            f"built from that folder: move it out of {seen} and run again")
     count = 0
     for entry in _images(views):
         if entry["split"] != "train":
@@ -380,13 +409,41 @@ def demo_command(args):
     if args.pretrained is not None and not args.pretrained.is_file():
         raise UserError(f"{args.pretrained}: no such weight file; download clip_cn_vit-b-16.pt from the Chinese-CLIP release and pass its path")
     work = args.workdir.resolve()
-    if args.fresh and work.exists():
-        print(f"removing {work} (--fresh)")
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    ledger = prepare_workdir(work, args.fresh)
+    try:
+        return _run(args, recipe, work, ledger, started)
+    finally:
+        ledger.finish()  # what the stages wrote, even when one failed, is listed for --fresh
+
+
+def prepare_workdir(work, fresh):
+    """The work folder's ledger, started; with ``fresh``, what earlier runs wrote deleted first."""
+    from cn_clip_pokemon.files import Ledger, listing
+
+    ledger = Ledger(work, DEMO_MARKER, "the demo")
+    if ledger.exists():
+        ledger.load()
+    elif fresh and listing(work):
+        raise UserError(
+            f"--fresh deletes only what the demo wrote, and {work} has no {DEMO_MARKER} (the demo did not make it): "
+            "nothing was deleted; choose another --workdir, or empty this one yourself"
+        )
+    if fresh and ledger.written:
+        count = len(ledger.written)
+        kept = ledger.remove_written()
+        print(f"removed {count - len(ledger.written)} files and folders the demo wrote in {work} (--fresh)")
+        if kept:
+            more = f" and {len(kept) - 10} more" if len(kept) > 10 else ""
+            print(f"kept {len(kept)} entries the demo did not write: {', '.join(kept[:10])}{more}")
+    ledger.start()
+    return ledger
+
+
+def _run(args, recipe, work, ledger, started):
+    """The demo's stages in ``work``; ``ledger`` lists what they write."""
     pictures = work / "pictures"
     views = work / "datasets" / "pokemon-views"
-    seen = work / "pictures-seen-views"
+    seen = work / SEEN_VIEWS
     dataset = work / "datasets" / "pokemon"
     experiments = work / "experiments"
     name = recipe["name"]
@@ -396,6 +453,7 @@ def demo_command(args):
     seconds = {}
 
     # 1. pictures
+    fetched = False
     if _same_pictures(pictures, args.numbers, frames):
         _reuse("fetch sprites", pictures)
     else:
@@ -403,11 +461,10 @@ def demo_command(args):
         for tarball in args.sprites_from:
             argv += ["--from", tarball]
         _, seconds["fetch-sprites"] = run_stage("fetch sprites", argv)
-        for built in (views, dataset):  # they were built from other pictures
-            shutil.rmtree(built, ignore_errors=True)
+        fetched = True  # the datasets are rebuilt from the new pictures (build-dataset replaces its own)
 
     # 2. datasets: whole animations held out, then frames held out of the animations left
-    if (views / "dataset_info.json").exists() and (dataset / "dataset_info.json").exists():
+    if not fetched and (views / "dataset_info.json").exists() and (dataset / "dataset_info.json").exists():
         _reuse("build datasets", f"{views} and {dataset}")
     else:
         _, seconds["build-dataset views"] = run_stage(
@@ -415,7 +472,7 @@ def demo_command(args):
             ["build-dataset", "--images", pictures, "--out", views, "--image-size", size, *VIEWS_SPLIT],
         )
         print(f"\n== link the pictures of the animations left for training\n{seen}/: ", end="")
-        print(f"{link_seen_views(views, pictures, seen)} links to the train split of {views}", flush=True)
+        print(f"{link_seen_views(views, pictures, seen, ledger)} links to the train split of {views}", flush=True)
         _, seconds["build-dataset frames"] = run_stage(
             "build dataset: frames held out of the animations trained on (unseen frames)",
             ["build-dataset", "--images", seen, "--out", dataset, "--image-size", size, *FRAMES_SPLIT],
@@ -423,7 +480,9 @@ def demo_command(args):
 
     question = pick_question(views, pictures)
     names_file = work / "names.txt"
-    info = json.loads((views / "dataset_info.json").read_text(encoding="utf-8"))
+    from cn_clip_pokemon.builder import load_dataset_info
+
+    info = load_dataset_info(views)
     names_file.write_text("\n".join(info["names"]) + "\n", encoding="utf-8")
 
     # 3. before training: the model as training starts it (random initialisation or --pretrained)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.errors import UserError, install_hint
+from cn_clip_pokemon.files import open_regular
 
 WHITE = (255, 255, 255)
 # Longest side of a rendered SVG: larger than any storage size we use, so resizing only shrinks.
@@ -128,7 +129,8 @@ def open_picture(source, frame=0, svg_size=SVG_SIZE, marks=None):
         return _open_pil_image(source, name)
     if isinstance(source, (str, Path)):
         try:
-            with open(source, "rb") as file:
+            # never blocks: a FIFO or a device put in a picture's place is refused, not waited on
+            with open_regular(source) as file:
                 return _open_picture_file(file, name, frame, svg_size, str(source).lower().endswith((".svg", ".svgz")), marks)
         except OSError as error:  # opening or reading the file itself
             raise PictureError(f"{name}: cannot read ({error.strerror or error})") from None

@@ -10,6 +10,7 @@ one. Names are compared after NFKC and OpenCC's t2s, so a traditional character,
 letter, a space or a letter's case never decides a match.
 """
 import functools
+import io
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import fill_template
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import atomic_write
+from cn_clip_pokemon.files import JSON_STRING, atomic_write, mode_name, open_regular, parse_json, read_limited
 
 DATA_DIR = Path(__file__).parent / "data"
 OFFICIAL_NAMES_FILE = DATA_DIR / "official-names.tsv"  # number, zh_hans, zh_hant, en, ja
@@ -332,47 +333,124 @@ def cn_clip_tokenizer():
 TEXT_SUFFIXES = {".tsv", ".jsonl", ".json", ".txt", ".csv"}
 
 
-def _convert_json_value(value):
-    if isinstance(value, str):
-        return to_simplified(value)
-    if isinstance(value, list):
-        return [_convert_json_value(item) for item in value]
-    if isinstance(value, dict):
-        return {to_simplified(key): _convert_json_value(item) for key, item in value.items()}
-    return value
+MAX_LINE = 64 << 20  # characters in one line of a text file to convert
+JSON_FILE_LIMIT = 1 << 30  # a .json file is checked whole before it is converted
+T2S_JSON_DEPTH = 500  # nesting a JSON text to convert may have (Python's own parser stops near 1000)
+
+
+class _KeysBecomeOne(ValueError):
+    """Two keys of one JSON object that t2s would turn into the same key."""
+
+    def __init__(self, first, second, simplified):
+        super().__init__(f'the keys "{first}" and "{second}" of one object would both become "{simplified}"')
+
+
+def _keys_stay_distinct(pairs):
+    """``object_pairs_hook`` for checking a JSON text before converting it: two keys that become one
+    (臺灣 and 台湾) would lose a value, so they are refused. Returns nothing: the text is converted
+    as it is written, never rebuilt from what Python parsed."""
+    seen = {}
+    for key, _ in pairs:
+        simplified = to_simplified(key)
+        if seen.setdefault(simplified, key) != key:
+            raise _KeysBecomeOne(seen[simplified], key, simplified)
+    return None
+
+
+def _check_json(text):
+    """ValueError (with a ``msg``-less text) unless ``text`` is JSON that t2s can convert safely."""
+    parse_json(text, max_depth=T2S_JSON_DEPTH, object_pairs_hook=_keys_stay_distinct)
+
+
+def _convert_json_strings(text):
+    """``text`` (checked JSON, or one line of it) with each string literal converted and every other
+    character as it was: numbers such as 1e400, spacing, key order and repeated keys stay as written."""
+
+    def convert(match):
+        literal = match.group(0)
+        if literal.isascii() and "\\u" not in literal:
+            return literal
+        value = json.loads(literal)
+        simplified = to_simplified(value)
+        if simplified == value:
+            return literal
+        # a lone surrogate (from a "\\ud800" escape) cannot be written as UTF-8: keep it escaped
+        return json.dumps(simplified, ensure_ascii=not _is_encodable(simplified))
+
+    return JSON_STRING.sub(convert, text)
+
+
+def _is_encodable(text):
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _convert_line(line, kind):
-    """One line of a TSV, JSONL or plain-text file, converted; base64 and ASCII pass untouched."""
+    """One line of a TSV, JSON(L) or plain-text file, converted; base64 and ASCII pass untouched.
+
+    A JSONL line is checked first (ValueError: not JSON, nested too deep, two keys becoming one); a
+    .json file's lines were checked as one document before.
+    """
     body = line.rstrip("\r\n")
     ending = line[len(body):]
-    if body.isascii() and not (kind == "jsonl" and "\\u" in body):
+    if body.isascii() and not (kind in ("jsonl", "json") and "\\u" in body):
         return line
-    if kind == "jsonl" and body.strip():
-        # Parse so escaped text ("\u81fa") is converted too; keep the line's key order.
-        record = json.loads(body)
-        converted = _convert_json_value(record)
-        return line if converted == record else json.dumps(converted, ensure_ascii=False) + ending
+    if kind in ("jsonl", "json"):
+        if kind == "jsonl" and body.strip():
+            _check_json(body)
+        return _convert_json_strings(body) + ending
     if kind == "tsv":
         return "\t".join(to_simplified(field) for field in body.split("\t")) + ending
     return to_simplified(body) + ending
 
 
+def _lines(reader, source):
+    """The lines of ``reader``, each of at most MAX_LINE characters (a UserError otherwise)."""
+    while True:
+        line = reader.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE:
+            raise UserError(f"{source}: a line longer than {MAX_LINE:,} characters; this is not a text file t2s "
+                            "converts; nothing was changed")
+        yield line
+
+
 def convert_text_file(source, destination):
     """Write ``source`` converted to ``destination`` (may be the same path); returns changed lines.
 
-    The result is a list of ``(line_number, old, new)``; the write is atomic (temp file + rename).
+    The result is a list of ``(line_number, old, new)``; the write is atomic (temp file + rename),
+    and converting a symlink in place converts the file it points to (the link stays a link).
+    JSON is converted string by string, never rebuilt, after a check (UserError) that it is JSON
+    whose keys stay distinct.
     """
     source, destination = Path(source), Path(destination)
-    kind = {".tsv": "tsv", ".jsonl": "jsonl"}.get(source.suffix.lower(), "text")
+    kind = {".tsv": "tsv", ".jsonl": "jsonl", ".json": "json"}.get(source.suffix.lower(), "text")
+    in_place = os.path.abspath(source) == os.path.abspath(destination)
+    if in_place:
+        destination = Path(os.path.realpath(source))  # replacing a link would leave its target as it was
     changes = []
-    keep_mode = source.stat().st_mode if source.exists() and source == destination else None
-    with open(source, encoding="utf-8", newline="") as reader, atomic_write(destination, "w", encoding="utf-8", newline="") as writer:
-        for line_number, line in enumerate(reader, 1):
+    keep_mode = destination.stat().st_mode if in_place else None
+    if kind == "json":
+        text = read_limited(source, JSON_FILE_LIMIT, "a JSON file to convert").decode("utf-8")
+        try:
+            _check_json(text)
+        except ValueError as error:
+            raise UserError(f"{source} is not JSON t2s can convert ({getattr(error, 'msg', None) or error}); "
+                            "nothing was changed; fix it first") from None
+        reader = io.StringIO(text, newline="")
+    else:
+        reader = io.TextIOWrapper(open_regular(source), encoding="utf-8", newline="")
+    with reader, atomic_write(destination, "w", encoding="utf-8", newline="") as writer:
+        for line_number, line in enumerate(_lines(reader, source), 1):
             try:
                 converted = _convert_line(line, kind)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{source}:{line_number}: not a JSON line ({error.msg}); fix or remove it") from None
+            except ValueError as error:
+                raise UserError(f"{source}:{line_number}: not a JSON line t2s can convert "
+                                f"({getattr(error, 'msg', None) or error}); nothing was changed; fix or remove it") from None
             if converted != line:
                 changes.append((line_number, line.rstrip("\r\n"), converted.rstrip("\r\n")))
             writer.write(converted)
@@ -436,9 +514,13 @@ def t2s_command(args):
     if not args.in_place and out.exists():
         raise UserError(f"{out} already exists; remove it, choose another --out, or use --in-place")
 
+    if not path.is_file() and not path.is_dir():
+        raise UserError(f"{path} is a {mode_name(path.stat().st_mode)}, not a file or a folder; nothing was changed")
     if path.is_file():
         try:
             changes = convert_text_file(path, out)
+        except OSError as error:
+            raise UserError(f"cannot convert {path} ({error.strerror or error}); nothing was changed") from None
         except UnicodeDecodeError:
             # the temporary copy is gone and the input untouched (convert_text_file writes atomically)
             raise UserError(

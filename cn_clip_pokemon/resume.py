@@ -11,7 +11,10 @@ checkpoint jumps to the next epoch, skipping the rest of the interrupted one. He
 - the position in the data comes from the global step: ``divmod(step, steps_per_epoch)`` gives the
   epoch and the batch within it, so a step checkpoint continues at its next batch, in the same order;
 - ``--keep-checkpoints N`` keeps the newest N ``epochN.pt`` (and N step checkpoints) beside
-  ``epoch_latest.pt``.
+  ``epoch_latest.pt``;
+- a run killed while saving leaves a temporary file as large as a checkpoint (2.3 GB for ViT-B-16
+  with its optimizer state): the next run removes those of the checkpoint names when it starts, and
+  every save those of its own name (files.atomic_write).
 """
 import logging
 import os
@@ -126,6 +129,21 @@ def data_position(checkpoint, steps_per_epoch):
         checkpoint.epoch + 1,
     )
     return checkpoint.epoch, steps, 0
+
+
+# The names of the checkpoints training writes (epoch_latest.pt, epochN.pt, epoch_E_S.pt)
+CHECKPOINT_NAME = re.compile(r"epoch_latest\.pt|epoch\d+\.pt|epoch_\d+_\d+\.pt")
+
+
+def remove_stale_checkpoint_temporaries(checkpoint_dir):
+    """Remove the temporary files that runs killed while saving a checkpoint left in ``checkpoint_dir``
+    (``.epoch_latest.pt.XXXXXXXX.tmp``; never one a live save holds locked); returns their names."""
+    from cn_clip_pokemon.files import remove_stale_temporaries
+
+    removed = remove_stale_temporaries(checkpoint_dir, CHECKPOINT_NAME)
+    if removed:
+        logging.info("removed %s, left by a run killed while saving a checkpoint", ", ".join(sorted(removed)))
+    return removed
 
 
 _EPOCH_FILE = re.compile(r"^epoch(\d+)\.pt$")

@@ -11,6 +11,13 @@ pinned SHA-256 sums and cached. The layout is one folder per Pokemon::
 Each animation contributes ``--frames`` pictures: its distinct frames (repeated frames dropped,
 since an identical picture adds nothing and the builder would skip it), evenly spaced. Frames keep
 their transparency; the builder composites them on white.
+
+A rerun replaces only what fetch-sprites wrote: its marker ``.sprites.json`` lists every file it
+laid out, and anything else in the folder (the user's notes, their own photos in a Pokemon's
+folder) is kept, hard-linked into the new folder before it is swapped in whole, so at every instant
+the folder holds the old sprites or the new ones, and the user's files either way. A folder that
+holds a name this run writes, and did not write it, is refused with that name; so is a folder
+without the marker that is not empty.
 """
 import hashlib
 import io
@@ -23,8 +30,20 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import cache_root, file_sha256
+from cn_clip_pokemon.builder import printable
+from cn_clip_pokemon.errors import UserError, install_hint
+from cn_clip_pokemon.files import (
+    FILE,
+    FOLDER,
+    cache_root,
+    clean_leftovers,
+    file_sha256,
+    foreign_entries,
+    holds_marker,
+    listing,
+    load_json_file,
+    try_lock,
+)
 
 # name -> (version, SHA-256 of the npm tarball)
 PACKAGES = {
@@ -34,6 +53,10 @@ PACKAGES = {
 SPRITE_NUMBERS = range(1, 650)  # Black/White has animated sprites for #1-649
 DEFAULT_FRAMES = 4
 MARKER = ".sprites.json"  # provenance; a dot-file so the builder does not read it as a picture
+MARKER_LIMIT = 64 << 20  # its listing of every file: about 3 MB for the whole set at 24 frames
+# What fetch-sprites names its files (markers written before they listed their files are read by it)
+_SPRITE_FOLDER = re.compile(r"^\d{4}[^/]+$")
+_SPRITE_FILE = re.compile(r"^(?:form-[a-z0-9-]+-)?(?:female-)?(?:front|back|shiny|back-shiny)_\d{2}\.png$|^dream-world\.png$")
 
 _ANIMATED = re.compile(
     r"^package/sprites/pokemon/versions/generation-v/black-white/animated/"
@@ -261,8 +284,9 @@ def fetch_sprites(
     numbers = list(numbers) if numbers is not None else list(SPRITE_NUMBERS)
     if frames < 1:
         raise UserError("--frames must be 1 or more")
-    if out.exists() and not (out / MARKER).exists():
-        raise UserError(f"{out} exists and was not made by fetch-sprites; choose another --out or remove it")
+    if os.path.islink(out):  # the link stays; the sprites go where it points
+        out = Path(os.path.realpath(out))
+    previous = _previous_listing(out)  # None: nothing there yet
     if dream_world:
         try:
             import cairosvg  # noqa: F401
@@ -272,7 +296,9 @@ def fetch_sprites(
     names = read_package_names(tarballs["pokemon"])
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    cleaned = _clean_leftovers(out)
     temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    lock = try_lock(temp)  # tells a concurrent run's clean-up that this folder is in use
     try:
         plan = []
         expected_views = 4 + (1 if dream_world else 0)
@@ -305,13 +331,132 @@ def fetch_sprites(
             "credits": "sprites (c) The Pokemon Company, via PokeAPI/sprites (CC0); names: official, "
                        "via PokeAPI/pokeapi (BSD-3-Clause), older ones npm pokemon (MIT)",
         }
-        (temp / MARKER).write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+        written = listing(temp)
+        written[MARKER] = FILE
+        (temp / MARKER).write_text(json.dumps({**summary, "files": written}, ensure_ascii=False, indent=1),
+                                   encoding="utf-8")
+        kept = _keep_additions(out, temp, previous, written) if previous is not None else []
         replace_directory(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     summary["out"] = str(out)
+    summary["kept"] = kept
+    summary["cleaned"] = cleaned
     return summary
+
+
+def _previous_listing(out):
+    """What an earlier run wrote in ``out`` (a listing), ``{}`` for an empty folder, None when there is
+    no folder; a UserError for a folder fetch-sprites cannot prove it made."""
+    shown = printable(str(out))
+    if not os.path.lexists(out):
+        return None
+    if not out.is_dir():
+        raise UserError(f"--out {shown} is a file; give a folder")
+    try:
+        empty = not any(out.iterdir())
+    except OSError as error:
+        raise UserError(f"cannot look inside --out {shown} ({error.strerror or error}); check its permissions") from None
+    if empty:
+        return {}
+    if not holds_marker(out, MARKER, b"{"):
+        raise UserError(f"{shown} exists and was not made by fetch-sprites (it has no {MARKER}); choose another "
+                        "--out, or an empty folder")
+    made = load_json_file(out / MARKER, MARKER_LIMIT, f"fetch-sprites' {MARKER}",
+                          f"it is fetch-sprites' record of what it wrote: move your own files out of {shown}, "
+                          "delete it, and run again")
+    written = made.get("files") if isinstance(made, dict) else None
+    if isinstance(written, dict) and all(isinstance(kind, str) for kind in written.values()):
+        return written
+    # an older fetch-sprites, which did not list its files: its names say which are its own
+    return {path: kind for path, kind in listing(out).items() if path == MARKER
+            or (kind == FOLDER and _SPRITE_FOLDER.match(path))
+            or (kind == FILE and "/" in path and _SPRITE_FOLDER.match(path.split("/")[0])
+                and _SPRITE_FILE.match(path.split("/", 1)[1]))}
+
+
+def _keep_additions(out, temp, previous, written):
+    """Hard-link into ``temp`` what ``out`` holds beyond ``previous`` (the user's files, which the swap
+    must keep); returns their paths. A UserError, before anything is linked, when one has a name this
+    run writes; and when one cannot be linked (another file system mounted inside, say)."""
+    additions = foreign_entries(out, previous)
+    shown = printable(str(out))
+    for path in additions:
+        name = path.rstrip("/")
+        taken = name in written or any(other.startswith(name + "/") for other in written) if path.endswith("/") \
+            else name in written
+        if taken:
+            raise UserError(
+                f"{shown}/{printable(path)} was not written by fetch-sprites, and this run writes that name: move it "
+                f"out of {shown} (or choose another --out) and run again; nothing was changed"
+            )
+    for path in additions:
+        name = path.rstrip("/")
+        source, target = out / name, temp / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not path.endswith("/"):
+                os.link(source, target, follow_symlinks=False)
+                continue
+            target.mkdir()
+            shutil.copystat(source, target, follow_symlinks=False)
+            for inner, kind in listing(source).items():
+                if kind == FOLDER:
+                    (target / inner).mkdir()
+                    shutil.copystat(source / inner, target / inner, follow_symlinks=False)
+                else:
+                    os.link(source / inner, target / inner, follow_symlinks=False)
+        except OSError as error:
+            raise UserError(
+                f"cannot keep {shown}/{printable(path)} in the new sprite folder ({error.strerror or error}): move it "
+                f"out of {shown} and run again; nothing was changed"
+            ) from None
+    return additions
+
+
+def _carried_or_listed(folder, listed, out):
+    """Whether everything in ``folder`` is either in the listing ``listed`` or the very same file
+    (a hard link) as the one at its place in ``out``: a leftover whose removal loses nothing."""
+    for path, kind in listing(folder).items():
+        if listed.get(path) == kind or kind == FOLDER:
+            continue
+        try:
+            here, there = os.lstat(os.path.join(folder, path)), os.lstat(os.path.join(out, path))
+        except OSError:
+            return False
+        if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+            return False
+    return True
+
+
+def _listed_in(folder):
+    """The listing in the marker of a folder fetch-sprites wrote, or the files named as it names them."""
+    try:
+        made = load_json_file(Path(folder) / MARKER, MARKER_LIMIT, MARKER, "")
+        written = made.get("files")
+        if isinstance(written, dict):
+            return written
+    except UserError:
+        pass
+    return {path: kind for path, kind in listing(folder).items()
+            if (kind == FOLDER and _SPRITE_FOLDER.match(path))
+            or (kind == FILE and "/" in path and _SPRITE_FOLDER.match(path.split("/")[0])
+                and _SPRITE_FILE.match(path.split("/", 1)[1]))}
+
+
+def _clean_leftovers(out):
+    """Remove what killed runs left beside ``out``, when it holds only sprites and the user's files
+    that are still in ``out`` too (hard links); put the previous folder back if a swap was cut short."""
+    return clean_leftovers(
+        out, "fetch-sprites",
+        owns_old=lambda inside: _carried_or_listed(inside, _listed_in(inside), out),
+        owns_temporary=lambda temp: _carried_or_listed(temp, _listed_in(temp), out),
+        complete=lambda inside: holds_marker(inside, MARKER, b"{"),
+    )
 
 
 def fetch_sprites_arguments(parser):
@@ -354,10 +499,16 @@ def fetch_sprites_command(args):
         workers=args.workers,
         progress=not args.no_progress,
     )
+    for note in summary["cleaned"]:
+        print(f"note: {note}")
     print(
         f"{summary['pictures']} pictures of {summary['pokemon']} Pokemon from {summary['animations']} "
         f"animations/artworks in {summary['out']}"
     )
+    if summary["kept"]:
+        listed = ", ".join(printable(path) for path in summary["kept"][:10])
+        more = f" and {len(summary['kept']) - 10} more" if len(summary["kept"]) > 10 else ""
+        print(f"kept {len(summary['kept'])} entries fetch-sprites did not write: {listed}{more}")
     for number, views in summary["missing"].items():
         print(f"  #{number}: no {', '.join(views)} in the package")
     print(f"next: cn-clip-pokemon build-dataset --images {summary['out']} --out DATASET_DIR")

@@ -198,7 +198,7 @@ def test_a_failure_midway_leaves_the_previous_dataset(sprite_dataset, sprite_pic
         raise OSError("disk full")
 
     monkeypatch.setattr(builder, "_write_info", fail)  # after every picture is written
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=r"\(disk full\); the previous dataset in .* is as it was"):
         build_dataset(sprite_pictures, out, image_size=32, workers=1, progress=False)
     assert (out / "dataset_info.json").read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["pokemon"]

@@ -73,11 +73,13 @@ def test_cli_replaces_its_own_output_but_nothing_else(shared_datasets, tmp_path,
     arguments = ["fetch-sprites", "--from", str(shared_datasets / SPRITES_TGZ), "--from", str(shared_datasets / POKEMON_TGZ),
                  "--cache", str(tmp_path / "cache"), "--numbers", "25", "--frames", "1", "--no-progress"]
     out = tmp_path / "pictures"
-    assert cli_main(arguments + ["--out", str(out)]) == 0
-    assert "4 pictures of 1 Pokemon" in capsys.readouterr().out
-    (out / "0025皮卡丘" / "stale.png").write_bytes(b"old")
-    assert cli_main(arguments + ["--out", str(out)]) == 0  # a second run replaces the first
-    assert not (out / "0025皮卡丘" / "stale.png").exists()
+    assert cli_main(arguments[:-3] + ["--frames", "2", "--no-progress", "--out", str(out)]) == 0
+    assert "8 pictures of 1 Pokemon" in capsys.readouterr().out
+    (out / "0025皮卡丘" / "mine.png").write_bytes(b"mine")
+    assert cli_main(arguments + ["--out", str(out)]) == 0  # a second run replaces what the first wrote
+    assert "kept 1 entries fetch-sprites did not write: 0025皮卡丘/mine.png" in capsys.readouterr().out
+    assert not (out / "0025皮卡丘" / "front_01.png").exists()  # the first run's, not written again
+    assert (out / "0025皮卡丘" / "mine.png").read_bytes() == b"mine"  # the user's, kept
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
 
     foreign = tmp_path / "my-photos"
