@@ -42,6 +42,8 @@ setup(
         "svg": ["cairosvg>=2.7"],
         # `cn-clip-pokemon serve`, the web page (tested with Gradio 6.31)
         "web": ["gradio>=5"],
+        # `cn-clip-pokemon export-hf` and reading the Hub's model.safetensors (tested with transformers 5.25)
+        "hf": ["transformers>=5,<6", "safetensors>=0.4"],
         "test": [
             "pytest>=7",
             "build",  # tests/test_wheel_install.py builds the sdist and the wheel
@@ -53,6 +55,9 @@ setup(
             "onnx>=1.14",
             "onnxruntime>=1.16",
             "onnxscript>=0.3",
+            # export-hf and its test: transformers' ChineseCLIPModel against cn_clip
+            "transformers>=5,<6",
+            "safetensors>=0.4",
         ],
     },
     entry_points={

@@ -11,6 +11,8 @@ Shapes accepted by :func:`load_model`:
 - raw state dicts (with or without ``module.``);
 - the official pretrained releases (``clip_cn_vit-b-16.pt``...: ``{"state_dict"}``, fp16, ``module.``),
   by path or by upstream's name (``ViT-B-16``), found like upstream's ``load_from_name`` does.
+- transformers ``ChineseCLIPModel`` folders (the Hub's layout, or ``export-hf``'s), converted by
+  :mod:`cn_clip_pokemon.huggingface`.
 
 Without a ``model_config`` the architecture is read from tensor shapes and named after the registered
 config (ours or upstream's) it matches. Files are read with ``torch.load(weights_only=True)``, so a
@@ -122,6 +124,10 @@ def resolve_checkpoint_path(path_or_name, download_root=None):
     candidate = Path(os.path.expanduser(str(path_or_name)))
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():  # a transformers ChineseCLIP folder (the Hub's layout), or a one-line error
+        from cn_clip_pokemon.huggingface import check_hf_folder
+
+        return check_hf_folder(candidate)
     if str(path_or_name) in _MODELS:
         filename = _MODELS[str(path_or_name)][1]
         roots = [download_root] if download_root else []
@@ -190,6 +196,10 @@ def read_checkpoint(path):
     import torch
 
     path = Path(path)
+    if path.is_dir():  # a transformers folder: safetensors without pickle, .bin with weights_only
+        from cn_clip_pokemon.huggingface import read_hf_folder
+
+        return read_hf_folder(path)
     try:
         with torch.serialization.safe_globals(numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -728,6 +738,10 @@ def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_
 def file_digest(path, memo_dir=None):
     """SHA-256 of a file's content; with ``memo_dir`` it is remembered until size or mtime change."""
     path = Path(path)
+    if path.is_dir():  # a transformers folder: its config and weight files
+        from cn_clip_pokemon.huggingface import folder_digest
+
+        return folder_digest(path, memo_dir=memo_dir)
     stat = path.stat()
     signature = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
     memo_file = None

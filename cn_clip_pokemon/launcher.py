@@ -54,7 +54,8 @@ def launcher_parser():
         "--pretrained",
         metavar="FILE",
         default=None,
-        help="start from released weights such as clip_cn_vit-b-16.pt (upstream's --resume FILE "
+        help="start from released weights such as clip_cn_vit-b-16.pt, or a transformers ChineseCLIP "
+        "folder such as the Hub's OFA-Sys/chinese-clip-vit-base-patch16 (upstream's --resume FILE "
         "--reset-data-offset --reset-optimizer), unless this run (--logs/--name) already has "
         "checkpoints/epoch_latest.pt: then it continues from that",
     )
@@ -119,7 +120,11 @@ def prepare_upstream_argv(argv):
                 "checkpoint such as clip_cn_vit-b-16.pt give --pretrained FILE instead, or leave out "
                 f"{flag} to start from random initialisation"
             )
-    if args.resume is not None and not os.path.isfile(args.resume):
+    if args.resume is not None and os.path.isdir(args.resume):
+        from cn_clip_pokemon.huggingface import check_hf_folder
+
+        check_hf_folder(args.resume)  # a transformers ChineseCLIP folder, or one line on what it lacks
+    elif args.resume is not None and not os.path.isfile(args.resume):
         # upstream would log "no checkpoint found" and quietly train from scratch
         raise UserError(
             f"--resume {args.resume}: no such file. Give an existing checkpoint (epoch_latest.pt, or "
@@ -302,7 +307,11 @@ def train_main(argv):
     if options.pretrained is not None:
         if _has_flag(upstream_argv, "--resume"):
             parser.error("--pretrained and --resume both say where to start: give one")
-        if not os.path.isfile(options.pretrained):
+        if os.path.isdir(options.pretrained):
+            from cn_clip_pokemon.huggingface import check_hf_folder
+
+            check_hf_folder(options.pretrained)  # a transformers ChineseCLIP folder (the Hub's layout)
+        elif not os.path.isfile(options.pretrained):
             raise UserError(
                 f"{options.pretrained} not found; download the weights (clip_cn_vit-b-16.pt for ViT-B-16) "
                 "from Chinese-CLIP's model list and put them there"

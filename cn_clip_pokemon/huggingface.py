@@ -1,0 +1,864 @@
+"""Hugging Face transformers, in and out: ``ChineseCLIPModel`` folders from our checkpoints and back.
+
+**Out**: ``cn-clip-pokemon export-hf CHECKPOINT OUT`` writes a folder that
+``ChineseCLIPModel.from_pretrained(OUT)`` and ``ChineseCLIPProcessor.from_pretrained(OUT)`` load
+offline: ``config.json``, ``model.safetensors`` (fp32), upstream's vocabulary as a BERT tokenizer,
+an image processor that treats a square picture as upstream's ``image_transform`` does (bicubic
+resize to the input resolution, no crop, the same mean and std), a model card (``README.md``) and
+the checkpoint's candidate captions (``captions.json``). It is written in a temporary folder beside
+OUT and renamed into place; an OUT that is not empty is replaced only when it is an export of ours
+(the marker file lists every entry it may hold).
+
+**In**: a folder in the Hub's layout (``config.json`` with ``model.safetensors`` or
+``pytorch_model.bin``, or their sharded ``*.index.json``) is read wherever a checkpoint is:
+:func:`read_hf_folder` turns it into our checkpoint shape (upstream's keys plus ``model_config``),
+so ``load_model``, ``classify --checkpoint``, ``train --pretrained`` and ``--resume`` take it.
+safetensors are read without pickle, ``.bin`` files with ``weights_only=True``. Reading needs
+neither transformers nor a network; writing needs transformers (the ``hf`` extra).
+
+The two layouts hold the same numbers under other names; the vision tower's fused attention
+projection (``in_proj_weight``) is split into ``q_proj``/``k_proj``/``v_proj`` and the two output
+projections are transposed, so cn_clip -> transformers -> cn_clip gives the very same tensors.
+transformers' ChineseCLIP is a ViT with a BERT: a ResNet vision tower (RN50) cannot be expressed.
+"""
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from cn_clip_pokemon.errors import UserError, install_hint
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+PICKLE_FILE = "pytorch_model.bin"
+# (single file, sharded index), best first: safetensors never run code
+WEIGHT_FILES = ((SAFETENSORS_FILE, SAFETENSORS_FILE + ".index.json"), (PICKLE_FILE, PICKLE_FILE + ".index.json"))
+CAPTIONS_FILE = "captions.json"
+CARD_FILE = "README.md"
+VOCAB_FILE = "vocab.txt"
+MARKER = ".cn-clip-pokemon-export.json"  # what export-hf wrote here: the entries it may replace
+MARKER_FORMAT = 1
+
+# transformers' defaults for the fields a config.json may leave out (ChineseCLIP*Config in 5.x);
+# tests/test_huggingface.py checks them against the installed classes
+TEXT_DEFAULTS = {
+    "vocab_size": 30522, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "max_position_embeddings": 512, "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12, "initializer_range": 0.02, "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "type_vocab_size": 2,
+}
+VISION_DEFAULTS = {
+    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "num_channels": 3, "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+}
+MODEL_DEFAULTS = {"projection_dim": 512}
+# what cn_clip's towers are built with, whatever the config says
+CN_CLIP_VISION_EPS = 1e-5
+CN_CLIP_TEXT_EPS = 1e-12
+CN_CLIP_TEXT_ACTIVATIONS = ("gelu", "relu", "swish", "gelu_new")  # cn_clip.clip.modeling_bert.ACT2FN
+VISION_ACTIVATION = "quick_gelu"  # cn_clip's QuickGELU
+VISION_MLP_RATIO = 4
+
+
+class NotExpressible(UserError):
+    """transformers' ChineseCLIP cannot hold this architecture; the message names the field."""
+
+
+def require_transformers():
+    """transformers (with ChineseCLIPModel) and safetensors, or a one-line UserError saying what to install."""
+    try:
+        import safetensors  # noqa: F401
+        import transformers
+        from transformers import ChineseCLIPModel  # noqa: F401
+    except ImportError:
+        raise UserError(f"Hugging Face transformers is not installed (needed with safetensors for this): {install_hint('hf')}") from None
+    return transformers
+
+
+# --------------------------------------------------------------------------- key names
+
+# cn_clip name pattern -> transformers name; the fused attention projection is handled apart
+_RENAMES = [
+    (r"visual\.class_embedding", "vision_model.embeddings.class_embedding"),
+    (r"visual\.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+    (r"visual\.conv1\.weight", "vision_model.embeddings.patch_embedding.weight"),
+    (r"visual\.ln_pre\.(weight|bias)", r"vision_model.pre_layrnorm.\1"),
+    (r"visual\.ln_post\.(weight|bias)", r"vision_model.post_layernorm.\1"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)", r"vision_model.encoder.layers.\1.self_attn.out_proj.\2"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"vision_model.encoder.layers.\1.layer_norm1.\2"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"vision_model.encoder.layers.\1.layer_norm2.\2"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"vision_model.encoder.layers.\1.mlp.fc1.\2"),
+    (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"vision_model.encoder.layers.\1.mlp.fc2.\2"),
+    (r"bert\.(.+)", r"text_model.\1"),
+    (r"logit_scale", "logit_scale"),
+]
+_TRANSPOSED = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
+_FUSED = re.compile(r"visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)")
+_SPLIT = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
+# buffers some transformers versions saved; rebuilt by the model, never weights
+_HF_BUFFERS = re.compile(r"(text_model|vision_model)\.embeddings\.(position_ids|token_type_ids)")
+
+
+def _to_hf_name(key):
+    for pattern, replacement in _RENAMES:
+        if re.fullmatch(pattern, key):
+            return re.sub(pattern, replacement, key)
+    return None
+
+
+# transformers name pattern -> cn_clip name: the table above read backwards
+_FROM_HF = [
+    (r"vision_model\.embeddings\.class_embedding", "visual.class_embedding"),
+    (r"vision_model\.embeddings\.position_embedding\.weight", "visual.positional_embedding"),
+    (r"vision_model\.embeddings\.patch_embedding\.weight", "visual.conv1.weight"),
+    (r"vision_model\.pre_layrnorm\.(weight|bias)", r"visual.ln_pre.\1"),
+    (r"vision_model\.post_layernorm\.(weight|bias)", r"visual.ln_post.\1"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"visual.transformer.resblocks.\1.attn.out_proj.\2"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm1\.(weight|bias)", r"visual.transformer.resblocks.\1.ln_1.\2"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm2\.(weight|bias)", r"visual.transformer.resblocks.\1.ln_2.\2"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"visual.transformer.resblocks.\1.mlp.c_fc.\2"),
+    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"visual.transformer.resblocks.\1.mlp.c_proj.\2"),
+    (r"text_model\.(.+)", r"bert.\1"),
+    (r"logit_scale", "logit_scale"),
+]
+
+
+def to_hf_state_dict(state_dict):
+    """transformers' ``ChineseCLIPModel`` state dict from a plain cn_clip one (no ``module.``)."""
+    converted = OrderedDict()
+    for key, value in state_dict.items():
+        fused = _FUSED.fullmatch(key)
+        if fused:
+            layer, kind = fused.groups()
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                converted[f"vision_model.encoder.layers.{layer}.self_attn.{name}_proj.{kind}"] = part.clone()
+            continue
+        if key in _TRANSPOSED:
+            converted[_TRANSPOSED[key]] = value.t().contiguous()
+            continue
+        name = _to_hf_name(key)
+        if name is None:
+            raise UserError(f"cannot convert {key}: transformers' ChineseCLIPModel has no such weight")
+        converted[name] = value
+    return converted
+
+
+def from_hf_state_dict(state_dict):
+    """A plain cn_clip state dict from transformers' ``ChineseCLIPModel`` one; keys it does not know
+    keep their name (the strict load then reports them), buffers and the unused pooler are dropped."""
+    import torch
+
+    converted, fused = OrderedDict(), {}
+    inverse_transposed = {hf: cn for cn, hf in _TRANSPOSED.items()}
+    for key, value in state_dict.items():
+        if _HF_BUFFERS.fullmatch(key) or key.startswith("text_model.pooler."):
+            continue
+        split = _SPLIT.fullmatch(key)
+        if split:
+            layer, name, kind = split.groups()
+            fused.setdefault((int(layer), kind), {})[name] = value
+            continue
+        if key in inverse_transposed:
+            converted[inverse_transposed[key]] = value.t().contiguous()
+            continue
+        for pattern, replacement in _FROM_HF:
+            if re.fullmatch(pattern, key):
+                converted[re.sub(pattern, replacement, key)] = value
+                break
+        else:
+            converted[key] = value
+    for (layer, kind), parts in sorted(fused.items()):
+        name = f"visual.transformer.resblocks.{layer}.attn.in_proj_{kind}"
+        if set(parts) != set("qkv"):
+            raise UserError(f"vision layer {layer} has {'/'.join(sorted(parts))} projections of its attention but not all of q, k and v")
+        converted[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return converted
+
+
+# --------------------------------------------------------------------------- configurations
+
+
+def hf_architecture(model_info):
+    """``(vision_config, text_config, projection_dim)`` for transformers from CLIP's arguments, or
+    :class:`NotExpressible` naming the field transformers cannot hold."""
+    layers = model_info.get("vision_layers")
+    if isinstance(layers, (list, tuple)) or model_info.get("vision_patch_size") is None:
+        raise NotExpressible(
+            f"vision_layers={list(layers) if isinstance(layers, (list, tuple)) else layers!r}: a ResNet vision tower "
+            "(like RN50) cannot be a transformers ChineseCLIPModel, whose vision tower is a ViT only; "
+            "keep this checkpoint in cn_clip's format"
+        )
+    if model_info.get("text_hidden_act") not in CN_CLIP_TEXT_ACTIVATIONS:
+        raise NotExpressible(f"text_hidden_act={model_info.get('text_hidden_act')!r}: transformers' ChineseCLIP text tower takes {', '.join(CN_CLIP_TEXT_ACTIVATIONS)}")
+    width = int(model_info["vision_width"])
+    head_width = int(model_info.get("vision_head_width", 64))
+    heads = width // head_width
+    if heads < 1 or width % heads:
+        raise NotExpressible(f"vision_head_width={head_width} with vision_width={width}: transformers needs the width split into whole heads")
+    text_width, text_heads = int(model_info["text_hidden_size"]), int(model_info["text_num_attention_heads"])
+    if text_width % text_heads:
+        raise NotExpressible(f"text_num_attention_heads={text_heads} does not divide text_hidden_size={text_width}")
+    vision = {
+        "hidden_size": width,
+        "intermediate_size": width * VISION_MLP_RATIO,
+        "num_hidden_layers": int(layers),
+        "num_attention_heads": heads,
+        "num_channels": 3,
+        "image_size": int(model_info["image_resolution"]),
+        "patch_size": int(model_info["vision_patch_size"]),
+        "hidden_act": VISION_ACTIVATION,
+        "layer_norm_eps": CN_CLIP_VISION_EPS,
+        "projection_dim": int(model_info["embed_dim"]),
+    }
+    text = {
+        "vocab_size": int(model_info["vocab_size"]),
+        "hidden_size": text_width,
+        "intermediate_size": int(model_info["text_intermediate_size"]),
+        "num_hidden_layers": int(model_info["text_num_hidden_layers"]),
+        "num_attention_heads": text_heads,
+        "max_position_embeddings": int(model_info["text_max_position_embeddings"]),
+        "type_vocab_size": int(model_info["text_type_vocab_size"]),
+        "hidden_act": model_info["text_hidden_act"],
+        "hidden_dropout_prob": float(model_info["text_hidden_dropout_prob"]),
+        "attention_probs_dropout_prob": float(model_info["text_attention_probs_dropout_prob"]),
+        "initializer_range": float(model_info["text_initializer_range"]),
+        "layer_norm_eps": CN_CLIP_TEXT_EPS,
+    }
+    return vision, text, int(model_info["embed_dim"])
+
+
+def _square(value, field, where):
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2 or value[0] != value[1]:
+            raise UserError(f"{where}: {field}={list(value)} is not square; cn_clip's ViT takes square pictures and patches only")
+        value = value[0]
+    return value
+
+
+def model_info_from_hf_config(config, where):
+    """CLIP(**kwargs) for a transformers ChineseCLIP ``config.json`` dict, or a UserError naming the
+    field cn_clip cannot build."""
+    if not isinstance(config, dict):
+        raise UserError(f"{where} is not a JSON object")
+    model_type = config.get("model_type")
+    if model_type != "chinese_clip":
+        raise UserError(f"{where} describes a transformers {model_type or 'unnamed'} model, not chinese_clip (ChineseCLIPModel)")
+
+    def merged(kind, defaults):
+        part = dict(defaults)
+        for key in (f"{kind}_config", f"{kind}_config_dict"):  # the *_dict of older configs wins, as in transformers
+            if isinstance(config.get(key), dict):
+                part.update(config[key])
+        return part
+
+    vision, text = merged("vision", VISION_DEFAULTS), merged("text", TEXT_DEFAULTS)
+    checks = [
+        ("vision_config.hidden_act", vision["hidden_act"], VISION_ACTIVATION),
+        ("vision_config.num_channels", vision["num_channels"], 3),
+        ("vision_config.intermediate_size", vision["intermediate_size"], VISION_MLP_RATIO * vision["hidden_size"]),
+    ]
+    for field, found, wanted in checks:
+        if found != wanted:
+            raise UserError(f"{where}: {field}={found!r}, but cn_clip's ViT has {wanted!r}; this model cannot be loaded as cn_clip")
+    for field, found, wanted in (("vision_config.layer_norm_eps", vision["layer_norm_eps"], CN_CLIP_VISION_EPS),
+                                 ("text_config.layer_norm_eps", text["layer_norm_eps"], CN_CLIP_TEXT_EPS)):
+        if not isinstance(found, (int, float)) or abs(found - wanted) > wanted * 1e-6:
+            raise UserError(f"{where}: {field}={found!r}, but cn_clip's towers use {wanted}; this model cannot be loaded as cn_clip")
+    if text["hidden_act"] not in CN_CLIP_TEXT_ACTIVATIONS:
+        raise UserError(f"{where}: text_config.hidden_act={text['hidden_act']!r}; cn_clip's BERT takes {', '.join(CN_CLIP_TEXT_ACTIVATIONS)}")
+    if text.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"{where}: text_config.position_embedding_type={text['position_embedding_type']!r}; cn_clip's BERT has absolute positions only")
+    width, heads = vision["hidden_size"], vision["num_attention_heads"]
+    if not isinstance(width, int) or not isinstance(heads, int) or heads < 1 or width % heads:
+        raise UserError(f"{where}: vision_config.num_attention_heads={heads!r} does not divide hidden_size={width!r}")
+    return {
+        "embed_dim": config.get("projection_dim", MODEL_DEFAULTS["projection_dim"]),
+        "image_resolution": _square(vision["image_size"], "vision_config.image_size", where),
+        "vision_layers": vision["num_hidden_layers"],
+        "vision_width": width,
+        "vision_patch_size": _square(vision["patch_size"], "vision_config.patch_size", where),
+        "vision_head_width": width // heads,
+        "vocab_size": text["vocab_size"],
+        "text_attention_probs_dropout_prob": text["attention_probs_dropout_prob"],
+        "text_hidden_act": text["hidden_act"],
+        "text_hidden_dropout_prob": text["hidden_dropout_prob"],
+        "text_hidden_size": text["hidden_size"],
+        "text_initializer_range": text["initializer_range"],
+        "text_intermediate_size": text["intermediate_size"],
+        "text_max_position_embeddings": text["max_position_embeddings"],
+        "text_num_attention_heads": text["num_attention_heads"],
+        "text_num_hidden_layers": text["num_hidden_layers"],
+        "text_type_vocab_size": text["type_vocab_size"],
+    }
+
+
+def registered_names(model_info):
+    """``(vision name, text name)`` of the registered configs equal to ``model_info`` (None where none is)."""
+    from cn_clip_pokemon.checkpoint import read_model_config
+    from cn_clip_pokemon.model_config_resolver import available_model_configs
+
+    found = {"vision": None, "text": None}
+    for name in available_model_configs():
+        try:
+            config = read_model_config(name)
+        except (OSError, ValueError, UserError):
+            continue
+        kind = "vision" if "vision_layers" in config else "text"
+        if found[kind] is None and all(model_info.get(key, 64 if key == "vision_head_width" else None) == value for key, value in config.items()):
+            found[kind] = name
+    return found["vision"], found["text"]
+
+
+# --------------------------------------------------------------------------- reading a folder
+
+
+def hf_weight_files(folder):
+    """The weight files of a transformers folder (one, or the shards its index names), best kind
+    first; [] when it has none."""
+    folder = Path(folder)
+    for single, index in WEIGHT_FILES:
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            where = folder / index
+            try:
+                weight_map = json.loads(where.read_text(encoding="utf-8"))["weight_map"]
+                shards = sorted(set(weight_map.values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                raise UserError(f"{where} is not a readable shard index ({type(error).__name__}): re-download the model") from None
+            for shard in shards:
+                if not isinstance(shard, str) or Path(shard).name != shard:
+                    raise UserError(f"{where} names a shard {shard!r} outside its folder; refusing to read it")
+            return [folder / shard for shard in shards]
+    return []
+
+
+def is_hf_folder(path):
+    """Whether ``path`` is a folder with ``config.json`` and transformers weights."""
+    path = Path(path)
+    try:
+        return path.is_dir() and (path / CONFIG_FILE).is_file() and bool(hf_weight_files(path))
+    except UserError:
+        return True  # it is one, a damaged one: reading it says what is wrong
+
+
+def check_hf_folder(path):
+    """``path`` when it is a transformers folder, else a one-line UserError saying what a folder needs."""
+    path = Path(path)
+    if is_hf_folder(path):
+        return path
+    pt_files = sorted(path.glob("*.pt")) if path.is_dir() else []
+    hint = f" (did you mean {pt_files[-1]}?)" if pt_files else ""
+    if not (path / CONFIG_FILE).is_file():
+        raise UserError(
+            f"{path} is a folder without {CONFIG_FILE}: pass a checkpoint file (.pt){hint}, or a transformers "
+            f"ChineseCLIP folder ({CONFIG_FILE} with {SAFETENSORS_FILE} or {PICKLE_FILE})"
+        )
+    raise UserError(f"{path} has {CONFIG_FILE} but no {SAFETENSORS_FILE} or {PICKLE_FILE}: the weights are missing{hint}")
+
+
+def _read_safetensors(path):
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{path} needs the safetensors package to be read: {install_hint('hf')}") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:  # SafetensorError, OSError, MemoryError on a bogus header...
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(f"{path} is not a readable safetensors file (truncated or another kind of file): {first}") from None
+
+
+def read_hf_weights(folder):
+    """Every tensor of a transformers folder, in transformers' names (no pickle for safetensors)."""
+    from cn_clip_pokemon.checkpoint import read_checkpoint
+
+    tensors = OrderedDict()
+    for path in hf_weight_files(folder):
+        if path.suffix == ".safetensors":
+            part = _read_safetensors(path)
+        else:
+            part = read_checkpoint(path)  # weights_only=True, one-line errors
+            if isinstance(part, dict) and isinstance(part.get("state_dict"), dict):
+                part = part["state_dict"]
+        if not isinstance(part, dict):
+            raise UserError(f"{path} holds a {type(part).__name__}, not a dict of tensors")
+        tensors.update(part)
+    return tensors
+
+
+def read_captions(folder):
+    """The candidate captions an export stored (``captions.json``), or None when there is none."""
+    path = Path(folder) / CAPTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        captions = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is not readable JSON ({type(error).__name__}): fix or remove it") from None
+    if not isinstance(captions, list) or not all(isinstance(c, str) and c.strip() for c in captions):
+        raise UserError(f"{path} must be a JSON list of non-empty texts (the candidate captions): fix or remove it")
+    return captions
+
+
+def read_hf_folder(folder):
+    """A transformers ChineseCLIP folder as our checkpoint shape: ``{"state_dict", "model_config"}``
+    (plus ``"captions"`` when the folder has them), for :func:`cn_clip_pokemon.checkpoint.split_checkpoint`."""
+    folder = check_hf_folder(folder)
+    where = folder / CONFIG_FILE
+    try:
+        config = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{where} is not readable JSON ({type(error).__name__}): re-download or re-export the model") from None
+    model_info = model_info_from_hf_config(config, where)
+    vision_name, text_name = registered_names(model_info)
+    checkpoint = {
+        "state_dict": from_hf_state_dict(read_hf_weights(folder)),
+        "model_config": {
+            "vision_model": vision_name,
+            "text_model": text_name,
+            "input_resolution": model_info["image_resolution"],
+            "model_info": model_info,
+        },
+    }
+    captions = read_captions(folder)
+    if captions is not None:
+        checkpoint["captions"] = captions
+    return checkpoint
+
+
+def folder_digest(folder, memo_dir=None):
+    """SHA-256 naming a transformers folder's weights and config (for the embedding cache)."""
+    import hashlib
+
+    from cn_clip_pokemon.checkpoint import file_digest
+
+    parts = [Path(folder) / CONFIG_FILE] + hf_weight_files(folder)
+    combined = hashlib.sha256()
+    for path in parts:
+        combined.update(f"{path.name}:{file_digest(path, memo_dir=memo_dir)}\n".encode())
+    return combined.hexdigest()
+
+
+# --------------------------------------------------------------------------- writing a folder
+
+
+def image_processor_settings(resolution):
+    """Settings of transformers' ChineseCLIPImageProcessor that match upstream's ``image_transform``."""
+    from cn_clip.clip.utils import image_transform
+    from torchvision.transforms import Normalize, Resize
+
+    steps = image_transform(resolution).transforms
+    resize = next(step for step in steps if isinstance(step, Resize))
+    normalize = next(step for step in steps if isinstance(step, Normalize))
+    resample = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}[resize.interpolation.value]
+    side = {"height": int(resolution), "width": int(resolution)}
+    return {
+        "do_resize": True,
+        "size": dict(side),  # both sides: a square picture becomes resolution x resolution, like Resize((r, r))
+        "resample": resample,
+        "do_center_crop": False,
+        "crop_size": dict(side),
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [float(v) for v in normalize.mean],
+        "image_std": [float(v) for v in normalize.std],
+        "do_convert_rgb": True,
+    }
+
+
+def upstream_vocab_file():
+    """cn_clip's own vocabulary (the Chinese BERT vocab its tokenizer reads)."""
+    import cn_clip.clip
+
+    return Path(cn_clip.clip.__file__).parent / VOCAB_FILE
+
+
+def write_hf_files(folder, state_dict, model_info, context_length):
+    """config.json, model.safetensors, tokenizer and processor files of a ChineseCLIPModel in ``folder``."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel, ChineseCLIPProcessor
+
+    vision, text, projection_dim = hf_architecture(model_info)
+    try:
+        config = ChineseCLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    except (ValueError, TypeError) as error:
+        raise NotExpressible(f"transformers refuses the configuration: {str(error).splitlines()[0]}") from None
+    config.architectures = ["ChineseCLIPModel"]
+    hf_state = to_hf_state_dict(state_dict)
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in ChineseCLIPModel(config).state_dict().items()}
+    got = {key: tuple(value.shape) for key, value in hf_state.items()}
+    if got != expected:
+        differing = sorted(set(got) ^ set(expected)) or [key for key in expected if got[key] != expected[key]]
+        raise UserError(f"the converted weights do not fit transformers' ChineseCLIPModel (first: {differing[0]}); please report this")
+    config.save_pretrained(folder)
+    tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in hf_state.items()}
+    save_file(tensors, str(Path(folder) / SAFETENSORS_FILE), metadata={"format": "pt"})
+
+    tokenizer = BertTokenizer(vocab=str(upstream_vocab_file()), do_lower_case=True, model_max_length=int(context_length))
+    image_processor = ChineseCLIPImageProcessor(**image_processor_settings(model_info["image_resolution"]))
+    ChineseCLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    image_processor.save_pretrained(folder)  # preprocessor_config.json, for transformers 4.x too
+    shutil.copyfile(upstream_vocab_file(), Path(folder) / VOCAB_FILE)  # the slow BertTokenizer's file
+
+
+# --------------------------------------------------------------------------- the output folder
+
+
+def _listing(folder):
+    return sorted(entry.name for entry in os.scandir(folder))
+
+
+def foreign_entries(out):
+    """The entries of ``out`` that no earlier export-hf listed in its marker (all of them without one)."""
+    entries = _listing(out)
+    try:
+        listed = json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))["files"]
+        listed = set(listed) | {MARKER} if all(isinstance(name, str) for name in listed) else set()
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    return [name for name in entries if name not in listed]
+
+
+def check_out_folder(out):
+    """A one-line UserError unless ``out`` may be written: new, an empty folder, or an earlier export."""
+    out = Path(out)
+    if not os.path.lexists(out):
+        return out
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder: choose a new folder for the export")
+    foreign = foreign_entries(out)
+    if foreign:
+        foreign = foreign[0]
+        raise UserError(
+            f"{out} is not empty and is not an earlier export-hf folder (it holds {foreign}, which export-hf did not "
+            "write): choose a new or empty folder; nothing was written"
+        )
+    return out
+
+
+def put_in_place(temporary, out):
+    """``temporary`` becomes ``out``: renamed onto a new path or an empty folder, swapped with an earlier export."""
+    from cn_clip_pokemon.files import replace_directory
+
+    out = Path(out)
+    check_out_folder(out)  # again: the folder may have changed while the export was written
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes 0700; give what a plain mkdir would
+    if os.path.lexists(out) and not _listing(out):
+        os.rename(temporary, out)  # POSIX: replaces an empty folder in one step
+    else:
+        replace_directory(Path(temporary), out)
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+def _count(tower_prefixes, state_dict):
+    return sum(value.numel() for key, value in state_dict.items() if key.startswith(tower_prefixes))
+
+
+def training_dataset(checkpoint_path):
+    """What the run that wrote a checkpoint trained on, from upstream's ``params_*.txt`` beside
+    ``checkpoints/`` (``{"train_data", "dataset"}``), or None when there is no such record."""
+    run_dir = Path(checkpoint_path).resolve().parent.parent
+    try:
+        params = sorted(run_dir.glob("params_*.txt"))
+    except OSError:
+        return None
+    if Path(checkpoint_path).resolve().parent.name != "checkpoints" or not params:
+        return None
+    found = {}
+    try:
+        for line in params[-1].read_text(encoding="utf-8").splitlines():
+            name, _, value = line.partition(": ")
+            if name in ("train_data", "dataset", "name", "max_epochs", "batch_size", "lr") and value not in ("", "None"):
+                found[name] = value
+    except (OSError, UnicodeDecodeError):
+        return None
+    return found or None
+
+
+def _dataset_description(train_data):
+    """A line about a built dataset (its info file) for an LMDB path, or ''."""
+    from cn_clip_pokemon.dataset_format import INFO_FILE
+
+    info_path = Path(train_data).resolve().parent.parent / INFO_FILE
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    names = info.get("names") or []
+    parts = [f"{len(names)} names"] if names else []
+    if info.get("image_size"):
+        parts.append(f"{info['image_size']} px pictures")
+    if info.get("templates"):
+        parts.append("templates " + ", ".join(f"`{t}`" for t in info["templates"]))
+    return f" ({'; '.join(parts)}; built by `cn-clip-pokemon build-dataset`)" if parts else ""
+
+
+def model_card(title, loaded, source, state_dict, captions, trained_on, evaluation, context_length):
+    """The README.md of an export: architecture, training data, evaluation, captions, use."""
+    info = loaded.model_config["model_info"]
+    config = loaded.model_config
+    logit_scale = float(loaded.model.logit_scale.detach())
+    vision_params = _count(("visual.",), state_dict)
+    text_params = _count(("bert.",), state_dict)
+    total = sum(value.numel() for value in state_dict.values())
+    names = f"{config.get('vision_model') or 'unregistered ViT'} + {config.get('text_model') or 'unregistered BERT'}"
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: zero-shot-image-classification",
+        "language:",
+        "- zh",
+        "tags:",
+        "- chinese-clip",
+        "- cn_clip",
+        "- cn-clip-pokemon",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"A Chinese-CLIP model in transformers' `ChineseCLIPModel` format, exported by `cn-clip-pokemon export-hf` "
+        f"from `{source['file']}` (SHA-256 `{source['sha256'][:16]}…`).",
+        "",
+        "由 `cn-clip-pokemon export-hf` 从 cn_clip（Chinese-CLIP）检查点导出的 transformers `ChineseCLIPModel` 模型。",
+        "",
+        "## Architecture",
+        "",
+        f"- {names}: {total / 1e6:.1f}M parameters (vision {vision_params / 1e6:.1f}M, text {text_params / 1e6:.1f}M, fp32)",
+        f"- vision: ViT, {info['vision_layers']} layers, width {info['vision_width']}, "
+        f"{info['vision_width'] // info.get('vision_head_width', 64)} heads, patch {info['vision_patch_size']}, "
+        f"{info['image_resolution']} x {info['image_resolution']} px input",
+        f"- text: BERT, {info['text_num_hidden_layers']} layers, width {info['text_hidden_size']}, "
+        f"{info['text_num_attention_heads']} heads, vocabulary {info['vocab_size']} (upstream's Chinese BERT vocab), "
+        f"context {context_length} tokens",
+        f"- joint embedding: {info['embed_dim']} dimensions; logit scale exp({logit_scale:.4f}) = {math.exp(logit_scale):.2f}",
+        "",
+        "## Training data",
+        "",
+    ]
+    if trained_on:
+        lines.append(f"- {trained_on}")
+    else:
+        lines.append("- not recorded with the checkpoint")
+    if captions:
+        shown = "、".join(captions[:10]) + ("…" if len(captions) > 10 else "")
+        lines += ["", f"Candidate captions ({len(captions)}, in `{CAPTIONS_FILE}`): {shown}"]
+    lines += ["", "## Evaluation", ""]
+    if evaluation:
+        zero, t2i, i2t = evaluation["zero_shot"], evaluation.get("text_to_image"), evaluation.get("image_to_text")
+        lines += [
+            f"`cn-clip-pokemon evaluate` on the {evaluation['split']} split of `{Path(evaluation['dataset']).name}` "
+            f"({evaluation['pictures']} pictures, {evaluation['names']} names), percentages:",
+            "",
+            "| zero-shot top-1 | zero-shot top-5 | text→image R@1 | R@5 | R@10 | image→text R@1 | R@5 | R@10 |",
+            "|---|---|---|---|---|---|---|---|",
+            "| " + " | ".join(
+                [f"{zero['top1']:.2f}", f"{zero['top5']:.2f}"]
+                + [f"{scores[k]:.2f}" if scores else "–" for scores in (t2i, i2t) for k in ("r1", "r5", "r10")]
+            ) + " |",
+        ]
+    else:
+        lines.append("Not evaluated at export (`export-hf --dataset DIR` adds the figures).")
+    resolution = info["image_resolution"]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from PIL import Image",
+        "from transformers import pipeline",
+        "",
+        f'classifier = pipeline("zero-shot-image-classification", model="{title}")',
+        "# as cn-clip-pokemon does: transparency on white, padded to a square",
+        'sprite = Image.open("picture.png").convert("RGBA")',
+        "side = max(sprite.size)",
+        'picture = Image.new("RGB", (side, side), "white")',
+        "picture.paste(sprite, ((side - sprite.width) // 2, (side - sprite.height) // 2), sprite)",
+        f'print(classifier(picture, candidate_labels={json.dumps((captions or ["皮卡丘", "小火龙"])[:4], ensure_ascii=False)}, hypothesis_template="{{}}"))',
+        "```",
+        "",
+        f"Pictures: the image processor resizes to {resolution} x {resolution} with bicubic filtering and normalizes "
+        "like cn_clip (no crop), so a square picture gets cn_clip's input (exactly with `backend=\"pil\"`; "
+        "transformers' default torchvision backend shrinks with a slightly different filter). "
+        "Texts: the tokenizer is upstream's vocabulary; cn_clip lower-cases texts and turns “ ” into \" first.",
+        "",
+        "Back to cn_clip: `cn-clip-pokemon classify --checkpoint THIS_FOLDER`, `load_model(\"THIS_FOLDER\")`, "
+        "or fine-tune further with `cn-clip-pokemon train --pretrained THIS_FOLDER`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, device=None, progress=True, **load_options):
+    """Write ``checkpoint`` as a transformers ChineseCLIP folder at ``out``; returns a summary dict.
+
+    Nothing is written when the architecture cannot be expressed (:class:`NotExpressible`), when
+    ``out`` holds something else, or when the evaluation fails. ``load_options``: ``vision_model``,
+    ``text_model`` as for ``load_checkpoint``.
+    """
+    from tqdm import tqdm
+
+    from cn_clip_pokemon.checkpoint import file_digest, load_checkpoint
+
+    require_transformers()
+    out = check_out_folder(Path(out).expanduser())
+    started = time.perf_counter()
+    bar = tqdm(total=5 if dataset else 4, desc="export-hf", unit="step", disable=not progress, leave=False)
+    with bar:
+        bar.set_postfix_str("loading")
+        loaded = load_checkpoint(checkpoint, device=device, **load_options)
+        info = loaded.model_config["model_info"]
+        hf_architecture(info)  # NotExpressible before anything else happens
+        bar.update(1)
+        evaluation = None
+        if dataset is not None:
+            from cn_clip_pokemon.evaluation import evaluate
+
+            bar.set_postfix_str(f"evaluating on {split}")
+            evaluation = evaluate(loaded.path, dataset, split=split, loaded=loaded, progress=False, worst=0)
+            bar.update(1)
+        state_dict = OrderedDict((key, value.detach().cpu()) for key, value in loaded.model.state_dict().items())
+        captions = list(getattr(loaded, "captions", None) or []) or None  # the checkpoint's candidate captions
+        path = Path(loaded.path)
+        digest = folder_digest(path) if path.is_dir() else file_digest(path)
+        source = {"file": path.name, "path": str(path.resolve()), "sha256": digest}
+        if trained_on is None:
+            record = training_dataset(path) if path.is_file() else None
+            if record and record.get("train_data"):
+                trained_on = f"`{record['train_data']}`" + _dataset_description(record["train_data"])
+                if record.get("dataset"):
+                    trained_on += f", dataset plugin `{record['dataset']}`"
+            elif path.is_dir():
+                trained_on = _card_training_line(path)
+        bar.update(1)
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            bar.set_postfix_str("writing")
+            write_hf_files(temporary, state_dict, info, loaded.context_length)
+            bar.update(1)
+            if captions:
+                (temporary / CAPTIONS_FILE).write_text(json.dumps(captions, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            card = model_card(out.name, loaded, source, state_dict, captions, trained_on, evaluation, loaded.context_length)
+            (temporary / CARD_FILE).write_text(card, encoding="utf-8")
+            from cn_clip_pokemon import __version__
+
+            import transformers
+
+            marker = {
+                "format": MARKER_FORMAT,
+                "written_by": f"cn-clip-pokemon {__version__} export-hf",
+                "transformers": transformers.__version__,
+                "source": source,
+                "model_config": json.loads(json.dumps(loaded.model_config)),
+                "files": _listing(temporary),
+            }
+            (temporary / MARKER).write_text(json.dumps(marker, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            umask = os.umask(0)
+            os.umask(umask)
+            for name in _listing(temporary):
+                os.chmod(temporary / name, 0o666 & ~umask)  # safetensors writes 0600
+                with open(temporary / name, "rb") as f:
+                    os.fsync(f.fileno())
+            put_in_place(temporary, out)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        bar.update(1)
+    files = {name: (out / name).stat().st_size for name in _listing(out)}
+    return {
+        "out": str(out),
+        "files": files,
+        "bytes": sum(files.values()),
+        "seconds": time.perf_counter() - started,
+        "model_config": loaded.model_config,
+        "captions": len(captions) if captions else 0,
+        "evaluation": evaluation,
+    }
+
+
+def _card_training_line(folder):
+    """The training line of a folder's own model card (an export re-exported), or None."""
+    try:
+        text = (Path(folder) / CARD_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    section = text.partition("## Training data")[2].strip().splitlines()
+    return section[0][2:] if section and section[0].startswith("- ") and "not recorded" not in section[0] else None
+
+
+def export_hf_arguments(parser):
+    from cn_clip_pokemon.cli import device_name, output_folder
+
+    parser.description = (
+        "Write a checkpoint as a Hugging Face transformers ChineseCLIP folder (config.json, model.safetensors, "
+        "tokenizer, image processor, a model card README.md, captions.json) that "
+        "ChineseCLIPModel.from_pretrained(OUT) and ChineseCLIPProcessor.from_pretrained(OUT) load offline, ready to "
+        f"upload to the Hub. Needs transformers: {install_hint('hf')}. A ResNet vision tower (RN50) cannot be "
+        "expressed in transformers: the command names the field and stops (exit 2) before writing anything. "
+        "OUT is written in a temporary folder and renamed into place; an OUT that is not empty is replaced only "
+        "when an earlier export-hf wrote it."
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (any shape load_model reads), a pretrained name such as ViT-B-16, or a transformers folder")
+    parser.add_argument("out", type=output_folder, metavar="OUT", help="the folder to write (new, empty, or an earlier export)")
+    parser.add_argument("--dataset", metavar="DIR", help="also evaluate on this built dataset and put the figures in the model card")
+    parser.add_argument("--split", default="test", help="the split --dataset is evaluated on (default test)")
+    parser.add_argument(
+        "--trained-on", metavar="TEXT",
+        help="what the model was trained on, for the model card (default: read from the run's params_*.txt beside checkpoints/)",
+    )
+    parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N for the evaluation (default: CUDA when there is one)")
+    parser.add_argument("--vision-model", default=None, help="force the vision config name (default: read from the checkpoint)")
+    parser.add_argument("--text-model", default=None, help="force the text config name (default: read from the checkpoint)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def export_hf_command(args):
+    from cn_clip_pokemon.cli import UsageError
+
+    try:
+        summary = export_hf(
+            args.checkpoint,
+            args.out,
+            dataset=args.dataset,
+            split=args.split,
+            trained_on=args.trained_on,
+            device=args.device,
+            progress=sys.stderr.isatty(),
+            vision_model=args.vision_model,
+            text_model=args.text_model,
+        )
+    except NotExpressible as error:
+        raise UsageError(f"cannot export {args.checkpoint} to transformers: {error}") from None
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
+        return 0
+    config = summary["model_config"]
+    print(
+        f"{summary['out']}: {config.get('vision_model') or 'ViT'} + {config.get('text_model') or 'BERT'}, "
+        f"{len(summary['files'])} files, {summary['bytes'] / 1e6:.1f} MB, {summary['seconds']:.1f} s"
+    )
+    for name, size in summary["files"].items():
+        print(f"  {name}  {size:,} bytes")
+    if summary["evaluation"]:
+        zero = summary["evaluation"]["zero_shot"]
+        print(f"  evaluated on {summary['evaluation']['split']}: zero-shot top-1 {zero['top1']:.2f}, top-5 {zero['top5']:.2f}")
+    print(f'load it: ChineseCLIPModel.from_pretrained("{summary["out"]}"), ChineseCLIPProcessor.from_pretrained("{summary["out"]}")')
+    return 0
