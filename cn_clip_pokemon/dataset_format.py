@@ -43,14 +43,16 @@ def training_captions(train_data):
     the ``names`` of DATASET/dataset_info.json, every Pokemon or caption of every split (a test split
     of unseen Pokemon is ranked among all of them). None without a readable info file, e.g. for a
     dataset made by upstream's own scripts; training then records none."""
-    import json
+    from cn_clip_pokemon.builder import INFO_LIMIT
+    from cn_clip_pokemon.files import load_json_file
 
     if not train_data:
         return None
-    try:
-        with open(info_path_of_split(train_data), encoding="utf-8") as file:
-            names = json.load(file).get("names")
-    except (OSError, ValueError, AttributeError):
+
+    path = info_path_of_split(train_data)
+    try:  # bounded in size and depth (files.py's rule for files we did not write)
+        names = load_json_file(path, INFO_LIMIT, f"a {INFO_FILE}", "").get("names") if path.is_file() else None
+    except (OSError, UserError, AttributeError):
         return None
     if isinstance(names, list) and names and all(isinstance(name, str) and name for name in names):
         return list(dict.fromkeys(names))

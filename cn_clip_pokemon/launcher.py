@@ -206,11 +206,16 @@ def _warn_about_small_pictures(args, vision_config_path):
     if args.train_data is None:
         return
     info_path = Path(args.train_data).resolve().parent.parent / INFO_FILE
+    from cn_clip_pokemon.builder import INFO_LIMIT
+    from cn_clip_pokemon.files import load_json_file
+
     try:
-        stored = json.loads(info_path.read_text(encoding="utf-8")).get("image_size")
+        # a dataset_info.json that is not ours (hand-edited, nested 100,000 deep) only costs the warning
+        info = load_json_file(info_path, INFO_LIMIT, f"a {INFO_FILE}", "") if info_path.is_file() else {}
+        stored = info.get("image_size") if isinstance(info, dict) else None
         with open(vision_config_path, encoding="utf-8") as f:
             resolution = json.load(f).get("image_resolution")
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):
         return
     if isinstance(stored, int) and isinstance(resolution, int) and stored < resolution:
         print(

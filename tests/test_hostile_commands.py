@@ -394,13 +394,24 @@ def test_a_manifest_line_nested_100000_deep_is_a_skipped_row(tmp_path):
     assert_one_line_error(result, 1, ["FIFO"])
 
 
-def test_a_dataset_info_nested_100000_deep_is_one_line(tmp_path):
+def test_a_dataset_info_nested_100000_deep_is_one_line(runner, tmp_path):  # noqa: F811
     from cn_clip_pokemon.builder import load_dataset_info
     from cn_clip_pokemon.errors import UserError
 
-    (tmp_path / "dataset_info.json").write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    for name, colour in (("0001妙蛙种子", (255, 0, 0)), ("0004小火龙", (0, 255, 0)), ("0007杰尼龟", (0, 0, 255))):
+        picture(tmp_path / "images" / f"{name}.png", colour)
+    dataset = tmp_path / "pokemon"
+    built = run("build-dataset", "--images", tmp_path / "images", "--out", dataset, "--no-progress", "--image-size", "32")
+    assert built.returncode == 0, built.stderr
+    info = dataset / "dataset_info.json"
+    info.write_text('{"image_size": 32, "images": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
     with pytest.raises(UserError, match="nested more than 100 levels deep; rebuild the dataset"):
-        load_dataset_info(tmp_path)
+        load_dataset_info(dataset)
+    before = snapshot(tmp_path)
+    result = subprocess.run(train_command(runner, dataset / "lmdb" / "train", tmp_path / "logs", "--max-epochs", "1"),
+                            env=cpu_env(), capture_output=True, text=True, timeout=600)
+    assert_one_line_error(result, 1, ["dataset_info.json is not valid JSON: nested more than 100 levels deep"])
+    assert_kept(before, snapshot(tmp_path))
 
 
 FIFO_AFTER_SCAN = textwrap.dedent(

@@ -17,7 +17,6 @@ Pair values are upstream's pickles, and a pickle can run code: every pair is rea
 when training reads a sample (upstream's LMDBDataset, patches/0011), so a crafted dataset is
 refused, never executed.
 """
-import json
 from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import INFO_FILE, read_pairs
@@ -36,8 +35,9 @@ def pair_groups(lmdb_split_dir):
     numbers = {}
     info_path = dataset_info_path(lmdb_split_dir)
     if info_path.is_file():
-        with open(info_path, encoding="utf-8") as f:
-            images = json.load(f).get("images", {})
+        from cn_clip_pokemon.builder import load_dataset_info
+
+        images = load_dataset_info(info_path.parent).get("images", {})  # bounded, one line when broken
         numbers = {image_id: meta.get("number") for image_id, meta in images.items()}
     groups = []
     for image_id, text in read_pairs(lmdb_split_dir):
