@@ -46,9 +46,12 @@ dataset is first moved aside to ``.NAME.old-*``; if a build is killed between th
 next build puts it back. Each build starts by removing the leftovers of interrupted builds that it
 recognises (its own temporary folders, holding only files it writes).
 
-The builder owns only what it writes: ``--out`` must be empty, new, or hold only the names listed in
-``OUTPUT_NAMES`` (with a ``dataset_info.json`` of ours), and ``--images`` may not lie inside it. A
-symlinked ``--out`` stays a symlink: the dataset is built at its target.
+The builder owns only what it writes: ``--out`` must be empty, new, or a dataset of ours (with its
+``dataset_info.json``), and ``--images`` may not lie inside it. A rebuild replaces the files it
+writes and keeps everything else there (upstream's ``extract_features`` writes its
+``*_feat.jsonl`` into the dataset folder): those entries are hard-linked into the new dataset before
+the swap; one that takes a name the build writes is refused. A symlinked ``--out`` stays a symlink:
+the dataset is built at its target.
 """
 import errno
 import hashlib
@@ -72,10 +75,13 @@ from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.files import (
     FILE,
     available_cores,
+    carried_or_listed,
     clean_leftovers,
-    first_foreign,
     flatten_layout,
+    foreign_entries,
     holds_marker,
+    keep_additions,
+    listing,
     load_json_file,
     mode_name,
     replace_directory,
@@ -636,9 +642,9 @@ class _ImageWriter:
 
 # ---------------------------------------------------------------- the output folder
 
-# Exactly what build-dataset writes in --out, and nothing else: a rebuild replaces the whole folder,
-# so it refuses one holding anything more (files.py's rule: a command deletes only what its listing
-# and its marker, here dataset_info.json, prove it wrote). A dict is a folder and what it may hold.
+# Exactly what build-dataset writes in --out: a rebuild replaces these and keeps anything else,
+# carried into the new folder (files.py's rule: a command deletes only what its listing and its
+# marker, here dataset_info.json, prove it wrote). A dict is a folder and what it may hold.
 LMDB_FOLDER = "lmdb"
 IMAGES_FRAGMENT = "images.json.part"  # only in the temporary folder, while the build runs
 OUTPUT_LAYOUT = {
@@ -661,12 +667,19 @@ def _holds_our_info(folder):
 
 
 def _is_our_dataset(folder):
-    """A real folder holding only what build-dataset writes, with its dataset_info.json."""
+    """A real folder with build-dataset's dataset_info.json, nothing of another kind under a name the
+    build writes; other entries (upstream's feature files, the user's notes) may sit beside them."""
     try:
-        return (os.path.isdir(folder) and not os.path.islink(folder) and first_foreign(folder, OUTPUT_LISTING) is None
+        return (os.path.isdir(folder) and not os.path.islink(folder) and _first_clash(folder) is None
                 and _holds_our_info(folder))
     except OSError:
         return False
+
+
+def _first_clash(folder):
+    """The first entry under ``folder`` that the build did not write but that takes a name it writes
+    (a folder where a file goes, say), or None. Any other entry is kept by a rebuild."""
+    return next((path for path in foreign_entries(folder, OUTPUT_LISTING) if path.rstrip("/") in OUTPUT_LISTING), None)
 
 
 def _check_output(out_dir, images_dir):
@@ -696,21 +709,20 @@ def _check_output(out_dir, images_dir):
         if not target.is_dir():
             raise UserError(f"{shown} is a file; give --out a folder")
         try:
-            foreign = first_foreign(target, OUTPUT_LISTING)
+            clash = _first_clash(target)
             our_info = _holds_our_info(target)
             empty = not any(target.iterdir())
         except OSError as error:
             raise UserError(f"cannot look inside --out {shown} ({error.strerror or error}); check its permissions") from None
-        if foreign is not None:
-            raise UserError(
-                f"{shown} holds {printable(foreign)}, which build-dataset did not write, so it is not a dataset this "
-                f"command built (a build replaces the whole folder): move {printable(foreign)} out of it, or choose an "
-                "empty or new --out"
-            )
         if not empty and not our_info:
             raise UserError(
                 f"{shown} is not empty and holds no {INFO_FILE} of build-dataset, so it is not a dataset this command "
-                "built (a build replaces the whole folder): choose an empty or new --out"
+                "built: choose an empty or new --out"
+            )
+        if clash is not None:
+            raise UserError(
+                f"{shown} holds {printable(clash)}, which build-dataset did not write, under a name the build writes: "
+                f"move {printable(clash)} out of it, or choose an empty or new --out"
             )
     exclude = None
     if os.path.commonpath([images_real, str(target)]) == images_real:
@@ -724,8 +736,9 @@ def _clean_leftovers(target):
     build-dataset writes); returns one line per thing done."""
     return clean_leftovers(
         target, "build-dataset",
-        owns_old=lambda inside: first_foreign(inside, OUTPUT_LISTING) is None,
-        owns_temporary=lambda temp: first_foreign(temp, TEMP_LISTING) is None,
+        # what a killed swap left holds the build's files, and the kept ones as hard links of target's
+        owns_old=lambda inside: carried_or_listed(inside, OUTPUT_LISTING, target),
+        owns_temporary=lambda temp: carried_or_listed(temp, TEMP_LISTING, target),
         complete=_is_our_dataset,
     )
 
@@ -958,6 +971,11 @@ def build_dataset(
         _write_info(temp / INFO_FILE, info, images_fragment)
         images_fragment.unlink()
         clock.lap("info")
+        # What the build did not write in the old dataset (upstream's extract_features writes
+        # {split}_imgs.img_feat.jsonl and {split}_texts.txt_feat.jsonl there, its predictions may go
+        # there too) moves into the new one, as hard links, before the swap.
+        kept = keep_additions(target, temp, OUTPUT_LISTING, {**OUTPUT_LISTING, **listing(temp)}, "build-dataset",
+                              "dataset", printable) if _holds_our_info(target) else []
         replace_directory(temp, target)
         clock.lap("rename")
         wall["texts, pairs, info, rename"] = time.perf_counter() - started - sum(wall.values())
@@ -978,6 +996,7 @@ def build_dataset(
     summary.update(
         out_dir=str(out_dir),
         cleaned=cleaned,
+        kept=kept,  # what was in --out that the build did not write, kept in the new dataset
         seconds=seconds,
         workers=workers,
         pictures=len(pictures),
@@ -1078,6 +1097,10 @@ def print_summary(summary, file=None):
         f"{summary['workers']} process{'es' if summary['workers'] != 1 else ''})",
         file=file,
     )
+    if summary.get("kept"):
+        shown = ", ".join(printable(path) for path in summary["kept"][:MESSAGE_ENTRIES])
+        more = f" and {len(summary['kept']) - MESSAGE_ENTRIES} more" if len(summary["kept"]) > MESSAGE_ENTRIES else ""
+        print(f"kept {len(summary['kept'])} entries build-dataset did not write: {shown}{more}", file=file)
     for split in SPLITS:
         if splits[split]["images"] == 0:
             print(
@@ -1155,8 +1178,10 @@ def build_dataset_arguments(parser):
     )
     parser.add_argument(
         "--out", type=dataset_folder, required=True,
-        help="the dataset folder, e.g. ${DATAPATH}/datasets/pokemon: new, empty, or a dataset built here, which is "
-        "replaced (a folder holding anything else is refused; a symlink is followed and stays a link)",
+        help="the dataset folder, e.g. ${DATAPATH}/datasets/pokemon: new, empty, or a dataset built here, whose "
+        "files the build replaces; what else is in it (upstream's *_feat.jsonl from extract_features, predictions, "
+        "your notes) is kept, unless it takes a name the build writes (then it is refused). A folder without "
+        "build-dataset's dataset_info.json is refused; a symlink is followed and stays a link",
     )
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="stored picture size in pixels (square, white padding; default 224)")
     parser.add_argument(

@@ -323,6 +323,67 @@ def remove_listed(folder, listed):
         return []
 
 
+def keep_additions(out, new, previous, written, command, what, printable=None):
+    """Hard-link into the folder ``new`` (about to be swapped in for ``out``) what ``out`` holds beyond
+    the listing ``previous`` (what ``command`` wrote there before): the user's files and other tools'
+    outputs, which the swap must keep. Returns their paths (top-most, as :func:`foreign_entries`).
+
+    A UserError, before anything is linked, when one has a name the listing ``written`` (what this run
+    writes) holds; and when one cannot be linked (another file system mounted inside, say). ``what``
+    names the folder in messages ("sprite folder", "dataset"); ``printable`` shows a path in them."""
+    printable = printable or _shown
+    out, new = Path(out), Path(new)
+    additions = foreign_entries(out, previous)
+    shown = printable(str(out))
+    for path in additions:
+        name = path.rstrip("/")
+        taken = name in written or any(other.startswith(name + "/") for other in written) if path.endswith("/") \
+            else name in written
+        if taken:
+            raise UserError(
+                f"{shown}/{printable(path)} was not written by {command}, and this run writes that name: move it "
+                f"out of {shown} (or choose another --out) and run again; nothing was changed"
+            )
+    for path in additions:
+        name = path.rstrip("/")
+        source, target = out / name, new / name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not path.endswith("/"):
+                os.link(source, target, follow_symlinks=False)
+                continue
+            target.mkdir()
+            shutil.copystat(source, target, follow_symlinks=False)
+            for inner, kind in listing(source).items():
+                if kind == FOLDER:
+                    (target / inner).mkdir()
+                    shutil.copystat(source / inner, target / inner, follow_symlinks=False)
+                else:
+                    os.link(source / inner, target / inner, follow_symlinks=False)
+        except OSError as error:
+            raise UserError(
+                f"cannot keep {shown}/{printable(path)} in the new {what} ({error.strerror or error}): move it "
+                f"out of {shown} and run again; nothing was changed"
+            ) from None
+    return additions
+
+
+def carried_or_listed(folder, listed, out):
+    """Whether everything in ``folder`` is either in the listing ``listed`` or the very same file
+    (a hard link, :func:`keep_additions`) as the one at its place in ``out``: a leftover of a killed
+    swap whose removal loses nothing."""
+    for path, kind in listing(folder).items():
+        if listed.get(path) == kind or kind == FOLDER:
+            continue
+        try:
+            here, there = os.lstat(os.path.join(folder, path)), os.lstat(os.path.join(out, path))
+        except OSError:
+            return False
+        if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+            return False
+    return True
+
+
 def holds_marker(folder, name, head):
     """Whether ``folder/name`` is a regular file starting with the bytes ``head`` (a command's own marker)."""
     path = os.path.join(folder, name)

@@ -262,6 +262,11 @@ class PicturePreprocess:
     def __call__(self, picture):
         return self.transform(square_picture(picture, self.resolution))
 
+    @property
+    def transforms(self):
+        """Upstream's steps (``Resize``, ``ToTensor``, ``Normalize``...), as its ``Compose`` lists them."""
+        return self.transform.transforms
+
     def __repr__(self):
         return f"PicturePreprocess({self.resolution}): open_picture (on white) -> fit_square -> {self.transform!r}"
 

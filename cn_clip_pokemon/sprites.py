@@ -36,10 +36,11 @@ from cn_clip_pokemon.files import (
     FILE,
     FOLDER,
     cache_root,
+    carried_or_listed,
     clean_leftovers,
     file_sha256,
-    foreign_entries,
     holds_marker,
+    keep_additions,
     listing,
     load_json_file,
     try_lock,
@@ -381,56 +382,12 @@ def _previous_listing(out):
 
 def _keep_additions(out, temp, previous, written):
     """Hard-link into ``temp`` what ``out`` holds beyond ``previous`` (the user's files, which the swap
-    must keep); returns their paths. A UserError, before anything is linked, when one has a name this
-    run writes; and when one cannot be linked (another file system mounted inside, say)."""
-    additions = foreign_entries(out, previous)
-    shown = printable(str(out))
-    for path in additions:
-        name = path.rstrip("/")
-        taken = name in written or any(other.startswith(name + "/") for other in written) if path.endswith("/") \
-            else name in written
-        if taken:
-            raise UserError(
-                f"{shown}/{printable(path)} was not written by fetch-sprites, and this run writes that name: move it "
-                f"out of {shown} (or choose another --out) and run again; nothing was changed"
-            )
-    for path in additions:
-        name = path.rstrip("/")
-        source, target = out / name, temp / name
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not path.endswith("/"):
-                os.link(source, target, follow_symlinks=False)
-                continue
-            target.mkdir()
-            shutil.copystat(source, target, follow_symlinks=False)
-            for inner, kind in listing(source).items():
-                if kind == FOLDER:
-                    (target / inner).mkdir()
-                    shutil.copystat(source / inner, target / inner, follow_symlinks=False)
-                else:
-                    os.link(source / inner, target / inner, follow_symlinks=False)
-        except OSError as error:
-            raise UserError(
-                f"cannot keep {shown}/{printable(path)} in the new sprite folder ({error.strerror or error}): move it "
-                f"out of {shown} and run again; nothing was changed"
-            ) from None
-    return additions
+    must keep); returns their paths (files.keep_additions: a name this run writes, or one that cannot
+    be linked, is a UserError before anything is linked)."""
+    return keep_additions(out, temp, previous, written, "fetch-sprites", "sprite folder", printable)
 
 
-def _carried_or_listed(folder, listed, out):
-    """Whether everything in ``folder`` is either in the listing ``listed`` or the very same file
-    (a hard link) as the one at its place in ``out``: a leftover whose removal loses nothing."""
-    for path, kind in listing(folder).items():
-        if listed.get(path) == kind or kind == FOLDER:
-            continue
-        try:
-            here, there = os.lstat(os.path.join(folder, path)), os.lstat(os.path.join(out, path))
-        except OSError:
-            return False
-        if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
-            return False
-    return True
+_carried_or_listed = carried_or_listed  # a leftover holding only sprites and hard links of the user's files
 
 
 def _listed_in(folder):

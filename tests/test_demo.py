@@ -157,3 +157,60 @@ def test_a_run_without_pikachu_asks_about_a_pokemon_it_has(tmp_path):
     assert question["name"] == "妙蛙种子" and question["number"] == 1
     assert question["candidates"] == ["妙蛙种子", "小火龙", "杰尼龟", "绿毛虫"]  # its name first, three of the run
     assert question["picture"] == str(tmp_path / "pictures" / "0001妙蛙种子" / "front_01.png")  # unseen, front first
+
+
+def _demo_checkpoint(workdir):
+    return workdir / "experiments" / "pokemon_tiny_cpu" / "checkpoints" / "epoch_latest.pt"
+
+
+def test_the_python_api_and_classify_agree_on_every_unseen_view(demo_run):
+    """The demo's unseen-views test split, as the original sprites (RGBA, transparent): the Python API's
+    preprocess and probabilities equal `classify --json`'s, with the checkpoint's own captions."""
+    import torch
+    from cn_clip.clip import tokenize
+
+    import cn_clip_pokemon
+
+    workdir, _ = demo_run
+    checkpoint = _demo_checkpoint(workdir)
+    info = json.loads((workdir / "datasets" / "pokemon-views" / "dataset_info.json").read_text(encoding="utf-8"))
+    pictures = sorted({str(workdir / "pictures" / entry["source"]) for entry in info["images"].values() if entry["split"] == "test"})
+    done = subprocess.run([sys.executable, "-m", "cn_clip_pokemon", "classify", *pictures, "--checkpoint", str(checkpoint),
+                           "--device", "cpu", "--json", "--top-k", str(SLICE_POKEMON)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["names_from"] == "checkpoint" and report["names"] == SLICE_POKEMON  # the names it was trained on
+
+    loaded = cn_clip_pokemon.load_checkpoint(checkpoint, device="cpu")
+    model, names = loaded.model, loaded.captions
+    with torch.no_grad():
+        text = model.encode_text(tokenize(names, context_length=loaded.context_length))
+        text = text / text.norm(dim=-1, keepdim=True)
+        for picture, result in zip(pictures, report["results"]):
+            image = model.encode_image(loaded.preprocess(picture).unsqueeze(0))
+            image = image / image.norm(dim=-1, keepdim=True)
+            api = dict(zip(names, (model.logit_scale.exp() * image @ text.T).softmax(dim=-1)[0].tolist()))
+            cli = {prediction["name"]: prediction["probability"] for prediction in result["predictions"]}
+            assert max(api, key=api.get) == result["predictions"][0]["name"], picture
+            assert api == pytest.approx(cli, abs=1e-5), picture
+
+
+def _readme_api_examples(readme):
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / readme).read_text(encoding="utf-8")
+    return [block for block in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "load_checkpoint(" in block]
+
+
+@pytest.mark.parametrize("readme", ["README.md", "README_En.md"])
+def test_the_readme_python_example_names_pikachu(demo_run, readme, tmp_path):
+    """The README's Python example, run as written in a folder where the demo's work folder is
+    ./pokemon-demo (the demo's default): the transparent Pikachu sprite is 皮卡丘."""
+    workdir, _ = demo_run
+    examples = _readme_api_examples(readme)
+    assert len(examples) == 1, f"{readme} should show one Python example of load_checkpoint"
+    (tmp_path / "pokemon-demo").symlink_to(workdir)
+    (tmp_path / "example.py").write_text(examples[0], encoding="utf-8")
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[0] == "皮卡丘", done.stdout

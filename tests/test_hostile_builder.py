@@ -338,25 +338,33 @@ def test_images_inside_out_is_refused_and_nothing_is_deleted(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_out_holding_anything_the_builder_did_not_write_is_refused(tmp_path):
+def test_out_holding_what_the_builder_did_not_write_keeps_it_or_refuses_a_clash(tmp_path):
     pictures = small_pictures(tmp_path / "pics")
     out = tmp_path / "out"
     build_dataset(pictures, out, image_size=16, progress=False)
     (out / "lmdb" / "train" / "imgs" / "lock.mdb").write_bytes(b"")  # LMDB's own: allowed
     build_dataset(pictures, out, image_size=16, progress=False)
-    for foreign in ("NOTES.txt", "lmdb/train/imgs/mine.bin", "lmdb/extra/"):
+    # anything else is kept by a rebuild, as it was
+    for foreign in ("NOTES.txt", "lmdb/train/imgs/mine.bin", "lmdb/extra/", "lmdb/extra/inner.txt"):
         path = out / foreign
-        if foreign.endswith("/"):
-            path.mkdir()
-        else:
-            path.write_text("mine")
-        before = snapshot(tmp_path)
-        result = run_cli("--images", pictures, "--out", out)
-        assert result.returncode == 1 and "Traceback" not in result.stderr
-        error = result.stderr.strip()
-        assert len(error.splitlines()) == 1 and f"holds {foreign}" in error and "choose an empty or new --out" in error
-        assert snapshot(tmp_path) == before
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        path.mkdir() if foreign.endswith("/") else path.write_text(f"mine: {foreign}")
+    result = run_cli("--images", pictures, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "kept 3 entries build-dataset did not write" in result.stdout
+    for foreign in ("NOTES.txt", "lmdb/train/imgs/mine.bin", "lmdb/extra/inner.txt"):
+        assert (out / foreign).read_text() == f"mine: {foreign}"
+    # a name the build writes, taken by something else: refused, nothing changes
+    shutil.rmtree(out / "lmdb" / "extra")
+    (out / "test_texts.jsonl").unlink()
+    (out / "test_texts.jsonl").mkdir()
+    (out / "test_texts.jsonl" / "mine.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    result = run_cli("--images", pictures, "--out", out)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = result.stderr.strip()
+    assert len(error.splitlines()) == 1 and "holds test_texts.jsonl/" in error and "choose an empty or new --out" in error
+    assert snapshot(tmp_path) == before
+    shutil.rmtree(out / "test_texts.jsonl")
     # A folder of upstream's own names, not built here (no dataset_info.json of ours), is not ours either.
     (out / "dataset_info.json").write_text('{"mine": 1}')
     result = run_cli("--images", pictures, "--out", out)
