@@ -314,9 +314,10 @@ def evaluate_arguments(parser):
     from cn_clip_pokemon.inference import add_model_options
 
     parser.description = (
-        "Evaluate a checkpoint on a split of a built dataset: zero-shot top-1 and top-5 over the "
-        "dataset's full name set, and text->image / image->text Recall@1/5/10 where every picture "
-        "of the right Pokemon counts as a hit (upstream's evaluation.py rules). Percentages."
+        "Evaluate a checkpoint on a split of a built dataset: zero-shot top-1 and top-5 over the names "
+        "classify ranks (the checkpoint's own captions) and the dataset's full name set, where any caption "
+        "of a picture or of its group is a hit, and text->image / image->text Recall@1/5/10 where every "
+        "picture of the right Pokemon counts as a hit (upstream's evaluation.py rules). Percentages."
     )
     add_model_options(parser)
     parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder made by `cn-clip-pokemon build-dataset`")

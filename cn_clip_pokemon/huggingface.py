@@ -712,14 +712,13 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
     ``out`` holds something else, or when the evaluation fails. ``load_options``: ``vision_model``,
     ``text_model`` as for ``load_checkpoint``.
     """
-    from tqdm import tqdm
-
     from cn_clip_pokemon.checkpoint import file_digest, load_checkpoint
+    from cn_clip_pokemon.progress import progress_bar
 
     require_transformers()
     out = check_out_folder(Path(out).expanduser())
     started = time.perf_counter()
-    bar = tqdm(total=5 if dataset else 4, desc="export-hf", unit="step", disable=not progress, leave=False)
+    bar = progress_bar(total=5 if dataset else 4, description="export-hf", unit="step", enabled=progress, leave=False)
     with bar:
         bar.set_postfix_str("loading")
         loaded = load_checkpoint(checkpoint, device=device, **load_options)
