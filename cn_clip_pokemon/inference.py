@@ -102,20 +102,32 @@ def prepare_picture(loaded, image):
     return loaded.preprocess(image)
 
 
-def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, description="encoding pictures"):
-    """L2-normalized picture embeddings ``[n, embed_dim]`` for an iterable of PIL pictures."""
+def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, description="encoding pictures",
+                    each_batch=None, lock=None):
+    """L2-normalized picture embeddings ``[n, embed_dim]`` for an iterable of PIL pictures.
+
+    ``each_batch(done)``, when given, is called after each batch with the pictures encoded so far;
+    ``lock``, when given, is held around each forward pass only (pictures are prepared outside it),
+    so another user of the model waits for one batch at most.
+    """
+    import contextlib
+
     import torch
 
     model = loaded.model
     device = next(model.parameters()).device
     count = len(images) if count is None else count
     chunks, batch = [], []
+    done = [0]
 
     def flush():
-        with torch.inference_mode():
+        with lock or contextlib.nullcontext(), torch.inference_mode():
             features = model.encode_image(torch.stack(batch).to(device)).float()
         chunks.append((features / features.norm(dim=-1, keepdim=True)).cpu())
+        done[0] += len(batch)
         batch.clear()
+        if each_batch is not None:
+            each_batch(done[0])
 
     batches = -(-count // batch_size) if count else None
     bar = _progress(None, batches, description, progress)
@@ -385,8 +397,11 @@ def classify_command(args):
 # --------------------------------------------------------------------------- split embeddings
 
 
-def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True):
-    """Embeddings of every picture of a split, ``[len(pictures.image_ids), embed_dim]``, cached."""
+def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True, each_batch=None, lock=None):
+    """Embeddings of every picture of a split, ``[len(pictures.image_ids), embed_dim]``, cached.
+
+    ``each_batch`` and ``lock`` as for :func:`encode_pictures` (not called when the cache answers).
+    """
     from cn_clip_pokemon.checkpoint import file_digest
 
     def compute():
@@ -397,6 +412,8 @@ def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True)
             batch_size=batch_size,
             progress=progress,
             description=f"encoding {pictures.split} pictures",
+            each_batch=each_batch,
+            lock=lock,
         )
 
     if not cache:
@@ -436,6 +453,7 @@ def search(
     loaded=None,
     batch_size=32,
     pictures=None,
+    embeddings=None,
     **load_options,
 ):
     """Best-matching pictures of a dataset split for a text ``query`` or a picture file ``image``.
@@ -450,7 +468,8 @@ def search(
 
     ``pictures``: an open :class:`~cn_clip_pokemon.dataset_split.SplitPictures` to search (then
     ``dataset_dir`` and ``split`` are not read); it stays open, its caller closes it. Without it
-    the split is opened here and closed before returning.
+    the split is opened here and closed before returning. ``embeddings``: that split's picture
+    embeddings, already computed (:func:`split_embeddings`), so they are not read again.
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures
@@ -469,7 +488,8 @@ def search(
     if owned:
         pictures = SplitPictures(dataset_dir, split)
     try:
-        embeddings = split_embeddings(loaded, pictures, cache=cache, batch_size=batch_size, progress=progress)
+        if embeddings is None:
+            embeddings = split_embeddings(loaded, pictures, cache=cache, batch_size=batch_size, progress=progress)
         if query is not None:
             probe = encode_texts(loaded, [fill_templates(query, ["{}"])[0]], progress=False)
         else:

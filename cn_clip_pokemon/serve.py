@@ -1,16 +1,23 @@
 """`cn-clip-pokemon serve`: classify and search on a web page (Gradio, the optional ``web`` extra).
 
-The page sits on top of the CLI's own pieces: one ``load_checkpoint``, a ``Classifier`` whose name
-embeddings come from the same cache as `classify`, ``search`` over the split embeddings `search`
-caches, and ``images.open_picture`` for every upload. :class:`PokedexService` holds the model (loaded
-once) and answers in plain data, so it is tested without a browser; :func:`build_page` lays it out
-with Gradio.
+The page sits on top of the CLI's own pieces: one ``load_checkpoint``, a ``Classifier`` whose
+candidates are `classify`'s (the checkpoint's own captions, else the Pokedex) and whose name
+embeddings come from the same cache, ``search`` over the split embeddings `search` caches, and
+``images.open_picture`` for every upload. :class:`PokedexService` holds the model (loaded once) and
+answers in plain data, so it is tested without a browser; :func:`build_page` lays it out with Gradio.
+
+The page answers at once: `serve` listens before the split's pictures are encoded, encodes them
+in a background thread (the page shows how far it is; classifying works meanwhile) and keeps them
+in the embedding cache, so the next start finds them there. Chinese needs a font: the page serves
+one as a web font (:func:`web_font`), so a browser on a machine without a CJK font still shows
+the names rather than boxes.
 
 Only one forward pass runs at a time: both events share one Gradio concurrency slot, and the
 service holds a lock besides (a direct API caller or a test gets the same guarantee). Bad input
 (a non-picture, a truncated file, a decompression bomb, a huge picture, an empty query) is a
 ``UserError`` the page shows as a warning and a message; the server carries on.
 """
+import argparse
 import os
 import sys
 import tempfile
@@ -18,8 +25,9 @@ import threading
 import traceback
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
-from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.errors import UserError, install_hint
 
 TOP_NAMES = 5
 SEARCH_RESULTS = 12
@@ -30,7 +38,16 @@ MAX_PICTURE_PIXELS = 64_000_000
 MAX_UPLOAD = "32mb"
 DEFAULT_HOST = "127.0.0.1"
 CONCURRENCY_GROUP = "model"  # classify and search share it: one forward pass at a time
-WEB_EXTRA_HINT = "pip install 'cn-clip-pokemon[web]'"
+ENCODER_THREAD = "cn-clip-pokemon-encoder"  # the thread that encodes the searched split behind the page
+STATUS_SECONDS = 1.0  # how often an open page asks how far the encoding is, while it runs
+# The web font: its family name, the faces a browser may already have (then nothing is
+# downloaded), and the characters it is used for (Latin text keeps the theme's font).
+WEB_FONT_FAMILY = "cn-clip-pokemon CJK"
+LOCAL_CJK_FACES = ("Noto Sans SC", "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", "WenQuanYi Micro Hei")
+CJK_RANGES = "U+2E80-2FDF, U+3000-33FF, U+3400-4DBF, U+4E00-9FFF, U+F900-FAFF, U+FE30-FE4F, U+FF00-FFEF, U+20000-2FA1F"
+# Browsers load single-face font files only: Chromium refuses a .ttc collection (WenQuanYi's).
+WEB_FONT_SUFFIXES = (".ttf", ".otf", ".woff", ".woff2")
+WEB_EXTRA_HINT = install_hint("web")
 
 
 def require_gradio():
@@ -47,6 +64,14 @@ def require_gradio():
 # --------------------------------------------------------------------------- the model behind the page
 
 
+class NotReady(UserError):
+    """Search asked for while the split's pictures are still being encoded."""
+
+
+class _Stopped(Exception):
+    """The background encoding was asked to stop (the page is closing)."""
+
+
 class PokedexService:
     """The model loaded once, answering the page's two questions in plain data.
 
@@ -55,40 +80,60 @@ class PokedexService:
     ``{"query", "number", "results": [{"rank", "name", "number", "score", "picture"}]}`` (any name of a
     Pokemon is searched for, and answered with, its official name and number). Both raise UserError
     for bad input.
+
+    ``names=None`` ranks what `classify` ranks by default: the checkpoint's own captions, or the
+    Pokedex for a checkpoint that has none. The searched split's picture embeddings are read from
+    the cache or encoded in the constructor; with ``encode_now=False`` that waits for
+    :meth:`start_encoding` (a background thread, one batch per forward pass, so classifying goes
+    on meanwhile) and :meth:`encoding_status` says how far it is; until then search raises
+    :class:`NotReady`.
     """
 
     def __init__(self, checkpoint, dataset=None, split="test", names=None, templates=None, device=None, top_k=TOP_NAMES,
-                 progress=True, cache=True, **load_options):
+                 progress=True, cache=True, batch_size=32, encode_now=True, **load_options):
         from cn_clip_pokemon.checkpoint import load_checkpoint
-        from cn_clip_pokemon.inference import DEFAULT_TEMPLATES, Classifier
+        from cn_clip_pokemon.inference import DEFAULT_TEMPLATES, Classifier, require_positive
 
+        require_positive(top_k=top_k, batch_size=batch_size)
         self.top_k = top_k
+        self.batch_size = batch_size
+        self.progress = progress
         self.lock = threading.Lock()
         self.cache = cache
         self.loaded = load_checkpoint(checkpoint, device=device, **load_options)
         self.classifier = Classifier(
             checkpoint, names=names, templates=templates or DEFAULT_TEMPLATES, loaded=self.loaded, progress=progress, cache=cache
         )
+        if names is not None:
+            self.candidates_from = "given"
+        elif getattr(self.loaded, "captions", None):
+            self.candidates_from = "the checkpoint's captions"
+        else:
+            self.candidates_from = "the Pokedex"
         self.dataset = Path(dataset) if dataset is not None else None
         self.split = split
         self.pictures = None  # the split searched, open while serving
         self.other_splits = {}  # splits opened for candidates' pictures
         self.reference_of_name = {}  # name -> (split, image_id) of the picture shown for it
         self.example_ids = []
+        self.embeddings = None  # the searched split's picture embeddings, once encoded
+        self.encoded = 0  # pictures of it encoded so far
+        self.encoding_error = None
+        self._encoder = None
+        self._stopping = threading.Event()
         if self.dataset is not None:
-            self._open_dataset(progress)
+            self._open_dataset()
+            if encode_now:
+                try:
+                    self.encode_split()
+                except BaseException:
+                    self.close()
+                    raise
 
-    def _open_dataset(self, progress):
+    def _open_dataset(self):
         from cn_clip_pokemon.dataset_split import SplitPictures
-        from cn_clip_pokemon.inference import split_embeddings
 
         self.pictures = SplitPictures(self.dataset, self.split)
-        try:
-            # Encoded (or read from the cache) now, so the first search does not wait for it.
-            split_embeddings(self.loaded, self.pictures, cache=self.cache, progress=progress)
-        except BaseException:
-            self.close()
-            raise
         self.reference_of_name = self._reference_pictures()
         # Examples: one picture each of names spread over the split.
         first_of_name = {}
@@ -127,7 +172,72 @@ class PokedexService:
             self.other_splits[split] = SplitPictures(self.dataset, split)
         return self.other_splits[split]
 
+    # ---------------------------------------------------------------- the searched split's embeddings
+
+    def encode_split(self):
+        """Read the split's picture embeddings from the cache, or encode them (and cache them).
+
+        Blocks; safe in a background thread: the service's lock is held for each forward pass only,
+        and :attr:`encoded` counts the pictures done. Search answers once :attr:`embeddings` is set.
+        """
+        from cn_clip_pokemon.inference import split_embeddings
+
+        def each_batch(done):
+            self.encoded = done
+            if self._stopping.is_set():
+                raise _Stopped()
+
+        try:
+            embeddings = split_embeddings(self.loaded, self.pictures, cache=self.cache, batch_size=self.batch_size,
+                                          progress=self.progress, each_batch=each_batch, lock=self.lock)
+        except UserError as error:
+            self.encoding_error = str(error)
+            raise
+        self.encoded = len(self.pictures.image_ids)
+        self.embeddings = embeddings
+
+    def start_encoding(self):
+        """:meth:`encode_split` in a background thread (once); a failure is one line on stderr, and
+        the page's search says it."""
+        if self.pictures is None or self._encoder is not None:
+            return
+
+        def encode():
+            try:
+                self.encode_split()
+            except _Stopped:
+                pass
+            except UserError as error:
+                print(f"cn-clip-pokemon: error: search is unavailable: {error}", file=sys.stderr)
+            except Exception as error:  # a bug of ours: the page keeps classifying, the console has the details
+                self.encoding_error = f"encoding the {self.split} split failed ({type(error).__name__}: {error})"
+                traceback.print_exc()
+
+        self._encoder = threading.Thread(target=encode, name=ENCODER_THREAD, daemon=True)
+        self._encoder.start()
+
+    def encoding_status(self):
+        """``{"state", "done", "total", "message"}``: state "none" (no dataset), "encoding",
+        "ready" or "failed"; the message is what the page shows above the search box."""
+        if self.pictures is None:
+            return {"state": "none", "done": 0, "total": 0, "message": ""}
+        total, done = len(self.pictures.image_ids), self.encoded
+        if self.embeddings is not None:
+            state, message = "ready", f"{total:,} pictures of the {self.split} split, ready to search"
+        elif self.encoding_error is not None:
+            state, message = "failed", f"search is unavailable: {self.encoding_error}"
+        else:
+            state = "encoding"
+            message = (f"encoding {done:,}/{total:,} pictures of the {self.split} split… "
+                       "search works when they are done; classifying works now")
+        return {"state": state, "done": done, "total": total, "message": message}
+
     def close(self):
+        self._stopping.set()
+        if self._encoder is not None:
+            self._encoder.join(60)  # it stops after the batch it is in
+            if self._encoder.is_alive():
+                return  # still reading the split: leave it open, the process is ending anyway
         for pictures in [self.pictures, *self.other_splits.values()]:
             if pictures is not None:
                 pictures.close()
@@ -143,6 +253,7 @@ class PokedexService:
             "checkpoint": str(self.loaded.path),
             "architecture": f"{architecture}, {self.loaded.input_resolution} px",
             "candidates": len(self.classifier.names),
+            "candidates_from": self.candidates_from,
             "device": str(next(self.loaded.model.parameters()).device),
         }
         if self.pictures is not None:
@@ -180,10 +291,13 @@ class PokedexService:
         query = (query or "").strip()
         if not query:
             raise UserError("the search text is empty: type a name such as 喷火龙, or a description")
+        status = self.encoding_status()
+        if status["state"] != "ready":
+            raise (NotReady if status["state"] == "encoding" else UserError)(status["message"])
         with self.lock:
             # the split this page keeps open: searched, not opened again per query
             found = search(self.loaded.path, self.dataset, query=query, top_k=top_k, loaded=self.loaded, progress=False,
-                           pictures=self.pictures, cache=self.cache)
+                           pictures=self.pictures, embeddings=self.embeddings, cache=self.cache)
         results = [
             {
                 "rank": result["rank"],
@@ -239,6 +353,60 @@ def _refuse_huge_picture(path, shown_name):
         )
 
 
+# --------------------------------------------------------------------------- the page's Chinese font
+
+
+def web_font():
+    """``(path, missing)``: the CJK font file the page serves to browsers, and whether it still has
+    to be fetched.
+
+    The machine's CJK font when it is one a browser can load (a single face: .ttf, .otf, .woff);
+    else the pinned Noto Sans SC that the demo fetches for its grids (``grids.fetch_cjk_font``),
+    from the cache, or ``missing`` when it is not there yet.
+    """
+    from cn_clip_pokemon.grids import fetched_font_path, find_cjk_font
+
+    found = find_cjk_font()
+    if found and found.lower().endswith(WEB_FONT_SUFFIXES):
+        return Path(found), False
+    fetched = fetched_font_path()
+    return fetched, not fetched.is_file()
+
+
+def fetch_web_font_in_background():
+    """Fetch the pinned Noto Sans SC for the page in a background thread (the page does not wait:
+    a browser that opens it before the font is there shows the names once it is reloaded)."""
+    from cn_clip_pokemon.grids import FONT_PACKAGE, FONT_PIN, fetch_cjk_font
+
+    def fetch():
+        try:
+            fetch_cjk_font()
+        except UserError as error:
+            print(f"cn-clip-pokemon: warning: {error}; a browser without a Chinese font shows boxes for the names",
+                  file=sys.stderr)
+
+    print(f"cn-clip-pokemon: fetching {FONT_PACKAGE}@{FONT_PIN[0]} (Noto Sans SC) for the page's Chinese, once",
+          file=sys.stderr)
+    thread = threading.Thread(target=fetch, name="cn-clip-pokemon-font", daemon=True)
+    thread.start()
+    return thread
+
+
+def web_font_css(font_path, theme):
+    """CSS that gives the page ``font_path`` for Chinese: an @font-face over the CJK ranges only
+    (a face the browser already has comes first, so nothing is downloaded then), put before the
+    Gradio ``theme``'s own fonts, the text font and the monospace one (the names' list uses it)."""
+    formats = {".ttf": "truetype", ".otf": "opentype", ".woff": "woff", ".woff2": "woff2"}
+    local = ", ".join(f'local("{face}")' for face in LOCAL_CJK_FACES)
+    url = "gradio_api/file=" + quote(str(font_path))
+    return (
+        f'@font-face {{ font-family: "{WEB_FONT_FAMILY}"; src: {local}, url("{url}") format("{formats[Path(font_path).suffix.lower()]}"); '
+        f"unicode-range: {CJK_RANGES}; font-display: swap; }}\n"
+        f':root, .gradio-container {{ --font: "{WEB_FONT_FAMILY}", {theme.font}; '
+        f'--font-mono: "{WEB_FONT_FAMILY}", {theme.font_mono}; }}\n'
+    )
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -255,7 +423,7 @@ def _facts_markdown(facts):
     lines = [
         f"**checkpoint** `{facts['checkpoint']}`",
         f"**architecture** {facts['architecture']} · {facts['device']}",
-        f"**candidates** {facts['candidates']} names",
+        f"**candidates** {facts['candidates']:,} names ({facts['candidates_from']})",
         f"**dataset** `{facts['dataset']}`" if "dataset" in facts else "**dataset** none (start with `--dataset DIR` to search pictures by text)",
     ]
     return "  \n".join(lines)
@@ -265,6 +433,9 @@ def _answer_or_message(gr, work):
     """``(work(), "")``; a UserError (or a failure of ours) becomes a page warning and a message instead."""
     try:
         return work(), ""
+    except NotReady as error:  # not a fault: the answer comes once the split is encoded
+        gr.Info(str(error))
+        return None, f"⏳ {error}"
     except UserError as error:
         message = str(error)
     except Exception as error:  # a bug of ours must not cost the user the server either
@@ -274,12 +445,20 @@ def _answer_or_message(gr, work):
     return None, f"⚠️ {message}"
 
 
-def build_page(service, examples_dir=None):
+def build_page(service, examples_dir=None, font=None):
     """The Gradio Blocks of the page, not launched: a picture -> top names; a text -> a gallery.
 
     ``examples_dir``: a folder to write the clickable example pictures into (none without it).
+    ``font``: a CJK font file (.ttf, .otf, .woff) the page serves for its Chinese text. What
+    :func:`launch_page` must pass on to serve it all is kept in ``page.launch_options``.
     """
+    import inspect
+
     gr = require_gradio()
+    theme = gr.themes.Default()
+    style = {"theme": theme, "css": web_font_css(font, theme) if font else None}
+    # Gradio 6 takes the theme and the CSS in launch(), Gradio 5 in the Blocks
+    style_at_launch = "css" in inspect.signature(gr.Blocks.launch).parameters
 
     def classify_event(upload):
         if not upload:  # the picture was cleared
@@ -291,6 +470,10 @@ def build_page(service, examples_dir=None):
         gallery = [(p["picture"], _caption(p, "")) for p in predictions if p["picture"] is not None]
         return label, gallery or None, f"**{_caption(predictions[0], _percent(predictions[0]['probability']))}**"
 
+    def status_event():
+        status = service.encoding_status()
+        return status["message"], gr.Timer(active=status["state"] == "encoding")
+
     def search_event(query):
         found, message = _answer_or_message(gr, lambda: service.search_text(query))
         if found is None:
@@ -299,7 +482,7 @@ def build_page(service, examples_dir=None):
         return gallery, f"“{_caption({'name': found['query'], 'number': found['number']}, '')}”: {len(gallery)} pictures"
 
     facts = service.describe()
-    with gr.Blocks(title="cn-clip-pokemon", analytics_enabled=False) as page:
+    with gr.Blocks(title="cn-clip-pokemon", analytics_enabled=False, **({} if style_at_launch else style)) as page:
         gr.Markdown("## 这是哪只宝可梦？ Which Pokémon is this?")
         gr.Markdown(_facts_markdown(facts), elem_id="facts")
         with gr.Row():
@@ -329,6 +512,13 @@ def build_page(service, examples_dir=None):
         )
         if service.pictures is not None:
             gr.Markdown("### 以文搜图 Search the pictures by text")
+            # How far the split's encoding is: asked once a second while it runs, never queued
+            # behind a forward pass.
+            status = service.encoding_status()
+            encoding = gr.Markdown(status["message"], elem_id="search-status")
+            timer = gr.Timer(STATUS_SECONDS, active=status["state"] == "encoding")
+            for trigger in (page.load, timer.tick):
+                trigger(status_event, outputs=[encoding, timer], queue=False, show_progress="hidden")
             with gr.Row():
                 query = gr.Textbox(label="名称或描述 Name or description (繁體 → 简体)", placeholder="喷火龙", scale=4, elem_id="query")
                 search_button = gr.Button("搜索 Search", variant="primary", scale=1, elem_id="search")
@@ -341,16 +531,17 @@ def build_page(service, examples_dir=None):
     # One queue slot for the model's group: a burst of requests waits its turn instead of running
     # forward passes side by side on the CPU.
     page.queue(default_concurrency_limit=1, max_size=256)
+    allowed = [str(path) for path in (examples_dir, font) if path]
+    page.launch_options = dict(style if style_at_launch else {}, allowed_paths=allowed or None)
     return page
 
 
-def launch_page(page, host=DEFAULT_HOST, port=None, examples_dir=None):
-    """Start serving ``page`` in the background; returns its local URL."""
+def launch_page(page, host=DEFAULT_HOST, port=None):
+    """Start serving ``page`` (made by :func:`build_page`) in the background; returns its local URL."""
     try:
         page.launch(
             server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, quiet=True,
-            max_file_size=MAX_UPLOAD, allowed_paths=[str(examples_dir)] if examples_dir else None,
-            prevent_thread_lock=True,
+            max_file_size=MAX_UPLOAD, prevent_thread_lock=True, **page.launch_options,
         )
     except OSError as error:
         where = f"port {port}" if port else "ports 7860-7959"
@@ -371,17 +562,30 @@ def serve_arguments(parser):
         "A web page over a checkpoint: upload, paste or drop a picture for its top-5 Pokemon names "
         "(with each candidate's picture from --dataset), or search the dataset's pictures by text. "
         "The model loads once; name and picture embeddings come from the same cache as classify and "
-        f"search. Needs the web extra: {WEB_EXTRA_HINT}."
+        "search. The page answers at once: the split's pictures are encoded behind it (the page shows "
+        "how far; classifying works meanwhile) and cached, so the next start finds them. The page "
+        "serves a Chinese web font, so a browser without one shows the names. "
+        f"Needs the web extra: {WEB_EXTRA_HINT}."
     )
     add_model_options(parser)  # --checkpoint, --device, --vision-model, --text-model, --batch-size, --no-cache
     parser.add_argument("--dataset", metavar="DIR", help="a dataset built by `cn-clip-pokemon build-dataset`: enables text search, candidates' pictures and examples")
     parser.add_argument("--split", default="test", help="the dataset split to show and search (default test)")
-    parser.add_argument("--names", nargs="+", metavar="NAME", help="candidate names (default: all 1025 Pokemon), as for classify")
+    parser.add_argument("--names", nargs="+", metavar="NAME", help="candidate names, as for classify (default: the captions the checkpoint was trained on; all 1025 Pokemon for a checkpoint without them)")
     parser.add_argument("--names-file", metavar="FILE", help="a UTF-8 file of candidate names, one per line")
     parser.add_argument("--template", action="append", type=prompt_template, metavar="TEXT", help="prompt template with {} for the name, repeatable (as for classify)")
     parser.add_argument("--top-k", type=positive_int, default=TOP_NAMES, help=f"names shown per picture (default {TOP_NAMES})")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0 lets the network in)")
-    parser.add_argument("--port", type=positive_int, default=None, help="port (default 7860, or the next free one)")
+    parser.add_argument("--port", type=port_number, default=None, help="port, 1-65535 (default 7860, or the next free one)")
+
+
+def port_number(text):
+    """An argparse type: a TCP port, 1 to 65535."""
+    from cn_clip_pokemon.cli import positive_int
+
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {port}")
+    return port
 
 
 def serve_command(args):
@@ -393,13 +597,18 @@ def serve_command(args):
     service = PokedexService(
         args.checkpoint, dataset=args.dataset, split=args.split, names=names,
         templates=check_templates(args.template), device=args.device, top_k=args.top_k,
-        cache=not args.no_cache, **model_options(args),
+        cache=not args.no_cache, batch_size=args.batch_size, encode_now=False, **model_options(args),
     )
     try:
+        font, missing = web_font()
+        if missing:
+            fetch_web_font_in_background()
         with tempfile.TemporaryDirectory(prefix="cn-clip-pokemon-examples-") as examples_dir:
-            page = build_page(service, examples_dir=examples_dir)
-            url = launch_page(page, host=args.host, port=args.port, examples_dir=examples_dir)
+            page = build_page(service, examples_dir=examples_dir, font=font)
+            url = launch_page(page, host=args.host, port=args.port)
             print(f"cn-clip-pokemon: serving {url} (Ctrl-C stops it)", file=sys.stderr)
+            # the page answers from now on; search answers once the split is encoded behind it
+            service.start_encoding()
             try:
                 page.block_thread()  # until Ctrl-C
             finally:

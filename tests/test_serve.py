@@ -1,11 +1,14 @@
-"""`serve`: the web page answers like `classify` and `search`, survives bad input, runs one forward
-pass at a time, and works in a real browser (Debian's Chromium, headless, through Selenium).
+"""`serve`: the web page answers like `classify` and `search` (among the checkpoint's own captions),
+survives bad input, runs one forward pass at a time, answers before the split is encoded (and
+from the cache after a restart), and works in a real browser (Debian's Chromium, headless, through
+Selenium) that has no Chinese font of its own: the page serves one.
 
 The model is our tiny registered architecture with random weights; the dataset is built from
 generated pictures, so nothing here needs the network or the shared sprite copies.
 """
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -13,6 +16,7 @@ import sys
 import threading
 import time
 import warnings
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -27,7 +31,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
-from cn_clip_pokemon.serve import MAX_PICTURE_PIXELS, PokedexService  # noqa: E402
+from cn_clip_pokemon.dataset_split import SplitPictures  # noqa: E402
+from cn_clip_pokemon.serve import ENCODER_THREAD, MAX_PICTURE_PIXELS, WEB_FONT_FAMILY, NotReady, PokedexService  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 POKEMON = {"0001妙蛙种子": (60, 170, 90), "0004小火龙": (240, 120, 40), "0006喷火龙": (200, 60, 30),
@@ -61,6 +66,22 @@ def served(tmp_path_factory):
     return {"checkpoint": checkpoint, "dataset": root / "dataset", "root": root}
 
 
+def with_captions(checkpoint, path, captions):
+    """A copy of ``checkpoint`` that records the captions it was trained on (the "captions" key,
+    next to model_config), as training writes it; a fresh file, so its embedding cache is empty."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved["captions"] = list(captions)
+    torch.save(saved, path)
+    return path
+
+
+def wait_until(condition, seconds=60, what="the condition"):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"{what} did not happen in {seconds} s"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def service(served):
     service = PokedexService(served["checkpoint"], dataset=served["dataset"], names=NAMES, device="cpu", progress=False)
@@ -68,10 +89,11 @@ def service(served):
     service.close()
 
 
-def classify_json(checkpoint, picture, capsys):
-    """What `cn-clip-pokemon classify --json` says about one picture, among NAMES."""
+def classify_json(checkpoint, picture, capsys, names=NAMES):
+    """What `cn-clip-pokemon classify --json` says about one picture, among ``names`` (None: its default)."""
     capsys.readouterr()
-    assert main(["classify", str(picture), "--checkpoint", str(checkpoint), "--names", *NAMES, "--json", "--device", "cpu"]) == 0
+    names = ["--names", *names] if names else []
+    assert main(["classify", str(picture), "--checkpoint", str(checkpoint), *names, "--json", "--device", "cpu"]) == 0
     return json.loads(capsys.readouterr().out)["results"][0]["predictions"]
 
 
@@ -215,11 +237,113 @@ def test_without_a_dataset_the_page_classifies_and_search_says_what_it_needs(ser
     assert not list((tmp_path / "examples").iterdir())  # and no examples to click
 
 
+def test_the_page_ranks_the_checkpoints_own_captions(served, tmp_path):
+    """A checkpoint trained on other captions is asked about those, not about the 1025 Pokemon."""
+    captions = ["红色圆形", "蓝色圆形", "黄色圆形"]
+    checkpoint = with_captions(served["checkpoint"], tmp_path / "shapes.pt", captions)
+    service = PokedexService(checkpoint, device="cpu", progress=False)
+    try:
+        assert service.classifier.names == captions
+        facts = service.describe()
+        assert (facts["candidates"], facts["candidates_from"]) == (3, "the checkpoint's captions")
+        predictions = service.classify_upload(str(disc(tmp_path / "red.png", (200, 60, 30))))
+        assert sorted(p["name"] for p in predictions) == sorted(captions)
+    finally:
+        service.close()
+
+
+def test_search_waits_for_the_encoding_behind_the_page_and_a_restart_reads_the_cache(served, tmp_path, monkeypatch):
+    checkpoint = with_captions(served["checkpoint"], tmp_path / "epoch_latest.pt", NAMES)  # no cache yet
+    allowed = threading.Semaphore(0)  # pictures the background encoder may read
+    picture = SplitPictures.picture
+
+    def gated(self, image_id):
+        if threading.current_thread().name == ENCODER_THREAD:
+            assert allowed.acquire(timeout=60)
+        return picture(self, image_id)
+
+    monkeypatch.setattr(SplitPictures, "picture", gated)
+    service = PokedexService(checkpoint, dataset=served["dataset"], device="cpu", progress=False, batch_size=4, encode_now=False)
+    try:
+        total = len(service.pictures.image_ids)
+        assert total > 8
+        service.start_encoding()
+        assert service.encoding_status()["state"] == "encoding"
+        with pytest.raises(NotReady, match=f"^encoding 0/{total} pictures of the test split… search works when"):
+            service.search_text("喷火龙")
+        # classifying answers meanwhile: the encoder holds the model for one batch at a time only
+        assert service.classify_upload(str(disc(tmp_path / "red.png", (200, 60, 30))))[0]["name"] in NAMES
+
+        for _ in range(4):
+            allowed.release()
+        wait_until(lambda: service.encoding_status()["done"] == 4, what="the first batch")
+        assert service.encoding_status()["message"].startswith(f"encoding 4/{total} pictures")
+        for _ in range(total - 4):
+            allowed.release()
+        wait_until(lambda: service.encoding_status()["state"] == "ready", what="the encoding")
+        assert service.encoding_status()["message"] == f"{total} pictures of the test split, ready to search"
+        found = service.search_text("喷火龙")["results"]
+        assert len(found) == min(total, 12) and {r["name"] for r in found} <= set(NAMES)
+    finally:
+        service.close()
+
+    # a restart finds the embeddings in the cache: no picture is encoded again
+    def no_picture_encoding(*args, **kwargs):
+        raise AssertionError("the split was encoded again")
+
+    monkeypatch.setattr(CLIP, "encode_image", no_picture_encoding)
+    again = PokedexService(checkpoint, dataset=served["dataset"], device="cpu", progress=False, encode_now=False)
+    try:
+        again.start_encoding()
+        wait_until(lambda: again.encoding_status()["state"] != "encoding", seconds=20, what="reading the cache")
+        assert again.encoding_status()["state"] == "ready"
+        assert [r["score"] for r in again.search_text("喷火龙")["results"]] == pytest.approx([r["score"] for r in found], abs=1e-6)
+    finally:
+        again.close()
+
+
+def test_a_port_out_of_range_is_a_usage_error_before_the_model_loads(tmp_path, capsys):
+    missing = tmp_path / "never-read.pt"  # the model would fail to load: the port is refused first
+    for port in ("99999", "65536", "0", "http"):
+        assert main(["serve", "--checkpoint", str(missing), "--port", port]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--port" in err and "never-read.pt" not in err, err
+
+
+LONG_THIN_UPLOADS = """
+import json, resource, sys
+import cn_clip_pokemon
+from PIL import Image
+from cn_clip_pokemon.serve import PokedexService
+
+checkpoint, folder, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+service = PokedexService(checkpoint, names=names, device="cpu", progress=False)
+for name, size in (("small", (40, 40)), ("tall", (1, 16000)), ("wide", (16000, 1))):
+    Image.new("RGB", size, (200, 60, 30)).save(f"{folder}/{name}.png")
+service.classify_upload(f"{folder}/small.png")  # everything a first answer allocates
+peak_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+before = peak_mb()
+top = [service.classify_upload(f"{folder}/{name}.png")[0]["name"] for name in ("tall", "wide")]
+print(json.dumps({"before": before, "after": peak_mb(), "top": top}))
+"""
+
+
+def test_a_long_thin_upload_costs_no_more_memory_than_a_small_one(served, tmp_path):
+    """A 1 x 16000 picture is 16,000 pixels: padding it to a square before shrinking it would
+    allocate 16000 x 16000 (768 MB). The page's path bounds memory by the model's input size."""
+    done = subprocess.run([sys.executable, "-c", LONG_THIN_UPLOADS, str(served["checkpoint"]), str(tmp_path), *NAMES],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["after"] - measured["before"] < 100, measured  # peak resident memory, MB
+    assert all(name in NAMES for name in measured["top"])
+
+
 def test_without_gradio_serve_says_what_to_install(served, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
     assert main(["serve", "--checkpoint", str(served["checkpoint"])]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "pip install 'cn-clip-pokemon[web]'" in err
+    assert len(err.splitlines()) == 1 and "pip install" in err and "[web]'" in err
 
 
 def test_serve_help_explains_itself():
@@ -251,14 +375,89 @@ def free_port():
         return probe.getsockname()[1]
 
 
+# The real command, with one thing added for the test: the background encoder may read only as
+# many of the split's pictures as the file $CN_CLIP_POKEMON_TEST_GATE says, so the test decides
+# when the encoding gets on (the product never waits).
+GATED_SERVE = """
+import os, sys, threading, time
+import cn_clip_pokemon
+from cn_clip_pokemon.dataset_split import SplitPictures
+from cn_clip_pokemon.serve import ENCODER_THREAD
+
+gate, read, picture = os.environ["CN_CLIP_POKEMON_TEST_GATE"], [0], SplitPictures.picture
+
+def gated(self, image_id):
+    if threading.current_thread().name == ENCODER_THREAD:
+        while read[0] >= int(open(gate).read()):
+            time.sleep(0.05)
+        read[0] += 1
+    return picture(self, image_id)
+
+SplitPictures.picture = gated
+from cn_clip_pokemon.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cjk_web_font(folder):
+    """A single-face CJK font file, as the demo's fetch leaves it (cache/fonts/NotoSansSC-Regular.ttf),
+    without the network: the fetched one when this machine has it, else the machine's CJK font,
+    its first face taken out of a .ttc collection; None when there is neither."""
+    from cn_clip_pokemon import grids
+
+    target = grids.fetched_font_path(folder / "cache" / "cn-clip-pokemon")
+    target.parent.mkdir(parents=True)
+    if grids.fetched_font_path().is_file():
+        return shutil.copyfile(grids.fetched_font_path(), target)
+    found = grids.find_cjk_font()
+    if not found:
+        return None
+    if not found.lower().endswith((".ttc", ".otc")):
+        return shutil.copyfile(found, target)
+    from fontTools.ttLib import TTCollection
+
+    TTCollection(found).fonts[0].save(target)
+    return target
+
+
+def fontconfig_without_cjk(folder):
+    """A fontconfig file that shows the browser this machine's fonts minus every Chinese one."""
+    listed = subprocess.run(["fc-list", "--format", "%{file}\n"], capture_output=True, text=True, timeout=60).stdout
+    chinese = subprocess.run(["fc-list", ":lang=zh", "--format", "%{file}\n"], capture_output=True, text=True, timeout=60).stdout
+    fonts = folder / "fonts"
+    fonts.mkdir(parents=True)
+    for index, file in enumerate(sorted(set(listed.split()) - set(chinese.split()))):
+        (fonts / f"{index}-{Path(file).name}").symlink_to(file)
+    config = folder / "fonts.conf"
+    config.write_text(f'<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "fonts.dtd">\n<fontconfig><dir>{fonts}</dir>'
+                      f"<cachedir>{folder / 'fontconfig-cache'}</cachedir></fontconfig>\n")
+    return config
+
+
 @pytest.fixture
-def page_url(served, tmp_path):
-    """`cn-clip-pokemon serve` in a subprocess on 127.0.0.1; its URL once it serves."""
+def page(served, tmp_path):
+    """`cn-clip-pokemon serve` in a subprocess on 127.0.0.1, over a checkpoint that records its
+    captions (no --names), its split's encoding held at the gate: ``{"url", "gate", "checkpoint", ...}``
+    once it serves. The Chinese font it serves is the one the demo fetches (:func:`cjk_web_font`)."""
+    why = browser_missing()
+    if why:
+        # a warning too: `pytest -q` lists it in its summary, where a bare skip is one letter
+        reason = f"THE WEB PAGE'S BROWSER TEST DID NOT RUN: {why}"
+        warnings.warn(reason)
+        pytest.skip(reason)
+    font = cjk_web_font(tmp_path)
+    if font is None:
+        pytest.fail("no CJK font here to serve: apt-get install fonts-wqy-microhei (.ci/run does it)")
+    checkpoint = with_captions(served["checkpoint"], tmp_path / "epoch_latest.pt", NAMES)
+    gate = tmp_path / "gate"
+    gate.write_text("0")
     port = free_port()
     log = tmp_path / "serve.log"
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path / "gradio"), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
-    command = [sys.executable, "-m", "cn_clip_pokemon", "serve", "--checkpoint", str(served["checkpoint"]),
-               "--dataset", str(served["dataset"]), "--names", *NAMES, "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path / "gradio"), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1",
+               XDG_CACHE_HOME=str(tmp_path / "cache"), CN_CLIP_POKEMON_TEST_GATE=str(gate), CUDA_VISIBLE_DEVICES="")
+    env.pop("CN_CLIP_POKEMON_FONT", None)
+    command = [sys.executable, "-c", GATED_SERVE, "serve", "--checkpoint", str(checkpoint), "--dataset", str(served["dataset"]),
+               "--batch-size", "4", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     try:
@@ -267,7 +466,7 @@ def page_url(served, tmp_path):
             assert server.poll() is None, f"serve exited with {server.returncode}:\n{log.read_text()[-3000:]}"
             assert time.time() < deadline, f"serve did not start in 120 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/"
+        yield {"url": f"http://127.0.0.1:{port}/", "gate": gate, "checkpoint": checkpoint, "font": font, "log": log}
     finally:
         server.terminate()
         try:
@@ -278,13 +477,8 @@ def page_url(served, tmp_path):
 
 
 @pytest.fixture
-def browser():
-    why = browser_missing()
-    if why:
-        # a warning too: `pytest -q` lists it in its summary, where a bare skip is one letter
-        reason = f"THE WEB PAGE'S BROWSER TEST DID NOT RUN: {why}"
-        warnings.warn(reason)
-        pytest.skip(reason)
+def browser(tmp_path):
+    """Headless Chromium that sees none of this machine's Chinese fonts, as on a machine without one."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -295,13 +489,47 @@ def browser():
                      # every host name but 127.0.0.1 fails to resolve: the page must need nothing else
                      "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    env = dict(os.environ, FONTCONFIG_FILE=str(fontconfig_without_cjk(tmp_path / "browser-fonts")))
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
 
 
-def test_the_page_in_chromium(served, page_url, browser, tmp_path, capsys):
+# Each of 皮, 卡, 丘 drawn alone, in the page's own font list and in a bare sans-serif: PNG data URLs.
+# A character without a font is the same empty box as any other, so three different drawings mean
+# three real glyphs. And which Chinese texts on the page are not given the page's font.
+DRAW_GLYPHS = """
+const [family, done] = [arguments[0], arguments[arguments.length - 1]];
+document.fonts.load(`32px "${family}"`, "皮卡丘").then(() => {
+  const draw = (font) => [..."皮卡丘"].map((character) => {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 48;
+    const context = canvas.getContext("2d");
+    context.font = font;
+    context.fillText(character, 4, 38);
+    return canvas.toDataURL();
+  });
+  const page = getComputedStyle(document.querySelector("#facts")).fontFamily;
+  // every piece of Chinese shown on the page, and the font list of those not given the page's font
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const [shown, without] = [[], []];
+  while (walker.nextNode()) {
+    const element = walker.currentNode.parentElement;
+    if (/[\u3400-\u9fff]/.test(walker.currentNode.textContent) && element.getClientRects().length) {
+      shown.push(walker.currentNode.textContent.trim());
+      const fonts = getComputedStyle(element).fontFamily;
+      if (!fonts.includes(family)) without.push(`${walker.currentNode.textContent.trim()} <${element.tagName}>: ${fonts}`);
+    }
+  }
+  done({page: page, with_page_font: draw(`32px ${page}`), bare: draw("32px sans-serif"), shown: shown, without: without,
+        faces: [...document.fonts].filter((face) => face.family.replaceAll('"', "") === family).map((face) => face.status),
+        requested: performance.getEntriesByType("resource").map((entry) => decodeURIComponent(entry.name))});
+});
+"""
+
+
+def test_the_page_in_chromium(served, page, browser, tmp_path, capsys):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -312,44 +540,68 @@ def test_the_page_in_chromium(served, page_url, browser, tmp_path, capsys):
         found = browser.find_elements(By.ID, element_id)
         return found[0].text.strip() if found else ""
 
-    def upload(path):
-        before = text_of("picture-message")
+    def upload(path, says):
+        """Upload ``path``; the page's message once it starts with ``says``."""
         browser.find_element(By.CSS_SELECTOR, "#picture input[type=file]").send_keys(str(path))
-        wait.until(lambda _: text_of("picture-message") not in ("", before))
+        wait.until(lambda _: text_of("picture-message").startswith(says))
         return text_of("picture-message")
 
     def page_top1():
         return wait.until(lambda _: browser.find_element(By.CSS_SELECTOR, "#names [data-testid=label-output-value]").text.strip())
 
-    browser.get(page_url)
+    def search(text):
+        query = browser.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
+        query.clear()
+        query.send_keys(text, Keys.ENTER)
+
+    # the port answers at once: the split's pictures are still held at the gate
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(page["url"], timeout=30) as response:
+        assert response.status == 200
+    browser.get(page["url"])
     wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "#picture input[type=file]"))
+    total = len(SplitPictures(served["dataset"], "test").image_ids)
+    wait.until(lambda _: text_of("search-status").startswith(f"encoding 0/{total} pictures of the test split…"))
     facts = text_of("facts")
-    assert "ViT-T-8-64 + RBT-Tiny-chinese" in facts and str(served["checkpoint"]) in facts and f"{len(NAMES)} names" in facts
+    assert "ViT-T-8-64 + RBT-Tiny-chinese" in facts and str(page["checkpoint"]) in facts
+    assert f"{len(NAMES)} names (the checkpoint's captions)" in facts  # no --names: what the checkpoint was trained on
     assert len(browser.find_elements(By.CSS_SELECTOR, "[data-testid=examples] img, .gallery img, button.gallery-item img")) >= 4
 
-    # a picture: the page's top-1 is classify --json's
+    # while encoding: a picture is classified (among the checkpoint's captions, as classify --json
+    # does by default); a search says how far the encoding is
     yellow = disc(tmp_path / "yellow.png", (250, 210, 40), 2)
-    upload(yellow)
-    best = classify_json(served["checkpoint"], yellow, capsys)[0]
+    best = classify_json(page["checkpoint"], yellow, capsys, names=None)[0]
+    upload(yellow, says=f"{best['name']} #{best['number']}")
     assert page_top1() == f"{best['name']} #{best['number']}"
-    assert text_of("picture-message").startswith(f"{best['name']} #{best['number']}")
     wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#candidates img")) == 5)
+    search("噴火龍")
+    wait.until(lambda _: text_of("search-message").startswith(f"⏳ encoding 0/{total} pictures"))
 
-    # a text (traditional characters): a gallery of the dataset's pictures with their names
-    query = browser.find_element(By.CSS_SELECTOR, "#query textarea, #query input")
-    query.send_keys("噴火龍", Keys.ENTER)
+    # the page follows the encoding, batch by batch, then searches
+    page["gate"].write_text("4")
+    wait.until(lambda _: text_of("search-status").startswith(f"encoding 4/{total} pictures"))
+    page["gate"].write_text(str(total))
+    wait.until(lambda _: text_of("search-status") == f"{total} pictures of the test split, ready to search")
+    search("噴火龍")  # traditional characters: a gallery of the dataset's pictures with their names
     wait.until(lambda _: "喷火龙" in text_of("search-message"))
     wait.until(lambda _: len(browser.find_elements(By.CSS_SELECTOR, "#found img")) >= 6)
     assert any(name in text_of("found") for name in NAMES)
+
+    # Chinese is drawn with the served font everywhere (names, gallery captions, labels, the
+    # heading), although the browser has no Chinese font of its own
+    glyphs = browser.execute_async_script(DRAW_GLYPHS, WEB_FONT_FAMILY)
+    assert len(set(glyphs["bare"])) == 1, "this browser draws Chinese without the page's font: the test proves nothing"
+    assert len(set(glyphs["with_page_font"])) == 3 and glyphs["page"].startswith(f'"{WEB_FONT_FAMILY}"')
+    assert glyphs["faces"] == ["loaded"]
+    assert any(name.endswith("=" + str(page["font"])) for name in glyphs["requested"]), glyphs["requested"]
+    assert len(glyphs["shown"]) >= 20 and not glyphs["without"], glyphs["without"]
     browser.save_screenshot(str(tmp_path / "serve.png"))
 
     # a text file named .png: a message in the page, and the next upload still works
     bad = tmp_path / "bad.png"
     bad.write_text("not a picture\n")
-    assert upload(bad) == "⚠️ bad.png: not a picture Pillow can read"
+    assert upload(bad, says="⚠️") == "⚠️ bad.png: not a picture Pillow can read"
     wait.until(lambda _: any("bad.png" in toast.text for toast in browser.find_elements(By.CSS_SELECTOR, ".toast-body, [data-testid=toast-body]")))
     blue = disc(tmp_path / "blue.png", (60, 120, 230))
-    upload(blue)
-    best = classify_json(served["checkpoint"], blue, capsys)[0]
+    best = classify_json(page["checkpoint"], blue, capsys, names=None)[0]
+    upload(blue, says=f"{best['name']} #{best['number']}")
     assert page_top1() == f"{best['name']} #{best['number']}"
-
