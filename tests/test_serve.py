@@ -339,6 +339,26 @@ def test_a_long_thin_upload_costs_no_more_memory_than_a_small_one(served, tmp_pa
     assert all(name in NAMES for name in measured["top"])
 
 
+def test_the_web_font_is_one_a_browser_loads(tmp_path, monkeypatch):
+    """The machine's CJK font when it is a single face; for a .ttc collection (which Chromium refuses)
+    or none, the Noto Sans SC the demo fetches, from the cache or still to fetch."""
+    from cn_clip_pokemon import grids
+    from cn_clip_pokemon.serve import web_font, web_font_css
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for machine_font in ("/fonts/DroidSansFallbackFull.ttf", "/fonts/wqy-microhei.ttc", None):
+        monkeypatch.setattr(grids, "find_cjk_font", lambda: machine_font)
+        expected = Path(machine_font) if machine_font and machine_font.endswith(".ttf") else grids.fetched_font_path()
+        assert web_font() == (expected, expected == grids.fetched_font_path())
+    grids.fetched_font_path().parent.mkdir(parents=True)
+    grids.fetched_font_path().write_bytes(b"a font")
+    assert web_font() == (grids.fetched_font_path(), False)
+
+    css = web_font_css(Path("/a folder/字体.ttf"), type("Theme", (), {"font": "'Source Sans Pro', sans-serif", "font_mono": "monospace"}))
+    assert 'url("gradio_api/file=/a%20folder/%E5%AD%97%E4%BD%93.ttf") format("truetype")' in css
+    assert f'--font: "{WEB_FONT_FAMILY}", \'Source Sans Pro\', sans-serif;' in css and "unicode-range: U+2E80" in css
+
+
 def test_without_gradio_serve_says_what_to_install(served, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
     assert main(["serve", "--checkpoint", str(served["checkpoint"])]) == 1
