@@ -113,11 +113,14 @@ SEEN_VIEWS = "pictures-seen-views"
 def demo_arguments(parser):
     parser.add_argument("--workdir", type=Path, default=Path("pokemon-demo"), help="where everything goes (default ./pokemon-demo)")
     parser.add_argument(
+        "--train-minutes",
         "--minutes",
+        dest="train_minutes",
         type=float,
         default=None,
-        help="training budget in minutes on this machine's CPU; scales the number of epochs of the tiny "
-        "recipe (default 10, tuned on 2 cores)",
+        help="wall-clock training budget in minutes (default 10 for the tiny recipe): a short timed probe "
+        "measures this machine's seconds per step, then training runs the recipe's steps (8 epochs, about "
+        "2,000) or as many as fit the budget, the learning-rate schedule planned for that count",
     )
     parser.add_argument(
         "--fresh", action="store_true",
@@ -128,7 +131,7 @@ def demo_arguments(parser):
     parser.add_argument("--pretrained", type=Path, default=None, help="official weights for --config vit-b-16, e.g. ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt")
     parser.add_argument("--numbers", default="1-649", help="which Pokemon (default 1-649, every one with sprites)")
     parser.add_argument("--frames", type=int, default=None, help="animation frames per view (default: the recipe's)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="override the recipe's epochs (instead of --minutes)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="train exactly this many epochs (no budget, no probe)")
     parser.add_argument(
         "--sprites-from",
         action="append",
@@ -171,8 +174,6 @@ def _epochs(recipe, args):
     epochs = int(flags[flags.index("--max-epochs") + 1])
     if args.max_epochs is not None:
         return args.max_epochs
-    if args.minutes is not None and recipe["minutes"]:
-        return max(1, round(epochs * args.minutes / recipe["minutes"]))
     return epochs
 
 
@@ -197,6 +198,127 @@ def _train_argv(recipe, args, dataset, experiments, epochs):
     if args.pretrained is not None:
         argv += ["--pretrained", args.pretrained]
     return argv
+
+
+# The training budget (--train-minutes): a probe of a few steps measures this machine's speed, then
+# the real run is launched with the step count that fits, so that upstream's cosine schedule is
+# planned for the steps that are actually trained.
+PROBE_STEPS = 30
+MIN_STEPS = 10
+VALID_STEP_SHARE = 1 / 3  # a validation batch (forward only) against a training step, for the estimate
+PLAN_FILE = "training-plan.json"
+
+
+def _split_batches(dataset, split, batch_size):
+    """Batches per epoch of ``split`` as the pokemon dataset's sampler deals them (0 without the split)."""
+    from cn_clip_pokemon.default_plugins.pokemon_dataset import pair_groups
+    from cn_clip_pokemon.sampler import UniqueGroupBatchSampler
+
+    lmdb = dataset / "lmdb" / split
+    if not lmdb.is_dir():
+        return 0
+    groups = pair_groups(lmdb)
+    return len(UniqueGroupBatchSampler(groups, batch_size=batch_size)) if groups else 0
+
+
+def probe_seconds_per_step(metrics_file):
+    """Seconds per training step between the first and the last logged step of a run (the first
+    logged step, with the loader's and the model's start, left out)."""
+    rows = [json.loads(line) for line in Path(metrics_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    logged = sorted((row["step"], row["time"], row.get("epoch")) for row in rows if row.get("split") == "train" and not row.get("epoch_end"))
+    # within an epoch only: the time between epochs holds validation and the loader's restart
+    pairs = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(logged, logged[1:]) if a[2] == b[2] and b[0] > a[0]]
+    last = logged[-1][0] if logged else 0
+    if not pairs:
+        return None, last
+    return sum(t for _, t in pairs) / sum(n for n, _ in pairs), last
+
+
+def fit_steps(budget_seconds, spent_seconds, seconds_per_step, startup_seconds, planned_steps, steps_per_epoch, valid_batches):
+    """The steps that fit what is left of the budget after the probe: the run's start-up and each
+    epoch's validation taken off first; at most the recipe's planned steps, at least MIN_STEPS."""
+    left = budget_seconds - spent_seconds - startup_seconds
+    epochs = -(-planned_steps // max(1, steps_per_epoch))
+    validation = epochs * valid_batches * VALID_STEP_SHARE * seconds_per_step
+    fitted = int((left - validation) // seconds_per_step) if seconds_per_step > 0 else planned_steps
+    return max(min(MIN_STEPS, planned_steps), min(planned_steps, fitted))
+
+
+def plan_training(recipe, args, dataset, experiments, epochs, budget_minutes, environment):
+    """Probe this machine's speed with a short run of the recipe, then fit the steps to the budget.
+    Returns the plan (a dict, also written to the experiment's PLAN_FILE)."""
+    import tempfile
+
+    batch_size = int(_flag(recipe, "--batch-size"))
+    steps_per_epoch = _split_batches(dataset, "train", batch_size)
+    valid_batches = _split_batches(dataset, "valid", int(_flag(recipe, "--valid-batch-size")))
+    planned = steps_per_epoch * epochs
+    probe_steps = max(4, min(PROBE_STEPS, planned // 10))
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="cn-clip-pokemon-probe-") as logs:
+        argv = _train_argv(recipe, args, dataset, Path(logs), epochs)
+        cut = argv.index("--val-data")
+        del argv[cut:cut + 2]  # the probe trains only
+        argv[argv.index("--log-interval") + 1] = "1"
+        argv += ["--max-steps", str(probe_steps), "--save-epoch-frequency", "1000000"]
+        _, probe_wall = run_stage(f"probe: {probe_steps} training steps to measure this machine's speed", argv, environment=environment)
+        seconds_per_step, probed = probe_seconds_per_step(Path(logs) / recipe["name"] / "metrics.jsonl")
+    spent = time.time() - started
+    if seconds_per_step is None:
+        seconds_per_step = probe_wall / max(1, probed or probe_steps)
+    startup = max(0.0, probe_wall - probe_steps * seconds_per_step)
+    steps = fit_steps(budget_minutes * 60, spent, seconds_per_step, startup, planned, steps_per_epoch, valid_batches)
+    plan = {
+        "budget_minutes": budget_minutes,
+        "planned_steps": planned,
+        "steps": steps,
+        "steps_per_epoch": steps_per_epoch,
+        "probe": {"steps": probe_steps, "seconds": round(spent, 1), "seconds_per_step": round(seconds_per_step, 4)},
+    }
+    fits = "the recipe's steps fit" if steps == planned else f"{steps} of the recipe's {planned} steps fit"
+    print(f"{seconds_per_step:.3f} s a step here: {fits} in the {budget_minutes:g}-minute training budget", flush=True)
+    return plan
+
+
+def _training_steps_done(metrics_file):
+    """(last step trained, seconds per step over the logged steps) of a run's metrics.jsonl."""
+    if not Path(metrics_file).is_file():
+        return None, None
+    seconds_per_step, last = probe_seconds_per_step(metrics_file)
+    return last or None, seconds_per_step
+
+
+def _read_plan(path):
+    try:
+        plan = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
+def _checkpoint_value(path, key):
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True).get(key, 0))
+    except Exception:
+        return 0
+
+
+def _training_summary(plan, checkpoint, metrics_file, train_seconds):
+    """The report's training figures: the budget (None without one), the steps planned and done,
+    seconds per step measured while training (and by the probe)."""
+    done = _checkpoint_value(checkpoint, "step") if Path(checkpoint).exists() else None
+    # measured between logged steps of one epoch; a run too short for two of them: the probe's figure
+    seconds_per_step = _training_steps_done(metrics_file)[1] or (plan or {}).get("probe", {}).get("seconds_per_step")
+    return {
+        "budget_minutes": plan.get("budget_minutes") if plan else None,
+        "planned_steps": plan.get("planned_steps") if plan else None,
+        "steps": done,
+        "seconds_per_step": round(seconds_per_step, 4) if seconds_per_step else None,
+        "probe": plan.get("probe") if plan else None,
+        "seconds": round(train_seconds, 1) if train_seconds else None,
+    }
 
 
 def _checkpoint_epoch(path):
@@ -395,6 +517,12 @@ def print_report(report):
     print("files:")
     for name, path in report["files"].items():
         print(f"  {name}: {path}")
+    training = report.get("training") or {}
+    if training.get("steps"):
+        budget = f"{training['budget_minutes']:g}-minute budget, " if training.get("budget_minutes") else ""
+        planned = f" of the recipe's {training['planned_steps']}" if training.get("planned_steps") else ""
+        speed = f", {training['seconds_per_step']:.3f} s a step" if training.get("seconds_per_step") else ""
+        print(f"training: {budget}{training['steps']}{planned} steps{speed}")
     train = report["seconds"].get("train")
     print(f"training {train / 60:.1f} min, " if train else "", end="")
     print(f"total {report['seconds']['total'] / 60:.1f} min")
@@ -493,12 +621,33 @@ def _run(args, recipe, work, ledger, started):
 
     # 4. training
     epochs = _epochs(recipe, args)
-    if checkpoint.exists() and _checkpoint_epoch(checkpoint) >= epochs:
+    # the budget: --train-minutes, else the recipe's; none with --max-epochs
+    budget = None if args.max_epochs is not None else (args.train_minutes or recipe["minutes"])
+    plan_file = experiments / name / PLAN_FILE
+    plan = _read_plan(plan_file) if budget else None
+    if budget and plan and plan.get("budget_minutes") == budget and checkpoint.exists() and _checkpoint_value(checkpoint, "step") >= plan.get("steps", 0):
+        _reuse("train", f"{checkpoint} (step {_checkpoint_value(checkpoint, 'step')}, {budget:g}-minute budget)")
+    elif not budget and checkpoint.exists() and _checkpoint_epoch(checkpoint) >= epochs:
         _reuse("train", f"{checkpoint} (epoch {_checkpoint_epoch(checkpoint)})")
+        plan = None
     else:
         # the user's own OMP_NUM_THREADS wins over the recipe's
         environment = {key: value for key, value in recipe.get("environment", {}).items() if key not in os.environ}
-        _, seconds["train"] = run_stage("train", _train_argv(recipe, args, dataset, experiments, epochs), environment=environment)
+        argv = _train_argv(recipe, args, dataset, experiments, epochs)
+        plan = None
+        if budget:
+            started_training = time.time()
+            plan = plan_training(recipe, args, dataset, experiments, epochs, budget, environment)
+            if plan["steps"] < plan["planned_steps"]:
+                argv += ["--max-steps", str(plan["steps"])]
+                warmup = int(_flag(recipe, "--warmup"))
+                if plan["steps"] < 4 * warmup:  # a warm-up of at most a quarter of the run
+                    argv[argv.index("--warmup") + 1] = str(max(1, plan["steps"] // 4))
+        _, seconds["train"] = run_stage("train", argv, environment=environment)
+        if plan:
+            seconds["train"] = time.time() - started_training  # the probe counts against the budget
+            plan_file.parent.mkdir(parents=True, exist_ok=True)
+            plan_file.write_text(json.dumps(plan, indent=1), encoding="utf-8")
 
     # 5. evaluation on both kinds of unseen pictures, predictions, curve; the grids' captions need a
     # CJK font: the machine's, else Noto Sans SC fetched once (pinned, checked, cached)
@@ -538,6 +687,7 @@ def _run(args, recipe, work, ledger, started):
             "pretrained": str(args.pretrained) if args.pretrained else None,
         },
         "epochs": epochs,
+        "training": _training_summary(plan, checkpoint, metrics, seconds.get("train")),
         "evaluation": evaluations,
         "measures": EVALUATIONS,
         "question": dict(question, before=before or {}, after=after or {}) if question else None,

