@@ -331,11 +331,42 @@ def evaluate_arguments(parser):
         metavar="DIR",
         help="write upstream's jsonl ground truths and top-10 predictions there, for cn_clip/eval/evaluation.py",
     )
+    parser.add_argument(
+        "--perturb",
+        type=_perturbations,
+        metavar="CHANGES",
+        help="instead: one table of zero-shot top-1/top-5, clean and under each change of the original pictures "
+        "(comma-separated, or all): jpeg30, half, quarter, blur, grey-bg, black-bg, photo-bg, crop80, rotate15, canvas",
+    )
+    parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="with --perturb: the picture folder the dataset was built from (default: DATASET/../../pictures, the demo's layout)",
+    )
+
+
+def _perturbations(text):
+    import argparse
+
+    from cn_clip_pokemon.perturb import parse_perturbations
+
+    try:
+        return parse_perturbations(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
 
 
 def evaluate_command(args):
     from cn_clip_pokemon.inference import model_options
 
+    if getattr(args, "perturb", None):
+        from cn_clip_pokemon.perturb import evaluate_perturbed, print_table
+
+        images = Path(args.images) if args.images else Path(args.dataset).resolve().parent.parent / "pictures"
+        result = evaluate_perturbed(args.checkpoint, args.dataset, images, args.perturb, split=args.split, device=args.device,
+                                    batch_size=args.batch_size, **model_options(args))
+        print(json.dumps(result, ensure_ascii=False, indent=2)) if args.json else print_table(result)
+        return 0
     result = evaluate(
         args.checkpoint,
         args.dataset,
