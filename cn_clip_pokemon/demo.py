@@ -235,13 +235,18 @@ def probe_seconds_per_step(metrics_file):
 
 
 def fit_steps(budget_seconds, spent_seconds, seconds_per_step, startup_seconds, planned_steps, steps_per_epoch, valid_batches):
-    """The steps that fit what is left of the budget after the probe: the run's start-up and each
-    epoch's validation taken off first; at most the recipe's planned steps, at least MIN_STEPS."""
+    """The steps that fit what is left of the budget after the probe: the run's start-up and the
+    validation after each epoch it starts taken off first; at most the recipe's planned steps, at
+    least MIN_STEPS."""
+    if seconds_per_step <= 0:
+        return planned_steps
     left = budget_seconds - spent_seconds - startup_seconds
-    epochs = -(-planned_steps // max(1, steps_per_epoch))
-    validation = epochs * valid_batches * VALID_STEP_SHARE * seconds_per_step
-    fitted = int((left - validation) // seconds_per_step) if seconds_per_step > 0 else planned_steps
-    return max(min(MIN_STEPS, planned_steps), min(planned_steps, fitted))
+    steps_per_epoch = max(1, steps_per_epoch)
+    validation = valid_batches * VALID_STEP_SHARE * seconds_per_step  # per epoch
+    fitted = 0
+    for epochs in range(1, -(-planned_steps // steps_per_epoch) + 1):  # the best over the epochs it may end in
+        fitted = max(fitted, min(planned_steps, epochs * steps_per_epoch, int((left - epochs * validation) // seconds_per_step)))
+    return max(min(MIN_STEPS, planned_steps), fitted)
 
 
 def plan_training(recipe, args, dataset, experiments, epochs, budget_minutes, environment):
