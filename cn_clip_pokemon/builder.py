@@ -96,6 +96,7 @@ SPLIT_BY = ("auto", "view", "animation", "pokemon")
 INFO_FILE = "dataset_info.json"
 INFO_FORMAT = 1
 DEFAULT_IMAGE_SIZE = 224
+IMAGE_SIZES = (8, 4096)  # stored picture sizes the builder takes, in pixels
 INITIAL_MAP_SIZE = 32 << 20
 MESSAGE_ENTRIES = 20  # skipped entries named in a one-line error; the command prints them all
 CONTEXT_LENGTH = 52  # upstream's default --context-length, for the tokenizer report
@@ -797,8 +798,8 @@ def build_dataset(
         raise UserError(f"split_by must be one of {', '.join(SPLIT_BY)}, not {split_by!r}")
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
         raise UserError("valid and test fractions must each be in [0, 1) and add up to less than 1")
-    if not 8 <= int(image_size) <= 4096:
-        raise UserError(f"image size {image_size} is out of range (8-4096 pixels)")
+    if not IMAGE_SIZES[0] <= int(image_size) <= IMAGE_SIZES[1]:
+        raise UserError(f"image size {image_size} is out of range ({IMAGE_SIZES[0]}-{IMAGE_SIZES[1]} pixels)")
     image_size = int(image_size)
     templates = check_templates(templates)
     for template in templates:
@@ -1148,6 +1149,8 @@ def _print_skipped(skipped, file, limit=None):
 
 
 def build_dataset_arguments(parser):
+    from cn_clip_pokemon.cli import fraction, positive_int, prompt_template, whole_number_between
+
     parser.description = (
         "Build upstream Chinese-CLIP's dataset (TSV, JSONL and LMDB for train/valid/test) from a "
         "folder of pictures named like 0025皮卡丘.png, or one folder per Pokemon (0025皮卡丘/*.png); "
@@ -1183,7 +1186,7 @@ def build_dataset_arguments(parser):
         "your notes) is kept, unless it takes a name the build writes (then it is refused). A folder without "
         "build-dataset's dataset_info.json is refused; a symlink is followed and stays a link",
     )
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="stored picture size in pixels (square, white padding; default 224)")
+    parser.add_argument("--image-size", type=whole_number_between(*IMAGE_SIZES), default=DEFAULT_IMAGE_SIZE, help="stored picture size in pixels (square, white padding; default 224)")
     parser.add_argument(
         "--split-by", choices=SPLIT_BY, default="auto",
         help="view: unseen pictures of seen Pokemon in valid/test; animation: whole animations (a view such as "
@@ -1191,15 +1194,15 @@ def build_dataset_arguments(parser):
         "Pokemon, and every Pokemon keeps one in train; pokemon: unseen Pokemon; auto (default): view when most Pokemon have 2+ pictures. With any captions, a caption group "
         "(pictures sharing captions) stands for a Pokemon",
     )
-    parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of pictures (or Pokemon) for valid (default 0.1)")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of pictures (or Pokemon) for test (default 0.1)")
+    parser.add_argument("--valid-fraction", type=fraction, default=0.1, help="share of pictures (or Pokemon) for valid (default 0.1)")
+    parser.add_argument("--test-fraction", type=fraction, default=0.1, help="share of pictures (or Pokemon) for test (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     parser.add_argument(
-        "--template", dest="templates", action="append", default=None, metavar="TEXT",
+        "--template", dest="templates", action="append", default=None, metavar="TEXT", type=prompt_template,
         help="prompt template with {} for the name, e.g. 一张{}的图片 (repeatable; default: the bare name)",
     )
     parser.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: every available core)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: every available core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -1223,6 +1226,11 @@ def build_dataset_command(args):
     if args.no_t2s and not (args.any_names or args.manifest is not None):
         raise UsageError("--no-t2s keeps captions as written, with --any-names or --manifest; "
                          "Pokedex names are always simplified")
+    if args.valid_fraction + args.test_fraction >= 1:
+        raise UsageError(
+            f"--valid-fraction {args.valid_fraction} and --test-fraction {args.test_fraction} add up to 1 or more: "
+            "train would get no picture; give smaller shares (0.1 each by default)"
+        )
     try:
         summary = _build_from_args(args)
     except NothingToBuild as error:

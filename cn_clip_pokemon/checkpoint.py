@@ -21,8 +21,10 @@ reported, grouped, with its likely cause, instead of being left at random like `
 """
 import hashlib
 import json
+import math
 import os
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -200,8 +202,12 @@ def read_checkpoint(path):
         from cn_clip_pokemon.huggingface import read_hf_folder
 
         return read_hf_folder(path)
+    check_archive_sizes(path)
     try:
-        with torch.serialization.safe_globals(numpy_scalar_globals()):
+        # torch warns about what it meets in a file (sparse invariants, quantized or typed storages):
+        # what matters is checked after loading (check_tensor_kinds), and said in one line
+        with torch.serialization.safe_globals(numpy_scalar_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         message = str(error)
@@ -218,6 +224,61 @@ def read_checkpoint(path):
         raise UserError(
             f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file): {_first_line(error)}"
         ) from None
+
+
+# torch.save stores every record of its zip archive uncompressed, so reading a checkpoint costs about
+# as much memory as the file has bytes. A record can claim any size, though, and deflate packs 2 GB of
+# zeros into 2 MB: torch would allocate and inflate all of it before anything else could be checked.
+# So the archive's own index is read first (a few bytes per record) and its declared sizes are held
+# to the file's size: honestly compressed weights shrink by ~10%, never by half.
+MAX_EXPANSION = 2  # declared bytes per byte on disk
+EXPANSION_SLACK = 64 << 20  # small files: a few records of metadata may compress well
+MAX_RECORDS = 100_000  # torch writes one record per storage: a few thousand for the largest model with its optimizer
+
+
+def check_archive_sizes(path):
+    """A one-line UserError when ``path``, a zip archive (torch's format since 1.6), declares more
+    content than it can hold uncompressed (see MAX_EXPANSION) or absurdly many records; nothing is
+    inflated to find out. Anything that is not a readable zip is left to ``torch.load`` to judge."""
+    import zipfile
+
+    try:
+        on_disk = os.stat(path).st_size
+        with open(path, "rb") as file:
+            if not zipfile.is_zipfile(file):
+                return  # the legacy format reads each storage from the file itself, as it comes
+            records = _zip_record_count(file)
+            if records is not None and records > MAX_RECORDS:
+                raise UserError(
+                    f"{path}: its archive lists {records:,} records, more than any checkpoint has ({MAX_RECORDS:,}); "
+                    "refusing to read it: the file was crafted or damaged, use another copy"
+                )
+            file.seek(0)
+            with zipfile.ZipFile(file) as archive:
+                infos = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+        return  # torch.load names what is wrong
+    declared = sum(info.file_size for info in infos)
+    if declared > MAX_EXPANSION * on_disk + EXPANSION_SLACK:
+        largest = max(infos, key=lambda info: info.file_size)
+        raise UserError(
+            f"{path}: its archive declares {declared / 2**30:.2f} GiB of content in {on_disk / 2**20:.1f} MiB on disk "
+            f"({largest.filename}: {largest.file_size:,} bytes, {'compressed' if largest.compress_type else 'stored'}); "
+            "refusing to inflate it. torch.save never compresses, so this file was crafted or re-packed: "
+            "re-save the weights with torch.save, or use another copy"
+        )
+
+
+def _zip_record_count(file):
+    """The record count a zip's end-of-central-directory record claims, without reading the records
+    (None where this Python's zipfile does not expose it)."""
+    import zipfile
+
+    try:
+        end = zipfile._EndRecData(file)
+        return None if end is None else int(end[zipfile._ECD_ENTRIES_TOTAL])
+    except (AttributeError, IndexError, TypeError):
+        return None
 
 
 def _first_line(error):
@@ -524,6 +585,79 @@ def shapes_on_meta(model_info, path):
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
+# --------------------------------------------------------------------------- tensors worth loading
+# A file can hold tensors of the right shapes that still make no model: on the meta device (no data),
+# sparse or quantized (load_state_dict then raises deep inside torch), of a dtype the model cannot take
+# (complex parts or integers dropped silently), views that repeat one number (a stride-0 tensor of a
+# billion elements over a 4-byte storage), NaN or infinite weights, matrices of zeros, or a logit
+# scale no training leaves. Kinds are checked before any shape is read, values once the shapes fit
+# the model (so each costs at most what the model holds), all before the model is allocated.
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# upstream's training keeps logit_scale in [0, ln 100] (train.py clamps it after every step)
+LOGIT_SCALE_RANGE = (0.0, 4.6052)
+LOGIT_SCALE_TOLERANCE = 1e-3
+_RESAVE = "the file is damaged or not a trained model's weights: use another checkpoint, or re-save it as dense float tensors"
+
+
+def check_tensor_kinds(state_dict, path):
+    """A one-line UserError naming the first entry that is not a plain dense CPU tensor of floats
+    (BatchNorm's ``num_batches_tracked`` counters may be integers) whose storage holds every element."""
+    import torch
+
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{path}: {key} is a {type(value).__name__}, not a tensor; {_RESAVE}")
+        if value.device.type == "meta":
+            raise UserError(f"{path}: {key} is a tensor on the meta device, which holds no values (saved from a model that was never filled); {_RESAVE}")
+        if value.layout != torch.strided:
+            raise UserError(f"{path}: {key} is a {str(value.layout).replace('torch.', '')} tensor, not a dense one (tensor.to_dense() makes one); {_RESAVE}")
+        if value.is_quantized:
+            raise UserError(f"{path}: {key} is quantized ({value.dtype}; tensor.dequantize() gives floats); {_RESAVE}")
+        dtype = str(value.dtype).replace("torch.", "")
+        counter = key.endswith("num_batches_tracked") and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+        if dtype not in FLOAT_DTYPES and not counter:
+            raise UserError(f"{path}: {key} is of dtype {dtype}, not floating point, so its values would be cut or dropped; {_RESAVE}")
+        needed = value.numel() * value.element_size()
+        if needed and value.untyped_storage().nbytes() < needed:
+            raise UserError(
+                f"{path}: {key} is a view of {value.numel():,} elements over a storage of {value.untyped_storage().nbytes():,} bytes "
+                f"(one value repeated); {_RESAVE}"
+            )
+
+
+def check_tensor_values(state_dict, path):
+    """A one-line UserError unless every float tensor is finite, no weight matrix is all zeros, and
+    ``logit_scale`` lies where upstream's training keeps it. Call once the shapes fit the model."""
+    import torch
+
+    for key, value in state_dict.items():
+        if not value.is_floating_point() or not value.numel():
+            continue
+        # one pass: min and max are NaN when any value is, infinite when any is, both 0 when all are
+        # (ViT-B-16's 188M fp16 values: ~0.1 s, where isfinite().all() takes seconds)
+        low, high = (float(bound) for bound in torch.aminmax(value))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            bad = value.numel() - int(torch.isfinite(value).sum())
+            raise UserError(
+                f"{path}: {key} holds {bad:,} NaN or infinite values (of {value.numel():,}), so every answer would be NaN: "
+                "the run that wrote it diverged or the file is damaged; use an earlier checkpoint"
+            )
+        if value.dim() >= 2 and low == high == 0:
+            raise UserError(
+                f"{path}: {key} is all zeros, so every picture or text would get the same (or an undefined) embedding; {_RESAVE}"
+            )
+    scale = state_dict.get("logit_scale")
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1 and scale.is_floating_point():
+        value = float(scale.reshape(()))
+        low, high = LOGIT_SCALE_RANGE
+        if not low - LOGIT_SCALE_TOLERANCE <= value <= high + LOGIT_SCALE_TOLERANCE:
+            raise UserError(
+                f"{path}: logit_scale is {value:.6g} (a softmax temperature of 1/{math.exp(min(value, 700)):.4g}), outside "
+                f"[{low}, {high}] where upstream's training keeps it (ln 100 at most); the file was edited or damaged: use another checkpoint"
+            )
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -572,6 +706,7 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
     state_dict, saved_config = split_checkpoint(saved, path)
     captions = checkpoint_captions(saved, path)
     state_dict = normalize_state_dict(state_dict)
+    check_tensor_kinds(state_dict, path)
 
     if str(path_or_name) in _MODELS and not (vision_model or text_model):
         vision_model, text_model = _MODEL_INFO[str(path_or_name)]["struct"].split("@")
@@ -633,6 +768,7 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
     report = _fit_report(expected_shapes, state_dict, path, source)
     if report:
         raise UserError(report)
+    check_tensor_values(state_dict, path)
 
     if input_resolution:
         model_info["image_resolution"] = int(input_resolution)

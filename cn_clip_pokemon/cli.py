@@ -72,6 +72,34 @@ def non_negative_int(text):
     return _whole_number_at_least(0, text)
 
 
+def whole_number_between(low, high):
+    """An argparse type: a whole number from ``low`` to ``high`` (its name in messages: ``low-high``)."""
+
+    def whole_number(text):
+        value = _whole_number_at_least(low, text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, not {value}")
+        return value
+
+    whole_number.__name__ = f"whole number {low}-{high}"
+    return whole_number
+
+
+port_number = whole_number_between(1, 65535)
+port_number.__doc__ = "An argparse type: a TCP port, 1 to 65535."
+
+
+def fraction(text):
+    """An argparse type: a share from 0 up to (not including) 1, such as 0.1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a share such as 0.1)") from None
+    if not 0 <= value < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be at least 0 and less than 1 (a share such as 0.1), not {text}")
+    return value
+
+
 def prompt_template(text):
     """An argparse type: a template with one {} for the name (dataset_format's rule)."""
     from cn_clip_pokemon.dataset_format import check_template

@@ -210,8 +210,15 @@ def _read_pairs(lmdb_split_dir, _stamp):
             count = txn.get(b"num_samples")
             if count is None:
                 raise UserError(f"{pairs_dir} has no num_samples: not an LMDB split built for Chinese-CLIP; rebuild it")
+            try:
+                total = int(bytes(count).decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                raise UserError(
+                    f"{pairs_dir}: num_samples is {bytes(count)[:40]!r}, not a whole number; the dataset was edited "
+                    "or damaged: rebuild it with `cn-clip-pokemon build-dataset`"
+                ) from None
             pairs = []
-            for index in range(int(bytes(count).decode("utf-8"))):
+            for index in range(total):
                 key = str(index)
                 image_id, _text_id, text = safe_pair_loads(txn.get(key.encode("utf-8")), pair_location(pairs_dir, key))
                 pairs.append((image_id, text))

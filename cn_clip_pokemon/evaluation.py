@@ -41,18 +41,14 @@ RECALL_KS = (1, 5, 10)
 
 def _all_split_texts(dataset_dir):
     """Distinct texts of every split's ``{split}_texts.jsonl``, in first-seen order."""
+    from cn_clip_pokemon.dataset_split import read_split_texts
+
     seen, texts = set(), []
     for split in SPLITS:
-        path = Path(dataset_dir) / f"{split}_texts.jsonl"
-        if not path.is_file():
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    text = json.loads(line)["text"]
-                    if text not in seen:
-                        seen.add(text)
-                        texts.append(text)
+        for entry in read_split_texts(Path(dataset_dir) / f"{split}_texts.jsonl"):  # each line checked
+            if entry["text"] not in seen:
+                seen.add(entry["text"])
+                texts.append(entry["text"])
     return texts
 
 

@@ -26,6 +26,9 @@ SVG_SIZE = 512
 # PNG zlib level for stored pictures: level 1 encodes several times faster than the default 6
 # and the files of padded, upscaled pictures stay within a few percent of it.
 PNG_COMPRESS_LEVEL = 1
+# Longest side fit_square pads at full size: a 4096^2 RGB canvas is 64 MB. Longer pictures are shrunk
+# first, so a thin strip cannot ask for a canvas of its length squared.
+MAX_CANVAS_SIDE = 4096
 
 
 class PictureError(UserError):
@@ -151,7 +154,9 @@ def _open_picture_file(source, name, frame, svg_size, svg_name, marks=None):
             marks.append(time.process_time())
         return composite_on_white(rendered)
     with warnings.catch_warnings():
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike. Its other
+        # warnings (a TIFF's "Truncated File Read") end in the one error below or in a picture.
+        warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(source) as image:
@@ -171,13 +176,26 @@ def _open_picture_file(source, name, frame, svg_size, svg_name, marks=None):
             ) from None
         except Image.UnidentifiedImageError:
             raise PictureError(f"{name}: not a picture Pillow can read") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            # Pillow reports truncated or corrupt data as OSError ("image file is truncated"),
-            # SyntaxError (broken headers) or EOFError.
-            raise PictureError(f"{name}: damaged or truncated picture ({error})") from None
+        except Exception as error:
+            raise damaged_picture(name, error) from None
     if marks is not None:
         marks.append(time.process_time())
-    return _srgb_on_white(picture)
+    try:
+        return _srgb_on_white(picture)
+    except Exception as error:  # a mode or profile that cannot become RGB
+        raise damaged_picture(name, error) from None
+
+
+def damaged_picture(name, error):
+    """The PictureError for a picture Pillow fails on, whatever it raised: the one opening rule of the
+    builder, inference and the page. Pillow reports truncated or corrupt data as OSError ("image file
+    is truncated"), SyntaxError (broken headers) or EOFError, but its decoders also raise IndexError
+    (damaged QOI), TypeError (a TIFF without dimensions), RuntimeError (AVIF) and more."""
+    lines = str(error).strip().splitlines()
+    detail = lines[0][:200] if lines else ""
+    if not isinstance(error, (OSError, SyntaxError, ValueError, EOFError)):
+        detail = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    return PictureError(f"{name}: damaged or truncated picture ({detail})")
 
 
 def _srgb_on_white(picture):
@@ -194,9 +212,9 @@ def _open_pil_image(image, name):
     try:
         image.load()
         picture = ImageOps.exif_transpose(image) if image.tell() == 0 else image.copy()
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise PictureError(f"{getattr(image, 'filename', None) or name}: damaged or truncated picture ({error})") from None
-    return _srgb_on_white(picture)
+        return _srgb_on_white(picture)
+    except Exception as error:
+        raise damaged_picture(getattr(image, "filename", None) or name, error) from None
 
 
 def fit_square(image, size, resample=None):
@@ -209,9 +227,26 @@ def fit_square(image, size, resample=None):
     NEAREST by the largest whole factor is finished with BICUBIC. (Plain NEAREST to a fractional
     factor gives uneven pixel widths; plain BICUBIC smears the outlines.) Smaller enlargements use
     BICUBIC, like upstream's own preprocessing.
+
+    Memory is bounded by the output, never by the picture's aspect ratio: the white square costs
+    side x side pixels (60,000^2, 14 GB, for a 1 x 60,000 strip of 300 bytes), so a picture longer
+    than MAX_CANVAS_SIDE (or than ``size``, when that is larger) is first shrunk to that length,
+    keeping its aspect. Every picture up to that length is padded and resized exactly as before.
     """
     width, height = image.size
     side = max(width, height)
+    longest = max(MAX_CANVAS_SIDE, size)
+    if side > longest:
+        if image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGB")  # a palette picture would resize by nearest neighbour
+        scale = longest / side
+        image = image.resize(
+            (min(longest, max(1, round(width * scale))), min(longest, max(1, round(height * scale)))),
+            Image.Resampling.LANCZOS,
+            reducing_gap=3.0,
+        )
+        width, height = image.size
+        side = max(width, height)
     canvas, factor = side, 1
     if resample is None and side < size and size // side >= 2:
         exact = max((f for f in range(2, size // side + 1) if size % f == 0), default=0)

@@ -48,6 +48,19 @@ def require_positive(**values):
             raise UserError(f"{name} must be a whole number of at least 1, not {value!r}")
 
 
+def normalized_embeddings(loaded, features, what):
+    """``features`` L2-normalized, on the CPU; a one-line UserError when any is NaN, infinite or zero
+    (weights that passed the loader's checks can still overflow), so no NaN reaches a score or JSON."""
+    norms = features.norm(dim=-1, keepdim=True)
+    normalized = features / norms
+    if not bool(normalized.isfinite().all()):
+        raise UserError(
+            f"{loaded.path}: the model gives NaN, infinite or zero embeddings for these {what}, so no score "
+            "would mean anything: its weights are damaged or overflow (a diverged run?); use another checkpoint"
+        )
+    return normalized.cpu()
+
+
 def encode_texts(loaded, texts, batch_size=256, progress=True, description="encoding texts"):
     """L2-normalized text embeddings ``[len(texts), embed_dim]`` (float32, on the CPU)."""
     import torch
@@ -65,7 +78,7 @@ def encode_texts(loaded, texts, batch_size=256, progress=True, description="enco
             used = int(tokens.ne(model.tokenizer.vocab["[PAD]"]).sum(dim=1).max())
             tokens = tokens[:, : max(used, 1)].to(device)
             features = model.encode_text(tokens).float()
-            chunks.append((features / features.norm(dim=-1, keepdim=True)).cpu())
+            chunks.append(normalized_embeddings(loaded, features, "texts"))
     if not chunks:
         return torch.zeros(0, loaded.model.text_projection.shape[1])
     return torch.cat(chunks)
@@ -123,7 +136,7 @@ def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, de
     def flush():
         with lock or contextlib.nullcontext(), torch.inference_mode():
             features = model.encode_image(torch.stack(batch).to(device)).float()
-        chunks.append((features / features.norm(dim=-1, keepdim=True)).cpu())
+        chunks.append(normalized_embeddings(loaded, features, "pictures"))
         done[0] += len(batch)
         batch.clear()
         if each_batch is not None:

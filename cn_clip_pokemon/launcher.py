@@ -11,7 +11,6 @@ then each run one process of the same kind.
 Before any model is built it checks what a user can get wrong (missing LMDB folders, weight files,
 unknown model or dataset names) and says which command makes the missing thing.
 """
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,9 @@ from pathlib import Path
 from cn_clip_pokemon.errors import UserError
 
 def launcher_parser():
-    parser = argparse.ArgumentParser(
+    from cn_clip_pokemon.cli import CommandLineParser, non_negative_int, port_number, positive_int
+
+    parser = CommandLineParser(  # a usage error is one line and exit 2, like every command's
         prog="cn-clip-pokemon train",
         add_help=False,
         allow_abbrev=False,  # never swallow an abbreviation of one of upstream's flags
@@ -45,11 +46,11 @@ def launcher_parser():
         help="a registered launcher (see `cn-clip-pokemon plugins`): local, torchrun, ... "
         "(default auto: torchrun when more than one process is asked for, else local)",
     )
-    group.add_argument("--nproc-per-node", type=int, default=1, help="processes per node, one per GPU (default 1)")
-    group.add_argument("--nnodes", type=int, default=1, help="number of nodes (default 1)")
-    group.add_argument("--node-rank", type=int, default=0, help="rank of this node (default 0)")
+    group.add_argument("--nproc-per-node", type=positive_int, default=1, help="processes per node, one per GPU (default 1)")
+    group.add_argument("--nnodes", type=positive_int, default=1, help="number of nodes (default 1)")
+    group.add_argument("--node-rank", type=non_negative_int, default=0, help="rank of this node (default 0)")
     group.add_argument("--master-addr", default=None, help="address of node 0 (several nodes)")
-    group.add_argument("--master-port", type=int, default=None, help="free port on node 0 (several nodes)")
+    group.add_argument("--master-port", type=port_number, default=None, help="free port on node 0 (several nodes)")
     group.add_argument(
         "--pretrained",
         metavar="FILE",
@@ -107,7 +108,7 @@ def prepare_upstream_argv(argv):
     patching.install()
     from cn_clip.training.params import parse_args
 
-    args = parse_args(argv)  # argparse exits 2 on bad usage, as for every command
+    args = parse_upstream_args(parse_args, argv)  # bad usage: one line and exit 2, as for every command
     if args.train_data is not None:
         _check_lmdb(args.train_data, "--train-data", "train")
     if args.val_data is not None:
@@ -164,7 +165,43 @@ def prepare_upstream_argv(argv):
         raise UserError(str(error)) from None
     if on_cpu and not _has_flag(argv, "--num-workers"):
         argv += ["--num-workers", str(cpu_worker_count())]
-    return argv, parse_args(argv)
+    return argv, parse_upstream_args(parse_args, argv)
+
+
+# Upstream's counts that must be at least this (None: the flag may be left unset); argparse only
+# checks they are whole numbers, and 0 or less fails deep in training with a traceback.
+UPSTREAM_COUNTS = {
+    "batch_size": 1, "valid_batch_size": 1, "log_interval": 1, "context_length": 1, "max_epochs": 1,
+    "max_steps": 1, "valid_step_interval": 1, "valid_epoch_interval": 1, "save_epoch_frequency": 1,
+    "accum_freq": 1, "num_workers": 0, "valid_num_workers": 0, "warmup": 0,
+}
+
+
+def parse_upstream_args(parse_args, argv):
+    """Upstream's ``parse_args(argv)``, whose argparse prints its whole usage and exits 2 on a bad
+    flag, with that error as one UsageError line instead; then the counts of UPSTREAM_COUNTS."""
+    import contextlib
+    import io
+
+    from cn_clip_pokemon.cli import UsageError
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args = parse_args(argv)
+    except SystemExit as exit:
+        if exit.code in (0, None):
+            raise
+        lines = said.getvalue().strip().splitlines()
+        message = lines[-1].split("error: ", 1)[-1] if lines else f"bad arguments: {' '.join(argv)}"
+        raise UsageError(f"{message} (see `cn-clip-pokemon train --help`)") from None
+    for name, least in UPSTREAM_COUNTS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            raise UsageError(
+                f"argument --{name.replace('_', '-')}: must be at least {least}, not {value} (see `cn-clip-pokemon train --help`)"
+            )
+    return args
 
 
 def _check_lmdb(path, flag, split):
@@ -191,8 +228,12 @@ def _checked_pair_count(path):
 
     from cn_clip_pokemon.dataset_format import read_pairs
 
+    from cn_clip_pokemon.dataset_split import check_lmdb_pictures
+
     try:
-        return len(read_pairs(path))
+        pairs = read_pairs(path)
+        check_lmdb_pictures(path, pairs)  # every picture a pair names is there and is one
+        return len(pairs)
     except (lmdb.Error, OSError, ValueError):
         return None
 
@@ -306,9 +347,6 @@ def train_main(argv):
     if options.help:
         print_help(parser)
         return 0
-    for value, flag in ((options.nproc_per_node, "--nproc-per-node"), (options.nnodes, "--nnodes")):
-        if value < 1:
-            parser.error(f"{flag} must be at least 1")
     if options.pretrained is not None:
         if _has_flag(upstream_argv, "--resume"):
             parser.error("--pretrained and --resume both say where to start: give one")

@@ -7,13 +7,22 @@ so upstream's code keeps its ``open(path)``: a registered dict is written once t
 its content under the cache root (``files.cache_root()/model_configs/``), so a changed dict
 gets a new file and an old one is never read by mistake.
 
+Upstream ``eval()``s a config's ``vision_layers``, so whoever can write that file can run code in
+every process that reads it. The folder is therefore one only this user can write (owned by us, no
+write bit for group or others; the fallback when the cache root cannot be written is
+``$TMPDIR/cn-clip-pokemon-model-configs-UID``, made 0700, or a fresh ``mkdtemp`` folder when that
+name is someone else's), and a file found there is used only when its bytes are exactly the
+config's text; otherwise it is written again.
+
 Training (``cn_clip.training.data.model_config_file``, patch 0003), the checkpoint loader, upstream's
 ``load_from_name`` and its eval and deploy scripts (patches 0012-0014) all resolve through here.
 """
+import errno
 import hashlib
 import importlib.util
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -84,23 +93,84 @@ def _registered_path(name, config):
 
 
 def _cached_config_file(name, config):
-    """A registered dict as a JSON file named after its content, written once (atomically)."""
-    from cn_clip_pokemon.files import atomic_write, cache_root
+    """A registered dict as a JSON file named after its content, written once (atomically), in a
+    folder only this user can write, and checked byte for byte before it is used."""
+    from cn_clip_pokemon.files import cache_root
 
     try:
         text = json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
     except (TypeError, ValueError) as error:
         raise UserError(f"model config {name!r} registered by a plugin is not plain JSON data: {error}") from None
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    folders = (cache_root() / "model_configs", Path(tempfile.gettempdir()) / "cn-clip-pokemon-model-configs")
-    for folder in folders:
-        path = folder / f"{name}.{digest}.json"
-        if path.is_file():
-            return path
+    data = text.encode("utf-8")
+    filename = f"{name}.{hashlib.sha256(data).hexdigest()[:16]}.json"
+    tried = []
+    for make_folder in (lambda: _own_folder(cache_root() / "model_configs"), _temporary_folder):
         try:
-            with atomic_write(path, "w", encoding="utf-8") as file:
-                file.write(text)
-            return path
-        except OSError:
-            continue  # an unwritable cache root: the temporary folder next
-    raise UserError(f"cannot write model config {name!r} to {folders[0]} or {folders[1]}")
+            folder = make_folder()
+            return _verified_file(folder / filename, data)
+        except OSError as error:
+            tried.append(f"{getattr(error, 'filename', None) or error}: {error.strerror or error}")
+            continue  # an unwritable or untrusted cache root: the temporary folder next
+    raise UserError(f"cannot write model config {name!r} to a folder only this user can write ({'; '.join(tried)})")
+
+
+def _own_folder(folder, mode=0o700):
+    """``folder``, made with ``mode`` if missing; an OSError unless it is a real folder (not a link)
+    owned by this user that no other user can write."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(folder, mode)
+    except FileExistsError:
+        pass  # checked below, like any folder found
+    status = os.lstat(folder)
+    if not stat.S_ISDIR(status.st_mode):
+        raise OSError(errno.ENOTDIR, "not a folder (or a symbolic link), not used for model configs", str(folder))
+    if hasattr(os, "getuid") and status.st_uid != os.getuid():
+        raise OSError(errno.EPERM, f"owned by user {status.st_uid}, not by this user, not used for model configs", str(folder))
+    if status.st_mode & 0o022:
+        raise OSError(errno.EPERM, "writable by other users, not used for model configs", str(folder))
+    return folder
+
+
+_PRIVATE_FOLDER = None  # this process's mkdtemp folder, when the shared name is taken
+
+
+def _temporary_folder():
+    """``$TMPDIR/cn-clip-pokemon-model-configs-UID`` (0700, ours), or when that name belongs to
+    someone else (or is not private), a fresh private folder of this process, removed at exit."""
+    global _PRIVATE_FOLDER
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    shared = Path(tempfile.gettempdir()) / f"cn-clip-pokemon-model-configs-{uid}"
+    try:
+        folder = _own_folder(shared)
+        if stat.S_IMODE(os.lstat(folder).st_mode) & 0o077:
+            os.chmod(folder, 0o700)  # ours, but readable by others: made private again
+        return folder
+    except OSError:
+        pass
+    if _PRIVATE_FOLDER is None or not _PRIVATE_FOLDER.is_dir():
+        import atexit
+        import shutil
+
+        _PRIVATE_FOLDER = Path(tempfile.mkdtemp(prefix="cn-clip-pokemon-model-configs-"))  # 0700, ours
+        atexit.register(shutil.rmtree, _PRIVATE_FOLDER, True)
+    return _PRIVATE_FOLDER
+
+
+def _verified_file(path, data):
+    """``path`` holding exactly ``data``: a file already there is read (never following a link) and
+    used only when its bytes are ``data``; anything else is replaced atomically."""
+    from cn_clip_pokemon.files import atomic_write
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        found = None  # missing, a link, or unreadable: written below
+    else:
+        with os.fdopen(fd, "rb") as file:
+            found = file.read(len(data) + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    if found != data:
+        with atomic_write(path, "wb") as file:
+            file.write(data)
+    return path

