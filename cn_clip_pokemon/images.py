@@ -52,7 +52,7 @@ def render_svg(source, size=SVG_SIZE):
         import cairosvg
     except ImportError:
         raise PictureError(
-            f"{_source_name(source)}: SVG needs the optional renderer: pip install 'cn-clip-pokemon[svg]' "
+            f"{_source_name(source)}: SVG needs the optional renderer: {install_hint('svg')} "
             "(CairoSVG, which uses the system's libcairo), or convert it to PNG first"
         ) from None
     data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source.read()

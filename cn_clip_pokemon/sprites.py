@@ -292,7 +292,7 @@ def fetch_sprites(
         try:
             import cairosvg  # noqa: F401
         except ImportError:
-            raise UserError("--dream-world needs the SVG renderer: pip install 'cn-clip-pokemon[svg]'") from None
+            raise UserError(f"--dream-world needs the SVG renderer: {install_hint('svg')}") from None
     tarballs = locate_packages(from_files, cache)
     names = read_package_names(tarballs["pokemon"])
 
