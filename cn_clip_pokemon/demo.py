@@ -112,7 +112,17 @@ DEMO_MARKER = ".cn-clip-pokemon-demo.json"
 SEEN_VIEWS = "pictures-seen-views"
 
 
+def _numbers_text(text):
+    """An argparse type: Pokedex numbers as fetch-sprites takes them, checked now, passed on as written."""
+    from cn_clip_pokemon.sprites import pokemon_numbers
+
+    pokemon_numbers(text)
+    return text
+
+
 def demo_arguments(parser):
+    from cn_clip_pokemon.cli import positive_int
+
     parser.add_argument("--workdir", type=Path, default=Path("pokemon-demo"), help="where everything goes (default ./pokemon-demo)")
     parser.add_argument(
         "--train-minutes",
@@ -132,8 +142,8 @@ def demo_arguments(parser):
     )
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="tiny (random initialisation, CPU) or vit-b-16 (fine-tune the real model; needs --pretrained)")
     parser.add_argument("--pretrained", type=Path, default=None, help="official weights for --config vit-b-16, e.g. ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt")
-    parser.add_argument("--numbers", default="1-649", help="which Pokemon (default 1-649, every one with sprites)")
-    parser.add_argument("--frames", type=int, default=None, help="animation frames per view (default: the recipe's)")
+    parser.add_argument("--numbers", type=_numbers_text, default="1-649", help="which Pokemon, e.g. 1-40 or 1-9,25,150-151 (default 1-649, every one with sprites)")
+    parser.add_argument("--frames", type=positive_int, default=None, help="animation frames per view (default: the recipe's)")
     parser.add_argument("--max-epochs", type=int, default=None, help="train exactly this many epochs (no budget, no probe)")
     parser.add_argument(
         "--sprites-from",

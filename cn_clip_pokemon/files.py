@@ -611,7 +611,14 @@ def read_limited(path, limit, what):
     try:
         with open_regular(path) as file:
             size = os.fstat(file.fileno()).st_size
-            data = file.read(limit + 1) if size <= limit else b""
+            # read what the file holds, never asking for a buffer of the limit's size up front
+            data, chunk = bytearray(), 1 << 20
+            while size <= limit and len(data) <= limit:
+                block = file.read(min(chunk, limit + 1 - len(data)))
+                if not block:
+                    break
+                data += block
+            data = bytes(data)
     except FileNotFoundError:
         raise UserError(f"{shown}: no such file") from None
     except OSError as error:

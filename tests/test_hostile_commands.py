@@ -500,3 +500,28 @@ def test_a_full_disk_during_a_rebuild_is_one_line_and_the_old_dataset_survives(t
     assert_one_line_error(second, 1, ["No space left on device", "the previous dataset", "is as it was"])
     assert snapshot(out) == before
     assert sorted(p.name for p in small_disk.iterdir()) == ["pokemon"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("flags", [["--numbers", "abc"], ["--frames", "-1"], ["--frames", "0"], ["--numbers", "0-5"]])
+def test_demo_arguments_are_usage_errors_before_any_work(tmp_path, flags):
+    workdir = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "cn_clip_pokemon", "demo", "--workdir", str(workdir), *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not workdir.exists()
+
+
+def test_a_file_we_did_not_write_is_read_without_a_buffer_of_the_limits_size(tmp_path):
+    """read_limited under an address-space cap far below its limit: it reads what the file holds."""
+    small = tmp_path / "dataset_info.json"
+    small.write_text('{"images": 1}', encoding="utf-8")
+    code = textwrap.dedent(f"""
+        import resource
+        from cn_clip_pokemon.files import read_limited
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        print(read_limited({str(small)!r}, 4 << 30, "an info file").decode())
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '{"images": 1}'
