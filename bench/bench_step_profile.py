@@ -106,15 +106,9 @@ def build_model(args, sdpa):
     info.pop("use_flash_attention", None)
     torch.manual_seed(0)
     model = CLIP(**info, use_flash_attention=sdpa).train()
-    exclude = lambda n: "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731 (as upstream)
-    params = list(model.named_parameters())
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in params if exclude(n)], "weight_decay": 0.0},
-            {"params": [p for n, p in params if not exclude(n)], "weight_decay": args.wd},
-        ],
-        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
-    )
+    from bench_training import upstream_adamw
+
+    optimizer = upstream_adamw(model, args)
     return model, optimizer
 
 

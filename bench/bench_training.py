@@ -108,6 +108,21 @@ def measure_launcher(options):
     return (last - first) * options.batch_size / (steps[last] - steps[first])
 
 
+def upstream_adamw(model, args):
+    """AdamW with upstream main's two parameter groups: no weight decay on norms, biases and the logit scale."""
+    import torch
+
+    exclude = lambda n: "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731 (as upstream)
+    params = list(model.named_parameters())
+    return torch.optim.AdamW(
+        [
+            {"params": [p for n, p in params if exclude(n)], "weight_decay": 0.0},
+            {"params": [p for n, p in params if not exclude(n)], "weight_decay": args.wd},
+        ],
+        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
+    )
+
+
 def measure_bare(options):
     """The same work without our launcher or upstream's main: model, optimizer, loss, loader."""
     import torch
@@ -128,15 +143,7 @@ def measure_bare(options):
     info = json.loads(model_config_file(args.vision_model).read_text())
     info.update(json.loads(model_config_file(args.text_model).read_text()))
     model = CLIP(**info)
-    exclude = lambda n: "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731 (as upstream)
-    params = list(model.named_parameters())
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for n, p in params if exclude(n)], "weight_decay": 0.0},
-            {"params": [p for n, p in params if not exclude(n)], "weight_decay": args.wd},
-        ],
-        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps,
-    )
+    optimizer = upstream_adamw(model, args)
     data = pokemon_dataset.get_dataset(args, is_train=True, max_txt_length=args.context_length, epoch_id=0)
     if len(data.dataloader) < options.warmup + options.steps:
         raise SystemExit(f"an epoch has {len(data.dataloader)} batches, fewer than warm-up + steps: use a bigger dataset")

@@ -83,21 +83,23 @@ def require_transformers():
 
 # --------------------------------------------------------------------------- key names
 
-# cn_clip name pattern -> transformers name; the fused attention projection is handled apart
-_RENAMES = [
-    (r"visual\.class_embedding", "vision_model.embeddings.class_embedding"),
-    (r"visual\.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
-    (r"visual\.conv1\.weight", "vision_model.embeddings.patch_embedding.weight"),
-    (r"visual\.ln_pre\.(weight|bias)", r"vision_model.pre_layrnorm.\1"),
-    (r"visual\.ln_post\.(weight|bias)", r"vision_model.post_layernorm.\1"),
-    (r"visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)", r"vision_model.encoder.layers.\1.self_attn.out_proj.\2"),
-    (r"visual\.transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"vision_model.encoder.layers.\1.layer_norm1.\2"),
-    (r"visual\.transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"vision_model.encoder.layers.\1.layer_norm2.\2"),
-    (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"vision_model.encoder.layers.\1.mlp.fc1.\2"),
-    (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"vision_model.encoder.layers.\1.mlp.fc2.\2"),
-    (r"bert\.(.+)", r"text_model.\1"),
-    (r"logit_scale", "logit_scale"),
+# cn_clip name <-> transformers name, read in both directions; {layer}, {param} and {rest} stand for the
+# parts that carry over. The fused attention projection and the transposed projections are handled apart.
+_NAMES = [
+    ("visual.class_embedding", "vision_model.embeddings.class_embedding"),
+    ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+    ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
+    ("visual.ln_pre.{param}", "vision_model.pre_layrnorm.{param}"),
+    ("visual.ln_post.{param}", "vision_model.post_layernorm.{param}"),
+    ("visual.transformer.resblocks.{layer}.attn.out_proj.{param}", "vision_model.encoder.layers.{layer}.self_attn.out_proj.{param}"),
+    ("visual.transformer.resblocks.{layer}.ln_1.{param}", "vision_model.encoder.layers.{layer}.layer_norm1.{param}"),
+    ("visual.transformer.resblocks.{layer}.ln_2.{param}", "vision_model.encoder.layers.{layer}.layer_norm2.{param}"),
+    ("visual.transformer.resblocks.{layer}.mlp.c_fc.{param}", "vision_model.encoder.layers.{layer}.mlp.fc1.{param}"),
+    ("visual.transformer.resblocks.{layer}.mlp.c_proj.{param}", "vision_model.encoder.layers.{layer}.mlp.fc2.{param}"),
+    ("bert.{rest}", "text_model.{rest}"),
+    ("logit_scale", "logit_scale"),
 ]
+_PARTS = {"layer": r"(?P<layer>\d+)", "param": r"(?P<param>weight|bias)", "rest": r"(?P<rest>.+)"}
 _TRANSPOSED = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
 _FUSED = re.compile(r"visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)")
 _SPLIT = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
@@ -105,28 +107,28 @@ _SPLIT = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_p
 _HF_BUFFERS = re.compile(r"(text_model|vision_model)\.embeddings\.(position_ids|token_type_ids)")
 
 
-def _to_hf_name(key):
-    for pattern, replacement in _RENAMES:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, replacement, key)
+def _pattern(template):
+    """A template of :data:`_NAMES` as a regular expression with named groups."""
+    pattern = re.escape(template)
+    for part, group in _PARTS.items():
+        pattern = pattern.replace(re.escape("{" + part + "}"), group)
+    return re.compile(pattern)
+
+
+_TO_HF = [(_pattern(cn), hf) for cn, hf in _NAMES]
+_FROM_HF = [(_pattern(hf), cn) for cn, hf in _NAMES]
+
+
+def _renamed(key, table):
+    for pattern, template in table:
+        match = pattern.fullmatch(key)
+        if match:
+            return template.format(**match.groupdict())
     return None
 
 
-# transformers name pattern -> cn_clip name: the table above read backwards
-_FROM_HF = [
-    (r"vision_model\.embeddings\.class_embedding", "visual.class_embedding"),
-    (r"vision_model\.embeddings\.position_embedding\.weight", "visual.positional_embedding"),
-    (r"vision_model\.embeddings\.patch_embedding\.weight", "visual.conv1.weight"),
-    (r"vision_model\.pre_layrnorm\.(weight|bias)", r"visual.ln_pre.\1"),
-    (r"vision_model\.post_layernorm\.(weight|bias)", r"visual.ln_post.\1"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"visual.transformer.resblocks.\1.attn.out_proj.\2"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm1\.(weight|bias)", r"visual.transformer.resblocks.\1.ln_1.\2"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm2\.(weight|bias)", r"visual.transformer.resblocks.\1.ln_2.\2"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"visual.transformer.resblocks.\1.mlp.c_fc.\2"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"visual.transformer.resblocks.\1.mlp.c_proj.\2"),
-    (r"text_model\.(.+)", r"bert.\1"),
-    (r"logit_scale", "logit_scale"),
-]
+def _to_hf_name(key):
+    return _renamed(key, _TO_HF)
 
 
 def to_hf_state_dict(state_dict):
@@ -167,12 +169,7 @@ def from_hf_state_dict(state_dict):
         if key in inverse_transposed:
             converted[inverse_transposed[key]] = value.t().contiguous()
             continue
-        for pattern, replacement in _FROM_HF:
-            if re.fullmatch(pattern, key):
-                converted[re.sub(pattern, replacement, key)] = value
-                break
-        else:
-            converted[key] = value
+        converted[_renamed(key, _FROM_HF) or key] = value
     for (layer, kind), parts in sorted(fused.items()):
         name = f"visual.transformer.resblocks.{layer}.attn.in_proj_{kind}"
         if set(parts) != set("qkv"):
