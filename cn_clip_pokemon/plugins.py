@@ -1,9 +1,10 @@
 """The plugin manager: loads the ``cn_clip.training`` entry-point group once and decides, once, what
 each plugin adds.
 
-Our own Pokemon dataset, launchers and tiny model configs are declared in setup.py under the same
-entry-point group a third-party plugin uses. ``DEFAULT_PLUGINS`` is the fallback for a source tree
-that was not pip-installed, so the package still works from a plain checkout.
+Our own Pokemon dataset, launchers and tiny model configs (``DEFAULT_PLUGINS``) are registered
+directly, first, so their names win every clash and a plain checkout works without pip; setup.py
+declares the same modules under the same entry-point group a third-party plugin uses, and those entry
+points are recognised and not loaded twice.
 
 ``CN_CLIP_POKEMON_PLUGINS`` limits what loads: a comma-separated list of entry-point names
 (``shapes,cats``), or an empty string for none but the defaults.
@@ -243,8 +244,10 @@ def decide():
     global _decision
     load_plugins()
     _drop_invalid_plugins()
-    key = (tuple((name, id(plugin)) for name, plugin in pm.list_name_plugin()), tuple(_misspelt))
-    if _decision is not None and _decision[0] == key:
+    # the plugin objects themselves, kept referenced by the cached key: an unregistered plugin's id
+    # may be reused by a new one, the object cannot
+    key = (tuple(pm.list_name_plugin()), tuple(_misspelt))
+    if _decision is not None and _same_plugins(_decision[0], key):
         return _decision[1]
     decision = Decision()
     decision.skipped_plugins.update(_misspelt)
@@ -263,14 +266,15 @@ def decide():
         for hook_name, kind, name, obj in offered:
             kept.setdefault(hook_name, [])
             registry = decision.registries[kind]
-            clash = _clash(kind, name, registry, reserved[kind], plugin_name, builtin)
+            kept_as = _registry_key(kind, name)
+            clash = _clash(kind, name, kept_as, registry, reserved[kind], plugin_name, builtin)
             if clash is not None:
                 decision.skipped_registrations.setdefault(plugin_name, []).append(
                     {"kind": kind, "name": name, "skipped": clash}
                 )
                 continue
-            registry[name] = obj
-            registry.plugin_of[name] = plugin_name
+            registry[kept_as] = obj
+            registry.plugin_of[kept_as] = plugin_name
             kept[hook_name].append(name)
     for name, reason in decision.skipped_plugins.items():
         _warn(f"plugin {name!r} (from {distribution_of(name)}) is skipped, none of what it registers counts: {reason}; {_way_out(name)}")
@@ -279,6 +283,15 @@ def decide():
             _warn(f"{skip['kind']} {skip['name']!r} of {_owner(name)} is skipped: {skip['skipped']}")
     _decision = (key, decision)
     return decision
+
+
+def _same_plugins(a, b):
+    """Whether two decide() keys name the same plugin objects (by identity) and the same refusals."""
+    (plugins_a, misspelt_a), (plugins_b, misspelt_b) = a, b
+    return misspelt_a == misspelt_b and len(plugins_a) == len(plugins_b) and all(
+        name_a == name_b and plugin_a is plugin_b
+        for (name_a, plugin_a), (name_b, plugin_b) in zip(plugins_a, plugins_b)
+    )
 
 
 def _offered_by(plugin_name, plugin):
@@ -309,21 +322,38 @@ def _offered_by(plugin_name, plugin):
     return offered, None
 
 
-def _clash(kind, name, registry, reserved, plugin_name, builtin):
-    """Why ``name`` cannot be ``plugin_name``'s (it is taken), or None."""
-    key = name.replace("/", "-") if kind == "model config" else name  # the resolver's spelling
-    taken = next((reserved[k] for k in reserved if k.lower() == key.lower()), None)
-    if taken is None and name in registry and registry.plugin_of[name] in builtin:
-        first = registry.plugin_of[name]
+def _registry_key(kind, name):
+    """The name a registration is kept (and looked up) under: a model config by the resolver's own
+    spelling (``ViT/X`` and ``ViT-X`` are one config), the rest as given."""
+    if kind == "model config":
+        from cn_clip_pokemon.model_config_resolver import _normalise
+
+        return _normalise(name)
+    return name
+
+
+def _taken_by_reserved(kind, key, reserved):
+    """What reserved name ``key`` is: model configs match exactly, as the resolver looks them up; a
+    dataset or launcher matches a reserved word (``none``, ``auto``) in any case."""
+    if kind == "model config":
+        return reserved.get(key)
+    return next((reserved[word] for word in reserved if word.lower() == key.lower()), None)
+
+
+def _clash(kind, name, key, registry, reserved, plugin_name, builtin):
+    """Why ``name`` (kept under ``key``) cannot be ``plugin_name``'s (it is taken), or None."""
+    taken = _taken_by_reserved(kind, key, reserved)
+    if taken is None and key in registry and registry.plugin_of[key] in builtin:
+        first = registry.plugin_of[key]
         taken = f"cn-clip-pokemon's own {kind} (plugin {first!r}, {distribution_of(first)})"
     if taken is not None:
         return (
             f"{name!r} is {taken}, which wins; the rest of the plugin loads. Ask its authors to rename "
             f"their {kind}, or leave the plugin out: {_load_only(without=plugin_name)}"
         )
-    if name not in registry:
+    if key not in registry:
         return None
-    first = registry.plugin_of[name]
+    first = registry.plugin_of[key]
     return (
         f"{_owner(first)} registered it first and keeps it; to use this one instead, leave {first!r} out: "
         f"{_load_only(without=first)}"

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -78,8 +79,11 @@ def test_default_plugins_come_through_the_entry_point_group():
     names = {name for name, _ in plugins.pm.list_name_plugin()}
     assert set(plugins.DEFAULT_PLUGINS) <= names
     described = {p["name"]: p for p in plugins.describe_plugins()}
-    # Installed with pip, the defaults are loaded from our distribution's entry points.
+    # Installed with pip, the defaults are declared in our distribution's entry points (setup.py).
     assert described["pokemon"]["distribution"].startswith("cn-clip-pokemon")
+    declared = {ep.name: ep for ep in metadata.entry_points(group=plugins.ENTRY_POINT_GROUP) if ep.name in plugins.DEFAULT_PLUGINS}
+    assert {name: ep.value for name, ep in declared.items()} == plugins.DEFAULT_PLUGINS
+    assert {ep.dist.metadata["Name"] for ep in declared.values()} == {plugins.OWN_DISTRIBUTION}
     assert "pokemon" in plugins.get_datasets()
     assert {"local", "torchrun"} <= set(plugins.get_launchers())
     configs = plugins.get_model_configs()
@@ -168,6 +172,29 @@ def test_built_in_names_win_and_the_rest_of_the_plugin_loads(capsys):
     # one line per skip, each naming both sides and the way out
     assert len(warnings) == len(skipped)
     assert all("plugin 'greedy-test'" in line and "CN_CLIP_POKEMON_PLUGINS=" in line for line in warnings)
+
+
+def test_model_config_names_clash_as_the_resolver_spells_them(capsys):
+    from cn_clip_pokemon.model_config_resolver import model_config_path
+
+    def configs_plugin(*names):
+        hooks = {"register_model_configs": hookimpl(lambda self, register: [register(n, VISION) for n in names])}
+        return type("Configs", (), hooks)()
+
+    # 'ViT/X-1' is the config 'ViT-X-1' to the resolver: the second plugin's is skipped, not kept silently;
+    # 'vit-b-16' is not upstream's 'ViT-B-16' to the case-sensitive resolver, so it is a plugin's own
+    with registered(configs_plugin("ViT-X-1", "vit-b-16"), "configs-a-test"):
+        with registered(configs_plugin("ViT/X-1"), "configs-b-test"):
+            configs = plugins.get_model_configs()
+            assert configs.plugin_of["ViT-X-1"] == "configs-a-test" and "ViT/X-1" not in configs
+            assert configs.plugin_of["vit-b-16"] == "configs-a-test"
+            assert model_config_path("ViT/X-1") == model_config_path("ViT-X-1")
+            code, listed, warnings = plugins_json(capsys)
+    assert code == 1
+    [skip] = listed["configs-b-test"]["skipped_registrations"]
+    assert (skip["kind"], skip["name"]) == ("model config", "ViT/X-1")
+    assert "plugin 'configs-a-test' (registered in-process) registered it first" in skip["skipped"]
+    assert "skipped_registrations" not in listed["configs-a-test"]
 
 
 def test_a_plugin_whose_hook_raises_is_skipped_whole(capsys):
