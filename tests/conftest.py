@@ -1,4 +1,5 @@
 """Shared fixtures: the pinned package copies in ../shared/datasets and a small real sprite dataset."""
+import contextlib
 import os
 from pathlib import Path
 
@@ -80,3 +81,33 @@ def sprite_dataset(sprite_pictures, tmp_path_factory):
 def pytest_configure(config):
     # tests/test_cuda.py: run on a CUDA machine (bench/gpu_check.sh runs them), skipped elsewhere
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU; skipped with the reason when torch sees none")
+
+
+# --------------------------------------------------------------------------- plugins registered in-process
+
+
+@contextlib.contextmanager
+def registered(plugin, name):
+    """``plugin`` registered in-process under ``name`` for the block, unregistered afterwards."""
+    from cn_clip_pokemon import plugins
+
+    plugins.load_plugins()
+    plugins.pm.register(plugin, name=name)
+    try:
+        yield plugin
+    finally:
+        plugins.pm.unregister(plugin)
+
+
+@contextlib.contextmanager
+def registered_model_config(name, config, plugin_name="model-config-test"):
+    """A throwaway plugin registering the model config ``name`` as ``config``, for the block."""
+    from cn_clip_pokemon import hookimpl
+
+    class Configs:
+        @hookimpl
+        def register_model_configs(self, register):
+            register(name, config)
+
+    with registered(Configs(), plugin_name):
+        yield config

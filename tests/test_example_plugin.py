@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import registered
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -107,19 +109,13 @@ def shapes_plugin():
     """The example package's module registered in-process as the plugin "shapes-test" (its model configs)."""
     import importlib.util
 
-    from cn_clip_pokemon import plugins
-
     spec = importlib.util.spec_from_file_location(
         "cn_clip_shapes_under_test", REPO / "examples" / "cn-clip-shapes" / "cn_clip_shapes" / "__init__.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    plugins.load_plugins()
-    plugins.pm.register(module, name="shapes-test")
-    try:
+    with registered(module, "shapes-test"):
         yield module
-    finally:
-        plugins.pm.unregister(module)
 
 
 def upstream_args(**overrides):

@@ -34,10 +34,11 @@ from cn_clip.clip import model as clip_model  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
-from cn_clip_pokemon import hookimpl, model_config_resolver, plugins  # noqa: E402
+from cn_clip_pokemon import model_config_resolver  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
 from cn_clip_pokemon.images import PictureError, fit_square, open_picture  # noqa: E402
+from conftest import registered_model_config  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 VISION, TEXT = "ViT-T-8-64", "RBT-Tiny-chinese"
@@ -544,21 +545,11 @@ def plugin_dict_config(tmp_path, monkeypatch):
     monkeypatch.setattr(model_config_resolver, "_PRIVATE_FOLDER", None)
     config = json.loads(model_config_resolver.model_config_path(VISION).read_text(encoding="utf-8"))
 
-    class DictConfig:
-        @hookimpl
-        def register_model_configs(self, register):
-            register("ViT-Hostile-Dict", config)
-
-    plugin = DictConfig()
-    plugins.load_plugins()
-    plugins.pm.register(plugin, name="hostile-dict-config")
-    try:
+    with registered_model_config("ViT-Hostile-Dict", config, "hostile-dict-config"):
         text = json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
         yield SimpleNamespace(name="ViT-Hostile-Dict", config=config, text=text, filename=f"ViT-Hostile-Dict.{digest}.json",
                               shared=tmp_path / "tmp" / f"cn-clip-pokemon-model-configs-{os.getuid()}")
-    finally:
-        plugins.pm.unregister(plugin)
 
 
 def _planted(config, marker):

@@ -5,7 +5,6 @@ In-process tests register throwaway plugin classes and unregister them in `final
 through the real commands install fake distributions (NAME-1.0.dist-info with entry points) in a
 folder on PYTHONPATH, as pip would, and run `python -m cn_clip_pokemon`.
 """
-import contextlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ import pytest
 from cn_clip_pokemon import cli, hookimpl, hookspecs, plugins
 from cn_clip_pokemon.default_plugins.launchers import LocalLauncher
 from cn_clip_pokemon.default_plugins.pokemon_dataset import pokemon_dataset
+from conftest import registered, registered_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,17 +48,6 @@ class ThirdPartyDatasets:
     @hookimpl
     def register_datasets(self, register):
         register("my-cats", CATS)
-
-
-@contextlib.contextmanager
-def registered(plugin, name):
-    """``plugin`` registered in-process for the block, unregistered afterwards."""
-    plugins.load_plugins()
-    plugins.pm.register(plugin, name=name)
-    try:
-        yield plugin
-    finally:
-        plugins.pm.unregister(plugin)
 
 
 @pytest.fixture
@@ -302,19 +291,6 @@ def test_a_misspelt_hook_is_caught(capsys):
         if plugins.pm.is_registered(misspelt):
             plugins.pm.unregister(misspelt)
         plugins._misspelt.pop("misspelt-test", None)
-
-
-@contextlib.contextmanager
-def registered_model_config(name, config):
-    """A throwaway plugin registering one model config, unregistered afterwards."""
-
-    class Configs:
-        @hookimpl
-        def register_model_configs(self, register):
-            register(name, config)
-
-    with registered(Configs(), "model-config-test"):
-        yield
 
 
 # --------------------------------------------------------------------------- through the real commands

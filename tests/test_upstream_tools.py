@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from cn_clip_pokemon import hookimpl, plugins
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.model_config_resolver import (
     UnknownModelConfig,
@@ -23,6 +22,7 @@ from cn_clip_pokemon.model_config_resolver import (
     model_config_path,
     upstream_config_dir,
 )
+from conftest import registered_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 VISION, TEXT = "ViT-T-8-64", "RBT-Tiny-chinese"
@@ -69,18 +69,8 @@ def dict_config(tmp_path, monkeypatch):
     config = json.loads(model_config_path(VISION).read_text(encoding="utf-8"))
     config["vision_width"] = 64
 
-    class DictConfig:
-        @hookimpl
-        def register_model_configs(self, register):
-            register("ViT-Resolver-Dict-Test", config)
-
-    plugin = DictConfig()
-    plugins.load_plugins()
-    plugins.pm.register(plugin, name="resolver-dict-test")
-    try:
+    with registered_model_config("ViT-Resolver-Dict-Test", config, "resolver-dict-test"):
         yield config
-    finally:
-        plugins.pm.unregister(plugin)
 
 
 def test_a_registered_dict_is_written_once_and_every_caller_resolves_the_same_file(dict_config, tmp_path):
