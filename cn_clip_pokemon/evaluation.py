@@ -178,7 +178,7 @@ def evaluate(
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures
-    from cn_clip_pokemon.inference import name_embeddings, require_positive, split_embeddings
+    from cn_clip_pokemon.inference import name_embeddings, require_positive, split_embeddings, zero_shot_probabilities
 
     require_positive(batch_size=batch_size)
     if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:
@@ -195,8 +195,7 @@ def evaluate(
         names, templates, labels = zero_shot_labels(pictures, dataset_dir, loaded.captions)
         several = sum(len(wanted) > 1 for wanted in labels)
         names_embedded = name_embeddings(loaded, names, templates, cache=cache, progress=progress)
-        logit_scale = loaded.model.logit_scale.detach().float().exp().cpu()
-        probabilities = (logit_scale * image_embeddings @ names_embedded.T).softmax(dim=-1)
+        probabilities = zero_shot_probabilities(loaded, image_embeddings, names_embedded)
         zero_shot = top_k_accuracy(probabilities, labels)
 
         # retrieval within the split, every positive counted
@@ -320,7 +319,7 @@ def evaluate_arguments(parser):
     parser.add_argument("--split", default="test", help="train, valid or test (default test)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--out", type=output_file, metavar="WORST.png", help="write a grid of the most confident zero-shot mistakes")
-    parser.add_argument("--worst", type=non_negative_int, default=16, help="the most confident mistakes to list and draw (default 16; 0: none)")
+    parser.add_argument("--worst", type=non_negative_int, help="the most confident mistakes to list and draw (default 16; 0: none)")
     parser.add_argument(
         "--predictions",
         type=output_folder,
@@ -355,21 +354,29 @@ def _perturbations(text):
 def evaluate_command(args):
     from cn_clip_pokemon.inference import model_options
 
+    from cn_clip_pokemon.cli import UsageError
+
     if getattr(args, "perturb", None):
         from cn_clip_pokemon.perturb import evaluate_perturbed, print_table
 
+        given = [flag for flag, value in (("--out", args.out), ("--worst", args.worst), ("--predictions", args.predictions))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} cannot go with --perturb, which prints only its table (see `cn-clip-pokemon evaluate --help`)")
         images = Path(args.images) if args.images else Path(args.dataset).resolve().parent.parent / "pictures"
         result = evaluate_perturbed(args.checkpoint, args.dataset, images, args.perturb, split=args.split, device=args.device,
-                                    batch_size=args.batch_size, **model_options(args))
+                                    batch_size=args.batch_size, cache=not args.no_cache, **model_options(args))
         print(json.dumps(result, ensure_ascii=False, indent=2)) if args.json else print_table(result)
         return 0
+    if args.images is not None:
+        raise UsageError("--images goes with --perturb: evaluate reads the dataset's own pictures (see `cn-clip-pokemon evaluate --help`)")
     result = evaluate(
         args.checkpoint,
         args.dataset,
         split=args.split,
         device=args.device,
         batch_size=args.batch_size,
-        worst=args.worst,
+        worst=16 if args.worst is None else args.worst,
         out=args.out,
         predictions_dir=args.predictions,
         cache=not args.no_cache,

@@ -3,7 +3,8 @@
 ``open_picture`` returns RGB with transparent pixels composited on white (upstream's
 ``convert("RGB")`` turns them black or into leftover palette colours), EXIF-rotated, from any mode
 Pillow reads (RGBA, LA, P with transparency, CMYK, 16-bit, ...), any frame of an animation, and
-SVG when the optional renderer is installed (``pip install cn-clip-pokemon[svg]``, CairoSVG).
+SVG when the optional renderer is installed (``pip install cn-clip-pokemon[svg]``, CairoSVG);
+``read_picture`` is the same opening with transparency kept (``open_picture`` composites it on white).
 ``fit_square`` pads to a square on white and resizes; ``encode_picture`` gives exactly the urlsafe
 base64 PNG that upstream's ``LMDBDataset`` decodes. ``PicturePreprocess`` is the model's
 ``preprocess`` for every door (the Python API's ``load_model``, the commands, the page): these
@@ -71,8 +72,9 @@ def render_svg(source, size=SVG_SIZE):
     return image.convert("RGBA")
 
 
-def composite_on_white(image):
-    """RGB from any mode: alpha (or a palette/RGB transparency key) blended onto white."""
+def composite_on_white(image, background=WHITE):
+    """RGB from any mode: alpha (or a palette/RGB transparency key) blended onto white, or onto
+    ``background`` (an RGB colour, or a PIL image of the picture's size)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         image = _to_8bit_gray(image)
     if image.mode == "P" or "transparency" in image.info:
@@ -80,9 +82,12 @@ def composite_on_white(image):
     if image.mode in ("LA", "La", "PA", "RGBa"):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
-        background = Image.new("RGB", image.size, WHITE)
-        background.paste(image, mask=image.getchannel("A"))
-        return background
+        if isinstance(background, Image.Image):
+            canvas = background.convert("RGB")
+        else:
+            canvas = Image.new("RGB", image.size, tuple(background))
+        canvas.paste(image, mask=image.getchannel("A"))
+        return canvas
     return image.convert("RGB")
 
 
@@ -128,19 +133,48 @@ def open_picture(source, frame=0, svg_size=SVG_SIZE, marks=None):
     (``time.process_time()``) at the end of decoding, before compositing: the builder's profile.
     """
     name = _source_name(source)
+    picture = read_picture(source, frame, svg_size, marks)
+    try:
+        return _srgb_on_white(picture)
+    except Exception as error:  # a mode or profile that cannot become RGB
+        raise damaged_picture(getattr(source, "filename", None) or name, error) from None
+
+
+def read_picture(source, frame=0, svg_size=SVG_SIZE, marks=None):
+    """:func:`open_picture` before its composite on white: the same safe opening (no waiting on a
+    FIFO, the decompression-bomb guard, EXIF rotation, ICC profile to sRGB, 16-bit scaled to 8 bits,
+    one-line PictureError), transparency kept. ``composite_on_white`` of it is ``open_picture``'s picture."""
+    name = _source_name(source)
     if isinstance(source, Image.Image):
-        return _open_pil_image(source, name)
+        try:
+            source.load()
+            picture = ImageOps.exif_transpose(source) if source.tell() == 0 else source.copy()
+        except Exception as error:
+            raise damaged_picture(getattr(source, "filename", None) or name, error) from None
+        return _decoded(picture, getattr(source, "filename", None) or name)
     if isinstance(source, (str, Path)):
         try:
             # never blocks: a FIFO or a device put in a picture's place is refused, not waited on
             with open_regular(source) as file:
-                return _open_picture_file(file, name, frame, svg_size, str(source).lower().endswith((".svg", ".svgz")), marks)
+                return _read_picture_file(file, name, frame, svg_size, str(source).lower().endswith((".svg", ".svgz")), marks)
         except OSError as error:  # opening or reading the file itself
             raise PictureError(f"{name}: cannot read ({error.strerror or error})") from None
-    return _open_picture_file(source, name, frame, svg_size, name.lower().endswith((".svg", ".svgz")), marks)
+    return _read_picture_file(source, name, frame, svg_size, name.lower().endswith((".svg", ".svgz")), marks)
 
 
-def _open_picture_file(source, name, frame, svg_size, svg_name, marks=None):
+def _decoded(picture, name):
+    """The sRGB, 8-bit picture: its ICC profile applied, 16/32-bit grayscale scaled to 0-255."""
+    try:
+        picture = _apply_icc_profile(picture)
+        picture.info.pop("icc_profile", None)  # applied: opening the result again must not apply it twice
+        if picture.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            picture = _to_8bit_gray(picture)
+        return picture
+    except Exception as error:  # a mode or profile that cannot become RGB
+        raise damaged_picture(name, error) from None
+
+
+def _read_picture_file(source, name, frame, svg_size, svg_name, marks=None):
     position = source.tell()
     head = source.read(512)
     source.seek(position)
@@ -152,7 +186,7 @@ def _open_picture_file(source, name, frame, svg_size, svg_name, marks=None):
         rendered = render_svg(source, svg_size)
         if marks is not None:
             marks.append(time.process_time())
-        return composite_on_white(rendered)
+        return rendered
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike. Its other
         # warnings (a TIFF's "Truncated File Read") end in the one error below or in a picture.
@@ -180,10 +214,7 @@ def _open_picture_file(source, name, frame, svg_size, svg_name, marks=None):
             raise damaged_picture(name, error) from None
     if marks is not None:
         marks.append(time.process_time())
-    try:
-        return _srgb_on_white(picture)
-    except Exception as error:  # a mode or profile that cannot become RGB
-        raise damaged_picture(name, error) from None
+    return _decoded(picture, name)
 
 
 def damaged_picture(name, error):
@@ -199,22 +230,12 @@ def damaged_picture(name, error):
 
 
 def _srgb_on_white(picture):
-    """The last step of every opening: sRGB, transparency on white, and an ``info`` that no longer
+    """The last step of every opening: transparency on white, and an ``info`` that no longer
     claims a profile or a transparent colour (both are applied), so opening the result again is a no-op."""
-    result = composite_on_white(_apply_icc_profile(picture))
+    result = composite_on_white(picture)
     for key in ("icc_profile", "transparency"):
         result.info.pop(key, None)
     return result
-
-
-def _open_pil_image(image, name):
-    """:func:`open_picture` for a PIL image: loaded (damage is a PictureError), then as a file's frame."""
-    try:
-        image.load()
-        picture = ImageOps.exif_transpose(image) if image.tell() == 0 else image.copy()
-        return _srgb_on_white(picture)
-    except Exception as error:
-        raise damaged_picture(getattr(image, "filename", None) or name, error) from None
 
 
 def fit_square(image, size, resample=None):

@@ -115,6 +115,13 @@ def prepare_picture(loaded, image):
     return loaded.preprocess(image)
 
 
+def zero_shot_probabilities(loaded, image_embeddings, name_embeddings):
+    """``[pictures, names]`` softmax over the names of ``logit_scale * cosine`` (the model's learned
+    temperature), for normalized embeddings: the one zero-shot scoring of classify, evaluate and --perturb."""
+    logit_scale = loaded.model.logit_scale.detach().float().exp().cpu()
+    return (logit_scale * image_embeddings @ name_embeddings.T).softmax(dim=-1)
+
+
 def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, description="encoding pictures",
                     each_batch=None, lock=None):
     """L2-normalized picture embeddings ``[n, embed_dim]`` for an iterable of PIL pictures.
@@ -222,8 +229,7 @@ class Classifier:
 
     def probabilities(self, picture_embeddings):
         """Softmax over the names of ``logit_scale * cosine`` (the model's learned temperature)."""
-        logit_scale = self.loaded.model.logit_scale.detach().float().exp().cpu()
-        return (logit_scale * picture_embeddings @ self.name_embeddings.T).softmax(dim=-1)
+        return zero_shot_probabilities(self.loaded, picture_embeddings, self.name_embeddings)
 
     def classify_images(self, images, top_k=5, batch_size=32):
         """For each PIL picture, ``[(name, probability), ...]`` best first."""

@@ -25,21 +25,16 @@ WHITE, GREY, BLACK = (255, 255, 255), (128, 128, 128), (0, 0, 0)
 
 
 def _rgba(picture):
-    from PIL import Image
+    """The original decoded once, the way every door opens a picture (images.read_picture), transparency kept."""
+    from cn_clip_pokemon.images import read_picture
 
-    image = Image.open(picture) if not isinstance(picture, Image.Image) else picture
-    image.seek(0) if getattr(image, "is_animated", False) else None
-    return image.convert("RGBA")
+    return read_picture(picture).convert("RGBA")
 
 
 def _on(image, colour_or_background):
-    from PIL import Image
+    from cn_clip_pokemon.images import composite_on_white
 
-    if isinstance(colour_or_background, Image.Image):
-        background = colour_or_background.convert("RGBA")
-    else:
-        background = Image.new("RGBA", image.size, colour_or_background + (255,))
-    return Image.alpha_composite(background, image).convert("RGB")
+    return composite_on_white(image, background=colour_or_background)
 
 
 def _jpeg(image, index):
@@ -141,12 +136,16 @@ def parse_perturbations(text):
 def perturbed(picture, name, index=0):
     """The original ``picture`` (a path or a PIL image) changed by ``name``: a PIL image (RGBA where
     transparency is kept, for the picture path to put on white; else RGB)."""
-    image = _rgba(picture)
-    return PERTURBATIONS[name](image, index) if name != "clean" else image
+    return _changed(_rgba(picture), name, index)
+
+
+def _changed(original, name, index):
+    """``original`` (decoded RGBA, left as it is) changed by ``name``."""
+    return PERTURBATIONS[name](original, index) if name != "clean" else original
 
 
 def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split="test", device=None, batch_size=32,
-                       progress=True, loaded=None, **load_options):
+                       progress=True, loaded=None, cache=True, **load_options):
     """Zero-shot top-1/top-5 of ``split`` (the names and hits of ``evaluate``), clean and under each
     change of ``names``, the changes applied to the original pictures in ``images_dir`` (the folder
     the dataset was built from). Returns ``{"pictures", "names", "rows": {"clean": {"top1", "top5"},
@@ -156,7 +155,10 @@ def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split="test",
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures
     from cn_clip_pokemon.evaluation import top_k_accuracy, zero_shot_labels
-    from cn_clip_pokemon.inference import encode_pictures, name_embeddings
+    import torch
+
+    from cn_clip_pokemon.inference import encode_pictures, name_embeddings, zero_shot_probabilities
+    from cn_clip_pokemon.progress import progress_bar
 
     images_dir = Path(images_dir)
     loaded = loaded or load_checkpoint(checkpoint, device=device, **load_options)
@@ -172,17 +174,24 @@ def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split="test",
         if missing:
             raise UserError(f"{missing[0]}: no such picture ({len(missing)} of {len(files)} missing): give --images, the folder {dataset_dir} was built from")
         names_list, templates, labels = zero_shot_labels(pictures, dataset_dir, loaded.captions)
-        texts = name_embeddings(loaded, names_list, templates, cache=False, progress=progress)
+        texts = name_embeddings(loaded, names_list, templates, cache=cache, progress=progress)
     finally:
         pictures.close()
-    logit_scale = loaded.model.logit_scale.detach().float().exp().cpu()
+    changes = ["clean", *names]
+    embedded = {name: [] for name in changes}
+    bar = progress_bar(total=len(files), description=f"encoding {split} pictures: {', '.join(changes)}",
+                       unit="picture", enabled=progress)
+    for start in range(0, len(files), batch_size):
+        # each original decoded once, every change built from it; one batch per change, as before
+        originals = [_rgba(f) for f in files[start:start + batch_size]]
+        for name in changes:
+            changed = [_changed(original, name, start + i) for i, original in enumerate(originals)]
+            embedded[name].append(encode_pictures(loaded, changed, batch_size=batch_size, progress=False))
+        bar.update(len(originals))
+    bar.close()
     rows = {}
-    for name in ["clean", *names]:
-        embedded = encode_pictures(
-            loaded, (perturbed(f, name, i) for i, f in enumerate(files)), count=len(files),
-            batch_size=batch_size, progress=progress, description=f"encoding {split} pictures: {name}",
-        )
-        rows[name] = top_k_accuracy((logit_scale * embedded @ texts.T).softmax(dim=-1), labels)
+    for name in changes:
+        rows[name] = top_k_accuracy(zero_shot_probabilities(loaded, torch.cat(embedded[name]), texts), labels)
         if name != "clean":
             for key in ("top1", "top5"):
                 rows[name][f"{key}_drop"] = round(rows["clean"][key] - rows[name][key], 2)

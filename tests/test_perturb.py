@@ -98,3 +98,52 @@ def test_missing_originals_are_one_line_naming_images(tiny_checkpoint, sprite_da
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "give --images" in err[0]
+
+
+def test_clean_is_the_picture_every_door_opens_even_for_a_16_bit_png(tmp_path):
+    from cn_clip_pokemon.images import composite_on_white, open_picture
+
+    path = tmp_path / "deep.png"
+    ramp = (np.arange(32 * 24, dtype=np.uint16).reshape(24, 32) * 80).astype(np.uint16)
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")  # really 16-bit on disk
+    opened = open_picture(path)
+    assert len(np.unique(np.asarray(opened))) > 100  # scaled, not clipped to white
+    clean = perturbed(path, "clean")
+    assert composite_on_white(clean).tobytes() == opened.tobytes()
+    assert open_picture(clean).tobytes() == opened.tobytes()  # and the picture path leaves it so
+
+
+def test_a_fifo_in_place_of_an_original_is_refused_not_waited_on(tmp_path):
+    import os
+
+    from cn_clip_pokemon.images import PictureError
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(PictureError, match="pipe.png"):
+        perturbed(fifo, "blur")
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--out", "worst.png"], "--out"),
+    (["--worst", "3"], "--worst"),
+    (["--predictions", "preds"], "--predictions"),
+])
+def test_flags_perturb_does_not_use_are_a_usage_error(tiny_checkpoint, sprite_dataset, sprite_pictures, tmp_path, monkeypatch,
+                                                       capsys, extra, named):
+    monkeypatch.chdir(tmp_path)
+    code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--images", str(sprite_pictures),
+                 "--device", "cpu", "--perturb", "blur", *extra])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and "--perturb" in err[0]
+    assert not (tmp_path / "worst.png").exists() and not (tmp_path / "preds").exists()
+
+
+def test_images_without_perturb_is_a_usage_error(tiny_checkpoint, sprite_dataset, sprite_pictures, capsys):
+    code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--images", str(sprite_pictures),
+                 "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--images goes with --perturb" in err[0]
