@@ -48,46 +48,29 @@ def classify_over_http(client, url, picture):
     """Upload, queue, read the answer: the seconds of each stage and the top name."""
     stages = {}
     started = time.perf_counter()
-    with open(picture, "rb") as file:
-        response = client.post(f"{url}gradio_api/upload", files={"files": (picture.name, file, "image/png")})
-    response.raise_for_status()
-    server_path = response.json()[0]
+    uploaded = upload_over_http(client, url, picture)
     stages["upload"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    payload = {"data": [{"path": server_path, "orig_name": picture.name, "meta": {"_type": "gradio.FileData"}}]}
-    response = client.post(f"{url}gradio_api/call/classify", json=payload)
-    response.raise_for_status()
-    event_id = response.json()["event_id"]
-    stages["queue"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    event, data = None, None
-    with client.stream("GET", f"{url}gradio_api/call/classify/{event_id}") as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event in ("complete", "error"):
-                data = line.split(":", 1)[1].strip()
-                break
-    stages["answer"] = time.perf_counter() - started
-    if event != "complete":
-        raise SystemExit(f"the page answered {event}: {data}")
-    label = json.loads(data)[0]
+    label = call_over_http(client, url, "classify", [uploaded], stages=stages)[0]
     return stages, label["label"]
 
 
-def call_over_http(client, url, api_name, data):
-    """One event through Gradio's HTTP API: its output list (or SystemExit with the page's error)."""
+def call_over_http(client, url, api_name, data, stages=None):
+    """One event through Gradio's HTTP API: its output list (or SystemExit with the page's error).
+    ``stages``, when given, gets the seconds spent queueing the event and waiting for its answer."""
+    stages = {} if stages is None else stages
+    started = time.perf_counter()
     response = client.post(f"{url}gradio_api/call/{api_name}", json={"data": data})
     response.raise_for_status()
     event_id = response.json()["event_id"]
+    stages["queue"] = time.perf_counter() - started
+    started = time.perf_counter()
     event = None
     with client.stream("GET", f"{url}gradio_api/call/{api_name}/{event_id}") as stream:
         for line in stream.iter_lines():
             if line.startswith("event:"):
                 event = line.split(":", 1)[1].strip()
             elif line.startswith("data:") and event in ("complete", "error"):
+                stages["answer"] = time.perf_counter() - started
                 if event == "error":
                     raise SystemExit(f"the page answered an error to {api_name}: {line}")
                 return json.loads(line.split(":", 1)[1].strip())

