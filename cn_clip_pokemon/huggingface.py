@@ -43,7 +43,8 @@ CAPTIONS_FILE = "captions.json"
 CARD_FILE = "README.md"
 VOCAB_FILE = "vocab.txt"
 MARKER = ".cn-clip-pokemon-export.json"  # what export-hf wrote here: the entries it may replace
-MARKER_FORMAT = 1
+JSON_LIMIT = 16 << 20  # the most read of a JSON file in a folder we did not write (config, shard index, captions)
+MARKER_FORMAT = 2  # 2: "files" is a files.listing (kinds); 1 listed top-level names
 
 # transformers' defaults for the fields a config.json may leave out (ChineseCLIP*Config in 5.x);
 # tests/test_huggingface.py checks them against the installed classes
@@ -75,7 +76,7 @@ def require_transformers():
     try:
         import safetensors  # noqa: F401
         import transformers
-        from transformers import ChineseCLIPModel  # noqa: F401
+        from transformers import ChineseCLIPModel  # noqa: F401  (an older transformers lacks it)
     except ImportError:
         raise UserError(f"Hugging Face transformers is not installed (needed with safetensors for this): {install_hint('hf')}") from None
     return transformers
@@ -297,7 +298,7 @@ def model_info_from_hf_config(config, where):
 
 def registered_names(model_info):
     """``(vision name, text name)`` of the registered configs equal to ``model_info`` (None where none is)."""
-    from cn_clip_pokemon.checkpoint import read_model_config
+    from cn_clip_pokemon.checkpoint import DEFAULT_HEAD_WIDTH, read_model_config
     from cn_clip_pokemon.model_config_resolver import available_model_configs
 
     found = {"vision": None, "text": None}
@@ -307,7 +308,7 @@ def registered_names(model_info):
         except (OSError, ValueError, UserError):
             continue
         kind = "vision" if "vision_layers" in config else "text"
-        if found[kind] is None and all(model_info.get(key, 64 if key == "vision_head_width" else None) == value for key, value in config.items()):
+        if found[kind] is None and all(model_info.get(key, DEFAULT_HEAD_WIDTH if key == "vision_head_width" else None) == value for key, value in config.items()):
             found[kind] = name
     return found["vision"], found["text"]
 
@@ -323,11 +324,13 @@ def hf_weight_files(folder):
         if (folder / single).is_file():
             return [folder / single]
         if (folder / index).is_file():
+            from cn_clip_pokemon.files import load_json_file
+
             where = folder / index
+            weight_map = load_json_file(where, JSON_LIMIT, "a shard index", "re-download the model")
             try:
-                weight_map = json.loads(where.read_text(encoding="utf-8"))["weight_map"]
-                shards = sorted(set(weight_map.values()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                shards = sorted(set(weight_map["weight_map"].values()))
+            except (KeyError, TypeError, AttributeError) as error:
                 raise UserError(f"{where} is not a readable shard index ({type(error).__name__}): re-download the model") from None
             for shard in shards:
                 if not isinstance(shard, str) or Path(shard).name != shard:
@@ -350,6 +353,21 @@ def check_hf_folder(path):
     path = Path(path)
     if is_hf_folder(path):
         return path
+    _refuse_folder(path)
+
+
+def hf_folder_weights(path):
+    """The weight files (:func:`hf_weight_files`) of the transformers folder ``path``, else the one-line
+    UserError of :func:`check_hf_folder` (or of a damaged shard index)."""
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        files = hf_weight_files(path)
+        if files:
+            return files
+    _refuse_folder(path)
+
+
+def _refuse_folder(path):
     pt_files = sorted(path.glob("*.pt")) if path.is_dir() else []
     hint = f" (did you mean {pt_files[-1]}?)" if pt_files else ""
     if not (path / CONFIG_FILE).is_file():
@@ -372,12 +390,13 @@ def _read_safetensors(path):
         raise UserError(f"{path} is not a readable safetensors file (truncated or another kind of file): {first}") from None
 
 
-def read_hf_weights(folder):
-    """Every tensor of a transformers folder, in transformers' names (no pickle for safetensors)."""
+def read_hf_weights(folder, weight_files=None):
+    """Every tensor of a transformers folder (of ``weight_files``, its :func:`hf_weight_files` when
+    given), in transformers' names (no pickle for safetensors)."""
     from cn_clip_pokemon.checkpoint import read_checkpoint
 
     tensors = OrderedDict()
-    for path in hf_weight_files(folder):
+    for path in hf_weight_files(folder) if weight_files is None else weight_files:
         if path.suffix == ".safetensors":
             part = _read_safetensors(path)
         else:
@@ -391,32 +410,34 @@ def read_hf_weights(folder):
 
 
 def read_captions(folder):
-    """The candidate captions an export stored (``captions.json``), or None when there is none."""
+    """What an export's ``captions.json`` holds, unchecked (checkpoint.checkpoint_captions checks it as
+    it checks a checkpoint's), or None when there is none or it is not readable JSON (said in one line)."""
+    from cn_clip_pokemon.files import load_json_file
+
     path = Path(folder) / CAPTIONS_FILE
     if not path.is_file():
         return None
     try:
-        captions = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} is not readable JSON ({type(error).__name__}): fix or remove it") from None
-    if not isinstance(captions, list) or not all(isinstance(c, str) and c.strip() for c in captions):
-        raise UserError(f"{path} must be a JSON list of non-empty texts (the candidate captions): fix or remove it")
-    return captions
+        return load_json_file(path, JSON_LIMIT, "a captions file", "ignored")
+    except UserError as error:
+        print(f"cn-clip-pokemon: warning: {error}", file=sys.stderr)
+        return None
 
 
 def read_hf_folder(folder):
     """A transformers ChineseCLIP folder as our checkpoint shape: ``{"state_dict", "model_config"}``
     (plus ``"captions"`` when the folder has them), for :func:`cn_clip_pokemon.checkpoint.split_checkpoint`."""
-    folder = check_hf_folder(folder)
+    from cn_clip_pokemon.dataset_format import CAPTIONS_KEY
+    from cn_clip_pokemon.files import load_json_file
+
+    folder = Path(folder)
+    weight_files = hf_folder_weights(folder)
     where = folder / CONFIG_FILE
-    try:
-        config = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UserError(f"{where} is not readable JSON ({type(error).__name__}): re-download or re-export the model") from None
+    config = load_json_file(where, JSON_LIMIT, "a transformers config", "re-download or re-export the model")
     model_info = model_info_from_hf_config(config, where)
     vision_name, text_name = registered_names(model_info)
     checkpoint = {
-        "state_dict": from_hf_state_dict(read_hf_weights(folder)),
+        "state_dict": from_hf_state_dict(read_hf_weights(folder, weight_files)),
         "model_config": {
             "vision_model": vision_name,
             "text_model": text_name,
@@ -426,7 +447,7 @@ def read_hf_folder(folder):
     }
     captions = read_captions(folder)
     if captions is not None:
-        checkpoint["captions"] = captions
+        checkpoint[CAPTIONS_KEY] = captions
     return checkpoint
 
 
@@ -436,7 +457,7 @@ def folder_digest(folder, memo_dir=None):
 
     from cn_clip_pokemon.checkpoint import file_digest
 
-    parts = [Path(folder) / CONFIG_FILE] + hf_weight_files(folder)
+    parts = [Path(folder) / CONFIG_FILE] + hf_folder_weights(folder)
     combined = hashlib.sha256()
     for path in parts:
         combined.update(f"{path.name}:{file_digest(path, memo_dir=memo_dir)}\n".encode())
@@ -511,31 +532,40 @@ def write_hf_files(folder, state_dict, model_info, context_length):
 # --------------------------------------------------------------------------- the output folder
 
 
-def _listing(folder):
-    return sorted(entry.name for entry in os.scandir(folder))
+MARKER_LIMIT = 16 << 20  # the most read of an earlier export's marker
 
 
-def foreign_entries(out):
-    """The entries of ``out`` that no earlier export-hf listed in its marker (all of them without one)."""
-    entries = _listing(out)
+def written_listing(out):
+    """What an earlier export-hf wrote in ``out`` (a :func:`files.listing`, the marker included), from
+    its marker; ``{}`` without a readable one. A marker of an older export-hf lists top-level names:
+    export-hf writes only files there."""
+    from cn_clip_pokemon.files import FILE, holds_marker, load_json_file
+
+    if not holds_marker(out, MARKER, b"{"):
+        return {}
     try:
-        listed = json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))["files"]
-        listed = set(listed) | {MARKER} if all(isinstance(name, str) for name in listed) else set()
-    except (OSError, ValueError, KeyError, TypeError):
-        listed = set()
-    return [name for name in entries if name not in listed]
+        made = load_json_file(Path(out) / MARKER, MARKER_LIMIT, f"export-hf's {MARKER}", "")
+    except UserError:
+        return {}
+    written = made.get("files") if isinstance(made, dict) else None
+    if isinstance(written, list) and all(isinstance(name, str) for name in written):
+        written = {name: FILE for name in written}
+    if not isinstance(written, dict) or not all(isinstance(kind, str) for kind in written.values()):
+        return {}
+    return {**written, MARKER: FILE}
 
 
 def check_out_folder(out):
     """A one-line UserError unless ``out`` may be written: new, an empty folder, or an earlier export."""
+    from cn_clip_pokemon.files import first_foreign
+
     out = Path(out)
     if not os.path.lexists(out):
         return out
     if out.is_symlink() or not out.is_dir():
         raise UserError(f"{out} exists and is not a folder: choose a new folder for the export")
-    foreign = foreign_entries(out)
+    foreign = first_foreign(out, written_listing(out))
     if foreign:
-        foreign = foreign[0]
         raise UserError(
             f"{out} is not empty and is not an earlier export-hf folder (it holds {foreign}, which export-hf did not "
             "write): choose a new or empty folder; nothing was written"
@@ -543,19 +573,26 @@ def check_out_folder(out):
     return out
 
 
+def clean_export_leftovers(out):
+    """Remove what killed export-hf runs left beside ``out`` (files.clean_leftovers): a temporary folder
+    holding only files (all export-hf writes), a previous export holding only what its marker lists."""
+    from cn_clip_pokemon.files import FILE, clean_leftovers, first_foreign, holds_marker, listing
+
+    return clean_leftovers(
+        out, "export-hf",
+        owns_old=lambda inside: first_foreign(inside, written_listing(inside)) is None,
+        owns_temporary=lambda temp: all(kind == FILE for kind in listing(temp).values()),
+        complete=lambda inside: holds_marker(inside, MARKER, b"{"),
+    )
+
+
 def put_in_place(temporary, out):
-    """``temporary`` becomes ``out``: renamed onto a new path or an empty folder, swapped with an earlier export."""
+    """``temporary`` becomes ``out`` (files.replace_directory), checked again first: the folder may have
+    changed while the export was written."""
     from cn_clip_pokemon.files import replace_directory
 
-    out = Path(out)
-    check_out_folder(out)  # again: the folder may have changed while the export was written
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o777 & ~umask)  # mkdtemp makes 0700; give what a plain mkdir would
-    if os.path.lexists(out) and not _listing(out):
-        os.rename(temporary, out)  # POSIX: replaces an empty folder in one step
-    else:
-        replace_directory(Path(temporary), out)
+    check_out_folder(out)
+    replace_directory(Path(temporary), Path(out))
 
 
 # --------------------------------------------------------------------------- the model card
@@ -588,12 +625,14 @@ def training_dataset(checkpoint_path):
 
 def _dataset_description(train_data):
     """A line about a built dataset (its info file) for an LMDB path, or ''."""
-    from cn_clip_pokemon.dataset_format import INFO_FILE
+    from cn_clip_pokemon.dataset_format import info_path_of_split, read_dataset_info
 
-    info_path = Path(train_data).resolve().parent.parent / INFO_FILE
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    info_path = info_path_of_split(train_data)
+    try:  # bounded in size and depth, as dataset_format.training_captions reads it
+        info = read_dataset_info(info_path, "") if info_path.is_file() else {}
+    except (OSError, UserError):
+        return ""
+    if not isinstance(info, dict):
         return ""
     names = info.get("names") or []
     parts = [f"{len(names)} names"] if names else []
@@ -710,9 +749,10 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
     ``text_model`` as for ``load_checkpoint``.
     """
     from cn_clip_pokemon.checkpoint import file_digest, load_checkpoint
+    from cn_clip_pokemon.files import FILE, listing, try_lock
     from cn_clip_pokemon.progress import progress_bar
 
-    require_transformers()
+    transformers = require_transformers()
     out = check_out_folder(Path(out).expanduser())
     started = time.perf_counter()
     bar = progress_bar(total=5 if dataset else 4, description="export-hf", unit="step", enabled=progress, leave=False)
@@ -730,9 +770,11 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
             evaluation = evaluate(loaded.path, dataset, split=split, loaded=loaded, progress=False, worst=0)
             bar.update(1)
         state_dict = OrderedDict((key, value.detach().cpu()) for key, value in loaded.model.state_dict().items())
-        captions = list(getattr(loaded, "captions", None) or []) or None  # the checkpoint's candidate captions
+        captions = list(loaded.captions or []) or None  # the checkpoint's candidate captions
         path = Path(loaded.path)
-        digest = folder_digest(path) if path.is_dir() else file_digest(path)
+        # remembered in the embedding cache's folder when classify or --dataset made one (embedding_cache)
+        memo = path.resolve().parent / f"{path.resolve().name}.cache"
+        digest = file_digest(path, memo_dir=memo if memo.is_dir() else None)
         source = {"file": path.name, "path": str(path.resolve()), "sha256": digest}
         if trained_on is None:
             record = training_dataset(path) if path.is_file() else None
@@ -745,7 +787,9 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
         bar.update(1)
 
         out.parent.mkdir(parents=True, exist_ok=True)
+        cleaned = clean_export_leftovers(out)
         temporary = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        lock = try_lock(temporary)  # tells a concurrent run's clean-up that this folder is in use
         try:
             bar.set_postfix_str("writing")
             write_hf_files(temporary, state_dict, info, loaded.context_length)
@@ -756,20 +800,20 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
             (temporary / CARD_FILE).write_text(card, encoding="utf-8")
             from cn_clip_pokemon import __version__
 
-            import transformers
-
+            written = listing(temporary)
+            written[MARKER] = FILE
             marker = {
                 "format": MARKER_FORMAT,
                 "written_by": f"cn-clip-pokemon {__version__} export-hf",
                 "transformers": transformers.__version__,
                 "source": source,
-                "model_config": json.loads(json.dumps(loaded.model_config)),
-                "files": _listing(temporary),
+                "model_config": loaded.model_config,
+                "files": written,
             }
             (temporary / MARKER).write_text(json.dumps(marker, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
             umask = os.umask(0)
             os.umask(umask)
-            for name in _listing(temporary):
+            for name in written:
                 os.chmod(temporary / name, 0o666 & ~umask)  # safetensors writes 0600
                 with open(temporary / name, "rb") as f:
                     os.fsync(f.fileno())
@@ -777,8 +821,11 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
+        finally:
+            if lock is not None:
+                os.close(lock)
         bar.update(1)
-    files = {name: (out / name).stat().st_size for name in _listing(out)}
+    files = {name: (out / name).stat().st_size for name in listing(out)}
     return {
         "out": str(out),
         "files": files,
@@ -787,6 +834,7 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
         "model_config": loaded.model_config,
         "captions": len(captions) if captions else 0,
         "evaluation": evaluation,
+        "cleaned": cleaned,
     }
 
 
@@ -837,7 +885,7 @@ def export_hf_command(args):
             split=args.split,
             trained_on=args.trained_on,
             device=args.device,
-            progress=sys.stderr.isatty(),
+            progress=True,  # progress_bar shows it only on a terminal
             vision_model=args.vision_model,
             text_model=args.text_model,
         )
@@ -853,6 +901,8 @@ def export_hf_command(args):
     )
     for name, size in summary["files"].items():
         print(f"  {name}  {size:,} bytes")
+    for line in summary["cleaned"]:
+        print(f"  {line}")
     if summary["evaluation"]:
         zero = summary["evaluation"]["zero_shot"]
         print(f"  evaluated on {summary['evaluation']['split']}: zero-shot top-1 {zero['top1']:.2f}, top-5 {zero['top5']:.2f}")
