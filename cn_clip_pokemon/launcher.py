@@ -220,6 +220,11 @@ def _check_lmdb(path, flag, split):
         )
 
 
+# the LMDB splits whose pictures this process checked (os.pathsep-separated absolute paths); torchrun's
+# workers inherit it and do not decode every picture header again
+PICTURES_CHECKED = "CN_CLIP_POKEMON_PICTURES_CHECKED"
+
+
 def _checked_pair_count(path):
     """How many pairs an LMDB split has, each read once without running code (a crafted value is
     refused here, in one line, before any worker process would meet it; the dataset plugin's
@@ -232,7 +237,10 @@ def _checked_pair_count(path):
 
     try:
         pairs = read_pairs(path)
-        check_lmdb_pictures(path, pairs)  # every picture a pair names is there and is one
+        checked = os.environ.get(PICTURES_CHECKED, "").split(os.pathsep)
+        if not (inside_torchrun() and os.path.abspath(path) in checked):  # the launching process did
+            check_lmdb_pictures(path, pairs)  # every picture a pair names is there and is one
+            os.environ[PICTURES_CHECKED] = os.pathsep.join(sorted(set(filter(None, checked)) | {os.path.abspath(path)}))
         return len(pairs)
     except (lmdb.Error, OSError, ValueError):
         return None
