@@ -168,12 +168,10 @@ def load_plugins():
     return pm
 
 
-def builtin_plugin_names():
-    """The default plugins as registered from cn-clip-pokemon itself (their names win every clash)."""
-    return {
-        name for name, path in DEFAULT_PLUGINS.items()
-        if getattr(pm.get_plugin(name), "__name__", None) == path
-    }
+def is_builtin(plugin_name):
+    """Whether ``plugin_name`` is one of cn-clip-pokemon's own plugins (their names win every clash):
+    load_plugins registers them first, so an entry point can never take their names."""
+    return plugin_name in DEFAULT_PLUGINS
 
 
 def upstream_model_config_names():
@@ -198,9 +196,8 @@ class Registry(dict):
     """Name -> registered object, for one kind (dataset, launcher, model config); ``plugin_of`` says
     which plugin registered each name."""
 
-    def __init__(self, kind):
+    def __init__(self):
         super().__init__()
-        self.kind = kind
         self.plugin_of = {}
 
 
@@ -208,7 +205,7 @@ class Decision:
     """What every plugin adds, decided once: registries per kind, and every skip."""
 
     def __init__(self):
-        self.registries = {kind: Registry(kind) for kind in HOOK_KINDS.values()}
+        self.registries = {kind: Registry() for kind in HOOK_KINDS.values()}
         self.skipped_plugins = {}  # plugin name -> reason (the whole plugin)
         self.offered_by_skipped = {}  # plugin name -> what it offered before it was skipped
         self.skipped_registrations = {}  # plugin name -> [{"kind", "name", "skipped"}]
@@ -217,13 +214,6 @@ class Decision:
     @property
     def anything_skipped(self):
         return bool(self.skipped_plugins or self.skipped_registrations or _unregistered)
-
-
-def _plugins_in_order():
-    """Built-in plugins first, then the others in the order they were registered."""
-    named = [(name, plugin) for name, plugin in pm.list_name_plugin() if plugin is not None]
-    builtin = builtin_plugin_names()
-    return [item for item in named if item[0] in builtin] + [item for item in named if item[0] not in builtin]
 
 
 def _drop_invalid_plugins():
@@ -255,8 +245,10 @@ def decide():
     reserved["model config"].update(
         (name, f"upstream's own model config ({_upstream_distribution()})") for name in upstream_model_config_names()
     )
-    builtin = builtin_plugin_names()
-    for plugin_name, plugin in _plugins_in_order():
+    # cn-clip-pokemon's own first, so they win clashes; the others in the order they were registered
+    for plugin_name, plugin in sorted(pm.list_name_plugin(), key=lambda item: not is_builtin(item[0])):
+        if plugin is None:  # a blocked name
+            continue
         offered, problem = _offered_by(plugin_name, plugin)
         if problem is not None:
             decision.skipped_plugins[plugin_name] = problem
@@ -267,7 +259,7 @@ def decide():
             kept.setdefault(hook_name, [])
             registry = decision.registries[kind]
             kept_as = _registry_key(kind, name)
-            clash = _clash(kind, name, kept_as, registry, reserved[kind], plugin_name, builtin)
+            clash = _clash(kind, name, kept_as, registry, reserved[kind], plugin_name)
             if clash is not None:
                 decision.skipped_registrations.setdefault(plugin_name, []).append(
                     {"kind": kind, "name": name, "skipped": clash}
@@ -340,10 +332,10 @@ def _taken_by_reserved(kind, key, reserved):
     return next((reserved[word] for word in reserved if word.lower() == key.lower()), None)
 
 
-def _clash(kind, name, key, registry, reserved, plugin_name, builtin):
+def _clash(kind, name, key, registry, reserved, plugin_name):
     """Why ``name`` (kept under ``key``) cannot be ``plugin_name``'s (it is taken), or None."""
     taken = _taken_by_reserved(kind, key, reserved)
-    if taken is None and key in registry and registry.plugin_of[key] in builtin:
+    if taken is None and key in registry and is_builtin(registry.plugin_of[key]):
         first = registry.plugin_of[key]
         taken = f"cn-clip-pokemon's own {kind} (plugin {first!r}, {distribution_of(first)})"
     if taken is not None:
@@ -457,14 +449,16 @@ def get_plugin_dataset(name, args, is_train, max_txt_length=64, epoch_id=0):
     plugin that raises, or returns no usable DataInfo, is one PluginError line naming it and its
     distribution. cn-clip-pokemon's own datasets are called as they are."""
     datasets = get_datasets()
-    dataset = datasets[name]
-    if datasets.plugin_of[name] in builtin_plugin_names():
-        return dataset.get_dataset(args, is_train, max_txt_length=max_txt_length, epoch_id=epoch_id)
+    builtin = is_builtin(datasets.plugin_of[name])
     action = f"get_dataset(is_train={is_train}, epoch_id={epoch_id})"
     try:
-        data = dataset.get_dataset(args, is_train, max_txt_length=max_txt_length, epoch_id=epoch_id)
+        data = datasets[name].get_dataset(args, is_train, max_txt_length=max_txt_length, epoch_id=epoch_id)
     except Exception as error:
+        if builtin:
+            raise
         raise _blame("dataset", name, datasets, action, error) from None
+    if builtin:
+        return data
     loader = getattr(data, "dataloader", None)
     missing = [attribute for attribute in ("num_batches", "num_samples") if not isinstance(getattr(loader, attribute, None), int)]
     if missing:
@@ -481,12 +475,11 @@ def get_plugin_dataset(name, args, is_train, max_txt_length=64, epoch_id=0):
 def launch(name, options, argv):
     """``launchers[name].launch(options, argv)``: a third-party launcher that raises is one PluginError line."""
     launchers = get_launchers()
-    launcher = launchers[name]
-    if launchers.plugin_of[name] in builtin_plugin_names():
-        return launcher.launch(options, argv)
     try:
-        return launcher.launch(options, argv)
+        return launchers[name].launch(options, argv)
     except Exception as error:
+        if is_builtin(launchers.plugin_of[name]):
+            raise
         raise _blame("launcher", name, launchers, "launch()", error) from None
 
 
