@@ -10,6 +10,7 @@ the small real sprite slice.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from cn_clip_pokemon import checkpoint as ckpt
 from cn_clip_pokemon import huggingface as hf
 from cn_clip_pokemon.cli import main as cli_main
 from test_training import TEST_TEXT, TEST_VISION, read_metrics, run, runner, train_command  # noqa: F401
+from test_vit_b16_cpu import write_official_vit_b16
 
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is part of the test extra")
 from transformers import ChineseCLIPModel, ChineseCLIPProcessor  # noqa: E402
@@ -150,14 +152,8 @@ def test_the_image_processor_matches_upstreams_transform_on_any_square_picture(t
 def test_vit_b16_official_layout_exports_equal_and_comes_back_bit_equal(tmp_path):
     """ViT-B-16 + RoBERTa-wwm-ext-base-chinese in the official release layout ({"state_dict"}, fp16,
     DDP's "module." keys), random weights: the full-size architecture the Hub's model has."""
-    from cn_clip.clip.model import CLIP, convert_weights
-
-    torch.manual_seed(0)
-    model = CLIP(**ckpt.model_config_for("ViT-B-16", "RoBERTa-wwm-ext-base-chinese")["model_info"])
-    convert_weights(model)  # the release files are fp16
     official = tmp_path / "clip_cn_vit-b-16.pt"
-    torch.save({"state_dict": {"module." + key: value for key, value in model.state_dict().items()}}, official)
-    del model
+    write_official_vit_b16(official)
 
     started = time.perf_counter()
     out = export(official, tmp_path / "vit-b-16-hf")
@@ -272,6 +268,21 @@ def test_out_is_written_whole_and_only_over_an_earlier_export(tiny_checkpoint, t
     assert cli_main(["export-hf", str(tiny_checkpoint), str(empty)]) == 1
     assert "upload.sh" in capsys.readouterr().err
     assert (empty / "upload.sh").is_file() and (empty / "model.safetensors").is_file()
+    # ... nor once a name the marker lists as a file is now the user's folder
+    (empty / "upload.sh").unlink()
+    (empty / "README.md").unlink()
+    (empty / "README.md").mkdir()
+    (empty / "README.md" / "draft.md").write_text("my card")
+    assert cli_main(["export-hf", str(tiny_checkpoint), str(empty)]) == 1
+    assert "README.md/" in capsys.readouterr().err
+    assert (empty / "README.md" / "draft.md").read_text() == "my card"
+    # a killed run's temporary folder (only files) is removed by the next run; one holding a folder is kept
+    shutil.rmtree(empty / "README.md")
+    (tmp_path / ".empty.tmp-abcd1234").mkdir()
+    (tmp_path / ".empty.tmp-abcd1234" / "config.json").write_text("{}")
+    (tmp_path / ".empty.tmp-zyxw9876" / "mine").mkdir(parents=True)
+    export(tiny_checkpoint, empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".empty.tmp-zyxw9876", "empty", "other.pt", "users"]
 
 
 def test_without_transformers_the_command_says_what_to_install(tiny_checkpoint, tmp_path, monkeypatch, capsys):
@@ -386,16 +397,12 @@ def test_train_starts_from_a_transformers_folder(runner, trained, sprite_dataset
 
 
 def readme_snippet():
-    """The python block after SNIPPET_MARKER, in the READMEs (or, until they hold it, the notes for them)."""
-    candidates = [REPO / "README.md", REPO / "README_En.md", REPO.parent / "notes" / "hf-readme.md"]
+    """The python block after SNIPPET_MARKER, in both READMEs (the same block)."""
     blocks = {}
-    for path in candidates:
-        if path.is_file():
-            found = re.search(re.escape(SNIPPET_MARKER) + r"\s*```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
-            if found:
-                blocks[path.name] = found.group(1)
-        if blocks and path.name == "README_En.md":
-            break  # the READMEs hold it: the notes are not read
+    for path in (REPO / "README.md", REPO / "README_En.md"):
+        found = re.search(re.escape(SNIPPET_MARKER) + r"\s*```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+        assert found, f"{path.name}: no python block follows {SNIPPET_MARKER!r}"
+        blocks[path.name] = found.group(1)
     assert blocks, f"no README block follows {SNIPPET_MARKER!r}"
     assert len(set(blocks.values())) == 1, f"the snippet differs between {', '.join(blocks)}"
     return next(iter(blocks.values()))
