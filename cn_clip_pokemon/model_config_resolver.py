@@ -92,17 +92,30 @@ def _registered_path(name, config):
     )
 
 
+def _config_bytes(name, config):
+    try:
+        text = json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+    except (TypeError, ValueError) as error:
+        raise UserError(f"model config {name!r} registered by a plugin is not plain JSON data: {error}") from None
+    return text.encode("utf-8")
+
+
+def config_file_name(name, config):
+    """The file name a registered config dict is written under: ``NAME.<sha256 of its JSON, 16 hex>.json``."""
+    return _file_name(_normalise(name), _config_bytes(name, config))
+
+
+def _file_name(name, data):
+    return f"{name}.{hashlib.sha256(data).hexdigest()[:16]}.json"
+
+
 def _cached_config_file(name, config):
     """A registered dict as a JSON file named after its content, written once (atomically), in a
     folder only this user can write, and checked byte for byte before it is used."""
     from cn_clip_pokemon.files import cache_root
 
-    try:
-        text = json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
-    except (TypeError, ValueError) as error:
-        raise UserError(f"model config {name!r} registered by a plugin is not plain JSON data: {error}") from None
-    data = text.encode("utf-8")
-    filename = f"{name}.{hashlib.sha256(data).hexdigest()[:16]}.json"
+    data = _config_bytes(name, config)
+    filename = _file_name(name, data)
     tried = []
     for make_folder in (lambda: _own_folder(cache_root() / "model_configs"), _temporary_folder):
         try:

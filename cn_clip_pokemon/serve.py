@@ -103,12 +103,10 @@ class PokedexService:
         self.classifier = Classifier(
             checkpoint, names=names, templates=templates or DEFAULT_TEMPLATES, loaded=self.loaded, progress=progress, cache=cache
         )
-        if names is not None:
-            self.candidates_from = "given"
-        elif getattr(self.loaded, "captions", None):
-            self.candidates_from = "the checkpoint's captions"
-        else:
-            self.candidates_from = "the Pokedex"
+        # the page's words for where classify's names came from
+        self.candidates_from = {"given": "given", "checkpoint": "the checkpoint's captions", "pokedex": "the Pokedex"}[
+            self.classifier.names_from
+        ]
         self.dataset = Path(dataset) if dataset is not None else None
         self.split = split
         self.pictures = None  # the split searched, open while serving

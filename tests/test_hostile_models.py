@@ -240,6 +240,8 @@ def test_load_model_refuses_a_hostile_checkpoint_before_building_the_model(user,
     message = str(refused.value)
     assert _says(kind) in message and str(path) in message and "\n" not in message
     assert not built_models  # refused before a model was allocated
+    ckpt.load_model(user.checkpoint, device="cpu")  # the control: the same patch sees an honest checkpoint's model built
+    assert built_models == [1]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "search-text", "search-picture"])
@@ -547,8 +549,8 @@ def plugin_dict_config(tmp_path, monkeypatch):
 
     with registered_model_config("ViT-Hostile-Dict", config, "hostile-dict-config"):
         text = json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-        yield SimpleNamespace(name="ViT-Hostile-Dict", config=config, text=text, filename=f"ViT-Hostile-Dict.{digest}.json",
+        filename = model_config_resolver.config_file_name("ViT-Hostile-Dict", config)
+        yield SimpleNamespace(name="ViT-Hostile-Dict", config=config, text=text, filename=filename,
                               shared=tmp_path / "tmp" / f"cn-clip-pokemon-model-configs-{os.getuid()}")
 
 

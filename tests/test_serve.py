@@ -33,6 +33,7 @@ from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
 from cn_clip_pokemon.dataset_split import SplitPictures  # noqa: E402
 from cn_clip_pokemon.serve import ENCODER_THREAD, MAX_PICTURE_PIXELS, WEB_FONT_FAMILY, NotReady, PokedexService  # noqa: E402
+from test_hostile_models import STATUS_FIELD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 POKEMON = {"0001妙蛙种子": (60, 170, 90), "0004小火龙": (240, 120, 40), "0006喷火龙": (200, 60, 30),
@@ -310,8 +311,9 @@ def test_a_port_out_of_range_is_a_usage_error_before_the_model_loads(tmp_path, c
         assert len(err.splitlines()) == 1 and "--port" in err and "never-read.pt" not in err, err
 
 
-LONG_THIN_UPLOADS = """
-import json, resource, sys
+# the child's own peak (VmHWM): ru_maxrss would carry the pytest parent's peak across exec and never grow
+LONG_THIN_UPLOADS = STATUS_FIELD + """
+import json, sys
 import cn_clip_pokemon
 from PIL import Image
 from cn_clip_pokemon.serve import PokedexService
@@ -321,7 +323,7 @@ service = PokedexService(checkpoint, names=names, device="cpu", progress=False)
 for name, size in (("small", (40, 40)), ("tall", (1, 16000)), ("wide", (16000, 1))):
     Image.new("RGB", size, (200, 60, 30)).save(f"{folder}/{name}.png")
 service.classify_upload(f"{folder}/small.png")  # everything a first answer allocates
-peak_mb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+peak_mb = lambda: status_field("VmHWM") // 2**20
 before = peak_mb()
 top = [service.classify_upload(f"{folder}/{name}.png")[0]["name"] for name in ("tall", "wide")]
 print(json.dumps({"before": before, "after": peak_mb(), "top": top}))
