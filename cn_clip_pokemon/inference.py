@@ -108,13 +108,6 @@ def name_embeddings(loaded, names, templates=DEFAULT_TEMPLATES, cache=True, batc
     return embeddings
 
 
-def prepare_picture(loaded, image):
-    """A picture (PIL image of any mode, or a path) as the model's input tensor: ``loaded.preprocess``,
-    the one :class:`~cn_clip_pokemon.images.PicturePreprocess` every door uses (on white, padded square
-    like the builder, then upstream's transform)."""
-    return loaded.preprocess(image)
-
-
 def zero_shot_probabilities(loaded, image_embeddings, name_embeddings):
     """``[pictures, names]`` softmax over the names of ``logit_scale * cosine`` (the model's learned
     temperature), for normalized embeddings: the one zero-shot scoring of classify, evaluate and --perturb."""
@@ -152,7 +145,8 @@ def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, de
     batches = -(-count // batch_size) if count else None
     bar = _progress(None, batches, description, progress)
     for image in images:
-        batch.append(prepare_picture(loaded, image))
+        # loaded.preprocess: the one PicturePreprocess every door uses (on white, padded square, upstream's transform)
+        batch.append(loaded.preprocess(image))
         if len(batch) == batch_size:
             flush()
             bar.update(1)
@@ -520,10 +514,10 @@ def search(
         results = []
         for rank, (score, index) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
             image_id = pictures.image_ids[index]
+            label = pictures.label(image_id)
             results.append(
-                {"rank": rank, "image_id": image_id, "score": score, "name": pictures.label(image_id),
-                 "number": lookup_name(pictures.label(image_id))[1] if pictures.label(image_id) else None,
-                 "picture": pictures.source(image_id)}
+                {"rank": rank, "image_id": image_id, "score": score, "name": label,
+                 "number": lookup_name(label)[1] if label else None, "picture": pictures.source(image_id)}
             )
         return {
             "query": query if query is not None else str(image),
