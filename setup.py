@@ -3,6 +3,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
+# `cn-clip-pokemon export-hf` and reading the Hub's model.safetensors (tested with transformers 5.25)
+HF = ["transformers>=5,<6", "safetensors>=0.4"]
 
 setup(
     name="cn-clip-pokemon",
@@ -42,8 +44,7 @@ setup(
         "svg": ["cairosvg>=2.7"],
         # `cn-clip-pokemon serve`, the web page (tested with Gradio 6.31)
         "web": ["gradio>=5"],
-        # `cn-clip-pokemon export-hf` and reading the Hub's model.safetensors (tested with transformers 5.25)
-        "hf": ["transformers>=5,<6", "safetensors>=0.4"],
+        "hf": HF,
         "test": [
             "pytest>=7",
             "build",  # tests/test_wheel_install.py builds the sdist and the wheel
@@ -55,10 +56,8 @@ setup(
             "onnx>=1.14",
             "onnxruntime>=1.16",
             "onnxscript>=0.3",
-            # export-hf and its test: transformers' ChineseCLIPModel against cn_clip
-            "transformers>=5,<6",
-            "safetensors>=0.4",
-        ],
+        ]
+        + HF,  # export-hf and its test: transformers' ChineseCLIPModel against cn_clip
     },
     entry_points={
         "console_scripts": ["cn-clip-pokemon = cn_clip_pokemon.cli:main"],

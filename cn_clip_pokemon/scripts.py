@@ -152,6 +152,8 @@ def copy_run_scripts(target, folder=None):
 
 
 def run_script_arguments(parser):
+    from cn_clip_pokemon.cli import output_folder
+
     parser.description = (
         "Run one of the shipped run scripts (bash files that call `cn-clip-pokemon train` with a "
         "whole recipe), the same files as run_scripts/ in a clone: "
@@ -164,7 +166,7 @@ def run_script_arguments(parser):
     parser.add_argument(
         "--copy",
         metavar="DIR",
-        type=Path,
+        type=output_folder,
         default=None,
         help="copy the run scripts into DIR to edit them (a file there with other content is never "
         "overwritten), then run them with `bash DIR/NAME.sh ${DATAPATH}`",
@@ -195,12 +197,7 @@ def run_script_command(args):
         print("run one: cn-clip-pokemon run-script NAME ${DATAPATH} [more `cn-clip-pokemon train` flags]")
         return 0
     if args.copy is not None:
-        from cn_clip_pokemon.cli import output_folder
-
-        try:
-            target = output_folder(str(args.copy))
-        except Exception as error:  # argparse.ArgumentTypeError: a file where the folder must be
-            raise UsageError(f"--copy: {error}") from None
+        target = args.copy
         for path, what in copy_run_scripts(target):
             print(f"{what}: {path}")
         print(f"edit them, then run: bash {target / 'pokemon_finetune_vit-b-16.sh'} ${{DATAPATH}}")
