@@ -70,7 +70,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from cn_clip_pokemon.dataset_format import check_templates, fill_template  # the one template rule
+from cn_clip_pokemon.dataset_format import check_templates, fill_template, read_dataset_info  # one template rule
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.files import (
     FILE,
@@ -80,10 +80,10 @@ from cn_clip_pokemon.files import (
     flatten_layout,
     foreign_entries,
     holds_marker,
+    is_utf8,
     keep_additions,
-    listing,
-    load_json_file,
     mode_name,
+    printable,
     replace_directory,
     sorted_entries,
     try_lock,
@@ -132,21 +132,6 @@ SKIP_BAD_PICTURE = "bad picture"
 SKIP_DUPLICATE = "duplicate"
 
 
-def printable(text):
-    r"""``text`` safe to print and to write as UTF-8: undecodable bytes and control characters escaped.
-
-    File names are bytes on Linux; Python hands back the undecodable ones as lone surrogates, which
-    no UTF-8 file or terminal accepts. ``0025\udcff.png`` becomes ``0025\\xff.png``, a newline ``\\n``.
-    """
-    if text.isprintable():  # the common case, one C loop; lone surrogates are not printable
-        return text
-    try:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that did not come from a file name's byte
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
-
-
 def _skip(file, kind, reason):
     return {"file": file, "kind": kind, "reason": reason}
 
@@ -164,7 +149,7 @@ def _entry_type(entry):
             if entry.is_dir(follow_symlinks=False):
                 return "folder", False
             mode = entry.stat(follow_symlinks=False).st_mode
-            return None, (SKIP_NOT_A_FILE, f"not a regular file or folder ({_mode_name(mode)}), not opened")
+            return None, (SKIP_NOT_A_FILE, f"not a regular file or folder ({mode_name(mode)}), not opened")
         try:
             mode = os.stat(entry.path).st_mode
         except OSError as error:
@@ -179,7 +164,7 @@ def _entry_type(entry):
         return "file", True
     if stat.S_ISDIR(mode):
         return "folder", True
-    return None, (SKIP_NOT_A_FILE, f"symlink to a {_mode_name(mode)}, not opened")
+    return None, (SKIP_NOT_A_FILE, f"symlink to a {mode_name(mode)}, not opened")
 
 
 def _with_slash(entry, shown):
@@ -189,19 +174,6 @@ def _with_slash(entry, shown):
     except OSError:
         return shown
 
-
-_mode_name = mode_name  # captions.py names special files the same way
-
-
-def _is_utf8(name):
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-_sorted_entries = sorted_entries
 
 
 def scan_pictures(images_dir, pokedex, exclude=None):
@@ -220,7 +192,7 @@ def scan_pictures(images_dir, pokedex, exclude=None):
         raise UserError(f"{images_dir} is not a folder; give --images the folder of pictures")
     try:
         # Plain strings and os.scandir: 4-5x faster than pathlib over a sprite set's ten thousand files.
-        entries = _sorted_entries(images_dir)
+        entries = sorted_entries(images_dir)
     except OSError as error:
         raise UserError(f"cannot list {images_dir} ({error.strerror or error}); check its permissions") from None
     images_real = os.path.realpath(images_dir)
@@ -240,7 +212,7 @@ def scan_pictures(images_dir, pokedex, exclude=None):
             if detail and _leads_back(entry.path, images_real):
                 skipped.append(_skip(shown + "/", SKIP_SYMLINK_LOOP, "symlink to a folder holding --images, not followed"))
                 continue
-            if not _is_utf8(entry.name):
+            if not is_utf8(entry.name):
                 files = _count_files(entry.path)
                 skipped.append(_skip(shown + "/", SKIP_UNDECODABLE, f"folder name is not valid UTF-8 ({files} file(s) "
                                      f"not used); rename it like {example}"))
@@ -252,7 +224,7 @@ def scan_pictures(images_dir, pokedex, exclude=None):
                 skipped.append(_skip(shown + "/", skip_name, f"folder name: {printable(str(error))} ({files} file(s) not used)"))
                 continue
             _scan_pokemon_folder(entry.path, shown, number, name, pictures, skipped, exclude)
-        elif not _is_utf8(entry.name):
+        elif not is_utf8(entry.name):
             skipped.append(_skip(shown, SKIP_UNDECODABLE, f"file name is not valid UTF-8, so no {what} can be read "
                                  f"from it; rename it like {example}.png"))
         else:
@@ -271,7 +243,7 @@ def _scan_pokemon_folder(folder, shown, number, name, pictures, skipped, exclude
     while stack:
         directory, inside = stack.pop()
         try:
-            entries = _sorted_entries(directory)
+            entries = sorted_entries(directory)
         except OSError as error:
             skipped.append(_skip(f"{shown}/{inside}", SKIP_UNREADABLE,
                                  f"cannot list this folder ({error.strerror or error}); check its permissions"))
@@ -660,7 +632,6 @@ OUTPUT_LISTING = flatten_layout(OUTPUT_LAYOUT)
 TEMP_LISTING = flatten_layout({**OUTPUT_LAYOUT, IMAGES_FRAGMENT: FILE})
 # The start of every dataset_info.json this builder has written (json.dumps, indent=1, format first).
 INFO_HEAD = b'{\n "format": '
-INFO_LIMIT = 4 << 30  # a dataset_info.json of ten million pictures is about 2 GiB
 
 
 def _holds_our_info(folder):
@@ -684,11 +655,11 @@ def _first_clash(folder):
 
 
 def _check_output(out_dir, images_dir):
-    """``(target, exclude, notes)``: the real folder to build into, checked, after undoing leftovers.
+    """``(target, exclude, notes, ours)``: the real folder to build into, checked, after undoing leftovers.
 
     A symlinked --out is followed, so the link stays and the dataset appears at its target.
     ``exclude`` is the --out folder's path under --images when it lies there (else None); ``notes``
-    say what was cleaned up.
+    say what was cleaned up; ``ours`` whether ``target`` holds build-dataset's dataset_info.json.
     """
     out_dir = Path(out_dir)
     shown = printable(str(out_dir))
@@ -706,6 +677,7 @@ def _check_output(out_dir, images_dir):
             "move the pictures out of it, or choose another --out"
         )
     notes = _clean_leftovers(target)
+    our_info = False
     if target.exists():
         if not target.is_dir():
             raise UserError(f"{shown} is a file; give --out a folder")
@@ -728,7 +700,7 @@ def _check_output(out_dir, images_dir):
     exclude = None
     if os.path.commonpath([images_real, str(target)]) == images_real:
         exclude = os.path.join(str(images_dir), os.path.relpath(target, images_real))
-    return target, exclude, notes
+    return target, exclude, notes, our_info
 
 
 def _clean_leftovers(target):
@@ -743,8 +715,6 @@ def _clean_leftovers(target):
         complete=_is_our_dataset,
     )
 
-
-_try_lock = try_lock
 
 
 # ---------------------------------------------------------------- the build
@@ -803,19 +773,19 @@ def build_dataset(
     image_size = int(image_size)
     templates = check_templates(templates)
     for template in templates:
-        if not _is_utf8(template):  # a command-line argument's undecodable bytes
+        if not is_utf8(template):  # a command-line argument's undecodable bytes
             raise UserError(f"template {printable(template)} is not valid UTF-8; write it in UTF-8, e.g. 一张{{}}的图片")
     pokedex = pokedex or Pokedex.load()
     workers = max(1, int(workers)) if workers else available_cores()
 
-    if not _is_utf8(str(out_dir)):
+    if not is_utf8(str(out_dir)):
         raise UserError(f"--out {printable(str(out_dir))} is not valid UTF-8, and training opens the dataset by a "
                         "UTF-8 path: choose a folder name in UTF-8")
     # --images, or the manifest's folder: it must not lie inside --out.
     images_dir = Path(images_dir) if manifest is None else Path(manifest).parent
     source_shown = printable(str(manifest if manifest is not None else images_dir))
     # The output is checked (and an interrupted build's leftovers undone) before any picture is read.
-    target, exclude, cleaned = _check_output(out_dir, images_dir)
+    target, exclude, cleaned, rebuild = _check_output(out_dir, images_dir)
     if naming == "manifest":
         pictures, skipped = read_manifest(manifest, t2s=t2s, out_dir=target)
     else:
@@ -862,7 +832,7 @@ def build_dataset(
 
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    lock = _try_lock(temp)  # tells a concurrent build's clean-up that this folder is in use
+    lock = try_lock(temp)  # tells a concurrent build's clean-up that this folder is in use
     clock.lap("start, scan and names")
     wall = {"start, scan and names": time.perf_counter() - started}
     try:
@@ -975,8 +945,8 @@ def build_dataset(
         # What the build did not write in the old dataset (upstream's extract_features writes
         # {split}_imgs.img_feat.jsonl and {split}_texts.txt_feat.jsonl there, its predictions may go
         # there too) moves into the new one, as hard links, before the swap.
-        kept = keep_additions(target, temp, OUTPUT_LISTING, {**OUTPUT_LISTING, **listing(temp)}, "build-dataset",
-                              "dataset", printable) if _holds_our_info(target) else []
+        kept = keep_additions(target, temp, OUTPUT_LISTING, OUTPUT_LISTING, "build-dataset", "dataset") \
+            if rebuild else []
         replace_directory(temp, target)
         clock.lap("rename")
         wall["texts, pairs, info, rename"] = time.perf_counter() - started - sum(wall.values())
@@ -1071,7 +1041,7 @@ def load_dataset_info(dataset_dir):
     path = Path(dataset_dir) / INFO_FILE
     if not path.is_file():
         raise UserError(f"{dataset_dir} has no {INFO_FILE}: build it with `cn-clip-pokemon build-dataset`")
-    return load_json_file(path, INFO_LIMIT, f"a {INFO_FILE}", "rebuild the dataset with `cn-clip-pokemon build-dataset`")
+    return read_dataset_info(path)
 
 
 def _split_by_shown(summary):
@@ -1210,7 +1180,7 @@ def dataset_folder(text):
     """An argparse type: a dataset folder's path, in UTF-8 (upstream's LMDB reader opens it as UTF-8 text)."""
     import argparse
 
-    if not _is_utf8(text):
+    if not is_utf8(text):
         raise argparse.ArgumentTypeError(
             f"{printable(text)} is not valid UTF-8, and training opens the dataset by a UTF-8 path: "
             "choose a folder name in UTF-8"

@@ -32,7 +32,7 @@ import unicodedata
 from pathlib import Path
 
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import parse_json, read_limited
+from cn_clip_pokemon.files import mode_name, parse_json, printable, read_limited
 
 CAPTION_EXAMPLE = "红色圆形"
 MANIFEST_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -219,7 +219,7 @@ def _rows_of_jsonl(data, manifest):
 
 def _file_problem(path):
     """``None`` for a regular file (a symlink to one too), else ``(kind, reason)``."""
-    from cn_clip_pokemon.builder import SKIP_NOT_A_FILE, SKIP_SYMLINK_LOOP, SKIP_UNREADABLE, _mode_name
+    from cn_clip_pokemon.builder import SKIP_NOT_A_FILE, SKIP_SYMLINK_LOOP, SKIP_UNREADABLE
 
     try:
         mode = os.stat(path).st_mode
@@ -233,7 +233,7 @@ def _file_problem(path):
         return SKIP_UNREADABLE, f"cannot read ({error.strerror or error})"
     if stat.S_ISREG(mode):
         return None
-    return SKIP_NOT_A_FILE, f"a {_mode_name(mode)}, not a picture file; not opened"
+    return SKIP_NOT_A_FILE, f"a {mode_name(mode)}, not a picture file; not opened"
 
 
 def read_manifest(manifest, t2s=True, out_dir=None):
@@ -243,7 +243,7 @@ def read_manifest(manifest, t2s=True, out_dir=None):
     manifest that cannot be read at all, or whose columns are not there, is a one-line UserError.
     ``out_dir`` (a real path): rows pointing inside it are skipped (a build replaces that folder).
     """
-    from cn_clip_pokemon.builder import Picture, printable
+    from cn_clip_pokemon.builder import Picture
 
     manifest = Path(manifest)
     shown = printable(str(manifest))

@@ -21,6 +21,8 @@ from cn_clip_pokemon.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 INFO_FILE = "dataset_info.json"
+INFO_LIMIT = 4 << 30  # a dataset_info.json of ten million pictures is about 2 GiB
+_REBUILD_INFO = "rebuild the dataset with `cn-clip-pokemon build-dataset`"
 # A checkpoint's entry (next to "model_config") naming the candidate captions of its training set.
 CAPTIONS_KEY = "captions"
 
@@ -38,20 +40,52 @@ def info_path_of_split(lmdb_split_dir):
     return Path(lmdb_split_dir).resolve().parent.parent / INFO_FILE
 
 
+def read_dataset_info(path_or_dataset_dir, advice=_REBUILD_INFO):
+    """The parsed dataset_info.json at ``path_or_dataset_dir`` (the file, or the dataset folder
+    holding it): bounded in size and depth (files.py's rule for files we did not write), a one-line
+    UserError ending in ``advice`` when it cannot be read or is not JSON.
+
+    Remembered while the file is unchanged (path, modification time, size), so the launcher, the
+    dataset plugin at every epoch and the demo's steps parse it once. Callers share the value: they
+    must not change it."""
+    import os
+    from pathlib import Path
+
+    from cn_clip_pokemon.files import load_json_file
+
+    path = Path(path_or_dataset_dir)
+    if path.is_dir():
+        path = path / INFO_FILE
+    try:
+        found = os.stat(path)
+        key = (str(path), found.st_mtime_ns, found.st_size)
+    except OSError:
+        key = None  # load_json_file says why it cannot be read
+    if key in _INFO_CACHE:
+        return _INFO_CACHE[key]
+    info = load_json_file(path, INFO_LIMIT, f"a {INFO_FILE}", advice)
+    if key is not None:
+        if len(_INFO_CACHE) >= _INFO_CACHE_SIZE:
+            _INFO_CACHE.pop(next(iter(_INFO_CACHE)))
+        _INFO_CACHE[key] = info
+    return info
+
+
+_INFO_CACHE = {}  # (path, st_mtime_ns, st_size) -> the parsed dataset_info.json
+_INFO_CACHE_SIZE = 4
+
+
 def training_captions(train_data):
     """The candidate captions a checkpoint trained on ``train_data`` (DATASET/lmdb/train) records:
     the ``names`` of DATASET/dataset_info.json, every Pokemon or caption of every split (a test split
     of unseen Pokemon is ranked among all of them). None without a readable info file, e.g. for a
     dataset made by upstream's own scripts; training then records none."""
-    from cn_clip_pokemon.builder import INFO_LIMIT
-    from cn_clip_pokemon.files import load_json_file
-
     if not train_data:
         return None
 
     path = info_path_of_split(train_data)
-    try:  # bounded in size and depth (files.py's rule for files we did not write)
-        names = load_json_file(path, INFO_LIMIT, f"a {INFO_FILE}", "").get("names") if path.is_file() else None
+    try:
+        names = read_dataset_info(path, "").get("names") if path.is_file() else None
     except (OSError, UserError, AttributeError):
         return None
     if isinstance(names, list) and names and all(isinstance(name, str) and name for name in names):

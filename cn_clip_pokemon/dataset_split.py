@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from cn_clip_pokemon.dataset_format import INFO_FILE
+from cn_clip_pokemon.dataset_format import INFO_FILE, read_dataset_info
 from cn_clip_pokemon.errors import UserError
 
 
@@ -83,11 +83,8 @@ class SplitPictures:
         path = self.dataset_dir / INFO_FILE
         if not path.is_file():
             return None
-        from cn_clip_pokemon.builder import INFO_LIMIT
-        from cn_clip_pokemon.files import load_json_file
-
         # bounded in size and depth, one line for any problem
-        return check_info(load_json_file(path, INFO_LIMIT, f"a {INFO_FILE}", "rebuild the dataset"), path)
+        return check_info(read_dataset_info(path, "rebuild the dataset"), path)
 
     def _read_texts(self, split):
         return read_split_texts(self.dataset_dir / f"{split}_texts.jsonl")

@@ -323,15 +323,14 @@ def remove_listed(folder, listed):
         return []
 
 
-def keep_additions(out, new, previous, written, command, what, printable=None):
+def keep_additions(out, new, previous, written, command, what):
     """Hard-link into the folder ``new`` (about to be swapped in for ``out``) what ``out`` holds beyond
     the listing ``previous`` (what ``command`` wrote there before): the user's files and other tools'
     outputs, which the swap must keep. Returns their paths (top-most, as :func:`foreign_entries`).
 
     A UserError, before anything is linked, when one has a name the listing ``written`` (what this run
     writes) holds; and when one cannot be linked (another file system mounted inside, say). ``what``
-    names the folder in messages ("sprite folder", "dataset"); ``printable`` shows a path in them."""
-    printable = printable or _shown
+    names the folder in messages ("sprite folder", "dataset")."""
     out, new = Path(out), Path(new)
     additions = foreign_entries(out, previous)
     shown = printable(str(out))
@@ -426,7 +425,7 @@ def clean_leftovers(target, command, owns_old, owns_temporary, complete):
         if whole:
             newest = max(whole, key=lambda holder: os.stat(os.path.join(holder, target.name)).st_mtime)
             os.rename(os.path.join(newest, target.name), target)
-            notes.append(f"put back the previous {target.name} from {_shown(newest)} (a {command} run was stopped "
+            notes.append(f"put back the previous {target.name} from {printable(newest)} (a {command} run was stopped "
                          "while replacing it)")
     for holder in holders:
         inside = os.path.join(holder, target.name)
@@ -437,7 +436,7 @@ def clean_leftovers(target, command, owns_old, owns_temporary, complete):
         except OSError:
             ours = False
         notes.append(_remove_leftover(holder, command) if ours else
-                     f"left {_shown(holder)} alone: it holds files {command} does not write")
+                     f"left {printable(holder)} alone: it holds files {command} does not write")
     for temp in temps:
         lock = try_lock(temp)
         if lock is None:
@@ -448,7 +447,7 @@ def clean_leftovers(target, command, owns_old, owns_temporary, complete):
             except OSError:
                 ours = False
             notes.append(_remove_leftover(temp, command) if ours else
-                         f"left {_shown(temp)} alone: it holds files {command} does not write")
+                         f"left {printable(temp)} alone: it holds files {command} does not write")
         finally:
             os.close(lock)
     return notes
@@ -458,15 +457,35 @@ def _remove_leftover(path, command):
     try:
         shutil.rmtree(path)
     except OSError as error:
-        return (f"could not remove {_shown(path)}, left by an interrupted {command} ({error.strerror or error}); "
+        return (f"could not remove {printable(path)}, left by an interrupted {command} ({error.strerror or error}); "
                 "delete it yourself")
-    return f"removed {_shown(path)}, left by an interrupted {command}"
+    return f"removed {printable(path)}, left by an interrupted {command}"
 
 
-def _shown(path):
-    """A path safe to print (undecodable bytes of a file name escaped)."""
-    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def is_utf8(name):
+    """Whether ``name`` can be written as UTF-8 (an undecodable file-name byte cannot)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(text):
+    r"""``text`` (a str, bytes or path) safe to print and to write as UTF-8: undecodable bytes and
+    control characters escaped.
+
+    File names are bytes on Linux; Python hands back the undecodable ones as lone surrogates, which
+    no UTF-8 file or terminal accepts. ``0025\udcff.png`` becomes ``0025\\xff.png``, a newline ``\\n``.
+    """
+    text = os.fsdecode(text) if isinstance(text, bytes) else str(text)
+    if text.isprintable():  # the common case, one C loop; lone surrogates are not printable
+        return text
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from a file name's byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 class Ledger:
@@ -492,11 +511,11 @@ class Ledger:
 
     def load(self):
         """Read the marker (a UserError when it is damaged); returns self."""
-        shown = _shown(self.path)
+        shown = printable(self.path)
         record = load_json_file(self.path, self.LIMIT, f"{self.command}'s record of its files",
                                 f"it lists what {self.command} wrote: delete it and what {self.command} wrote yourself")
         written, before = (record.get("written"), record.get("before")) if isinstance(record, dict) else (None, None)
-        if not _is_listing(written) or not (before is None or _is_listing(before)):
+        if not is_listing(written) or not (before is None or is_listing(before)):
             raise UserError(f"{shown} is not {self.command}'s record of its files; delete it and what "
                             f"{self.command} wrote yourself")
         self.written, self.before = written, before
@@ -553,7 +572,8 @@ class Ledger:
         return kept
 
 
-def _is_listing(value):
+def is_listing(value):
+    """Whether ``value`` (parsed JSON) is a listing: names to kinds, as :func:`listing` returns."""
     return isinstance(value, dict) and all(isinstance(kind, str) for kind in value.values())
 
 
@@ -607,7 +627,7 @@ def read_limited(path, limit, what):
     """The bytes of ``path``, a file we did not write, of at most ``limit`` bytes; a one-line UserError
     naming the file otherwise (too large, not a regular file, unreadable). ``what`` names it in the
     message (``"a manifest"``)."""
-    shown = _shown(path)
+    shown = printable(path)
     try:
         with open_regular(path) as file:
             size = os.fstat(file.fileno()).st_size
@@ -676,7 +696,7 @@ def load_json_file(path, limit, what, advice):
         problem = "not UTF-8"
     except ValueError as error:
         problem = f"not valid JSON: {getattr(error, 'msg', None) or error}"
-    raise UserError(f"{_shown(path)} is {problem}; {advice}")
+    raise UserError(f"{printable(path)} is {problem}; {advice}")
 
 
 # ---------------------------------------------------------------- write failures
@@ -691,4 +711,4 @@ def write_failure(error, where, note=None):
     full = code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)) or "No space left" in str(error) or "quota" in str(error).lower()
     hint = "free some space there (or choose a folder on another disk) and run it again" if full else \
         "check that the folder exists and can be written, and run it again"
-    return UserError(f"cannot write in {_shown(where)} ({reason}){'; ' + note if note else ''}: {hint}")
+    return UserError(f"cannot write in {printable(where)} ({reason}){'; ' + note if note else ''}: {hint}")

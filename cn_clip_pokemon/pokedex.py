@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import fill_template
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import JSON_STRING, atomic_write, mode_name, open_regular, parse_json, read_limited
+from cn_clip_pokemon.files import JSON_STRING, atomic_write, is_utf8, mode_name, open_regular, parse_json, read_limited
 
 DATA_DIR = Path(__file__).parent / "data"
 OFFICIAL_NAMES_FILE = DATA_DIR / "official-names.tsv"  # number, zh_hans, zh_hant, en, ja
@@ -94,21 +94,25 @@ class Pokedex:
         self._traditional = {}
         self._aliases = {}
         self._numbers = {}
+        canonical_keys, alias_keys = {}, {}
         for entry in entries:
             number = int(entry["number"])
             canonical = to_simplified(unicodedata.normalize("NFC", entry["zh_hans"]))
             self._names[number] = canonical
             self._traditional[number] = entry.get("zh_hant", "")
-            aliases = [entry["zh_hans"], entry.get("zh_hant", ""), *entry.get("aliases", ())]
-            self._aliases[number] = list(dict.fromkeys(
-                alias for alias in aliases if alias and _lookup_key(alias) != _lookup_key(canonical)
-            ))
+            canonical_keys[number] = _lookup_key(canonical)
+            keys = {}  # each name's lookup key, computed once
+            for alias in (entry["zh_hans"], entry.get("zh_hant", ""), *entry.get("aliases", ())):
+                if alias and alias not in keys:
+                    keys[alias] = _lookup_key(alias)
+            alias_keys[number] = {alias: key for alias, key in keys.items() if key != canonical_keys[number]}
+            self._aliases[number] = list(alias_keys[number])
         # Canonical names first so they win over any alias that happens to collide with one.
-        for number, canonical in self._names.items():
-            self._numbers[_lookup_key(canonical)] = number
-        for number, aliases in self._aliases.items():
-            for alias in aliases:
-                self._numbers.setdefault(_lookup_key(alias), number)
+        for number, key in canonical_keys.items():
+            self._numbers[key] = number
+        for number, keys in alias_keys.items():
+            for key in keys.values():
+                self._numbers.setdefault(key, number)
 
     @classmethod
     @functools.lru_cache(maxsize=2)
@@ -375,17 +379,9 @@ def _convert_json_strings(text):
         if simplified == value:
             return literal
         # a lone surrogate (from a "\\ud800" escape) cannot be written as UTF-8: keep it escaped
-        return json.dumps(simplified, ensure_ascii=not _is_encodable(simplified))
+        return json.dumps(simplified, ensure_ascii=not is_utf8(simplified))
 
     return JSON_STRING.sub(convert, text)
-
-
-def _is_encodable(text):
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _convert_line(line, kind):

@@ -30,7 +30,6 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from cn_clip_pokemon.builder import printable
 from cn_clip_pokemon.errors import UserError, install_hint
 from cn_clip_pokemon.files import (
     FILE,
@@ -40,9 +39,11 @@ from cn_clip_pokemon.files import (
     clean_leftovers,
     file_sha256,
     holds_marker,
+    is_listing,
     keep_additions,
     listing,
     load_json_file,
+    printable,
     try_lock,
 )
 
@@ -336,7 +337,8 @@ def fetch_sprites(
         written[MARKER] = FILE
         (temp / MARKER).write_text(json.dumps({**summary, "files": written}, ensure_ascii=False, indent=1),
                                    encoding="utf-8")
-        kept = _keep_additions(out, temp, previous, written) if previous is not None else []
+        kept = keep_additions(out, temp, previous, written, "fetch-sprites", "sprite folder") \
+            if previous is not None else []
         replace_directory(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -370,39 +372,30 @@ def _previous_listing(out):
     made = load_json_file(out / MARKER, MARKER_LIMIT, f"fetch-sprites' {MARKER}",
                           f"it is fetch-sprites' record of what it wrote: move your own files out of {shown}, "
                           "delete it, and run again")
+    return _written_listing(out, made)
+
+
+def _written_listing(folder, made):
+    """What fetch-sprites wrote in ``folder``: the listing in ``made`` (its marker's parsed content),
+    or, for an older fetch-sprites that did not list its files or a marker that cannot be read
+    (``made`` None), the files named as fetch-sprites names them."""
     written = made.get("files") if isinstance(made, dict) else None
-    if isinstance(written, dict) and all(isinstance(kind, str) for kind in written.values()):
+    if is_listing(written):
         return written
-    # an older fetch-sprites, which did not list its files: its names say which are its own
-    return {path: kind for path, kind in listing(out).items() if path == MARKER
+    return {path: kind for path, kind in listing(folder).items() if path == MARKER
             or (kind == FOLDER and _SPRITE_FOLDER.match(path))
             or (kind == FILE and "/" in path and _SPRITE_FOLDER.match(path.split("/")[0])
                 and _SPRITE_FILE.match(path.split("/", 1)[1]))}
 
 
-def _keep_additions(out, temp, previous, written):
-    """Hard-link into ``temp`` what ``out`` holds beyond ``previous`` (the user's files, which the swap
-    must keep); returns their paths (files.keep_additions: a name this run writes, or one that cannot
-    be linked, is a UserError before anything is linked)."""
-    return keep_additions(out, temp, previous, written, "fetch-sprites", "sprite folder", printable)
-
-
-_carried_or_listed = carried_or_listed  # a leftover holding only sprites and hard links of the user's files
-
-
 def _listed_in(folder):
-    """The listing in the marker of a folder fetch-sprites wrote, or the files named as it names them."""
+    """What fetch-sprites wrote in a leftover ``folder`` (:func:`_written_listing`; a marker that
+    cannot be read counts as none)."""
     try:
         made = load_json_file(Path(folder) / MARKER, MARKER_LIMIT, MARKER, "")
-        written = made.get("files")
-        if isinstance(written, dict):
-            return written
     except UserError:
-        pass
-    return {path: kind for path, kind in listing(folder).items()
-            if (kind == FOLDER and _SPRITE_FOLDER.match(path))
-            or (kind == FILE and "/" in path and _SPRITE_FOLDER.match(path.split("/")[0])
-                and _SPRITE_FILE.match(path.split("/", 1)[1]))}
+        made = None
+    return _written_listing(folder, made)
 
 
 def _clean_leftovers(out):
@@ -410,8 +403,8 @@ def _clean_leftovers(out):
     that are still in ``out`` too (hard links); put the previous folder back if a swap was cut short."""
     return clean_leftovers(
         out, "fetch-sprites",
-        owns_old=lambda inside: _carried_or_listed(inside, _listed_in(inside), out),
-        owns_temporary=lambda temp: _carried_or_listed(temp, _listed_in(temp), out),
+        owns_old=lambda inside: carried_or_listed(inside, _listed_in(inside), out),
+        owns_temporary=lambda temp: carried_or_listed(temp, _listed_in(temp), out),
         complete=lambda inside: holds_marker(inside, MARKER, b"{"),
     )
 

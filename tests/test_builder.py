@@ -362,3 +362,22 @@ def test_the_summary_warns_about_an_empty_split_and_counts_one_process(tmp_path,
     assert "1 process)" in out and "1 processes" not in out
     assert "warning: the valid split is empty" in out
     assert "warning: the train split is empty" not in out
+
+
+def test_dataset_info_is_parsed_once_while_unchanged(tmp_path):
+    """Every reader (launcher, dataset plugin at each epoch, demo) shares one parse of an unchanged
+    dataset_info.json; a changed file is read again, a broken one is a one-line error with the advice."""
+    import os
+
+    from cn_clip_pokemon.dataset_format import read_dataset_info
+
+    path = tmp_path / "dataset_info.json"
+    path.write_text('{"image_size": 32}', encoding="utf-8")
+    first = read_dataset_info(tmp_path)
+    assert first == {"image_size": 32} and read_dataset_info(path) is first
+    path.write_text('{"image_size": 640}', encoding="utf-8")
+    os.utime(path, ns=(1, 1))
+    assert read_dataset_info(path) == {"image_size": 640}
+    path.write_text('{"image_size": ', encoding="utf-8")
+    with pytest.raises(UserError, match="dataset_info.json is not valid JSON.*; rebuild it now"):
+        read_dataset_info(path, "rebuild it now")

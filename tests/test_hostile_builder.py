@@ -542,7 +542,7 @@ def test_kill_minus_9_at_moments_spread_over_a_build(tmp_path):
 
 def test_a_running_build_keeps_its_temporary_folder(tmp_path):
     """A leftover is removed only when no live build holds its lock."""
-    from cn_clip_pokemon.builder import _try_lock
+    from cn_clip_pokemon.files import try_lock
 
     pictures = small_pictures(tmp_path / "pics")
     live = tmp_path / ".out.tmp-live0000"
@@ -550,7 +550,7 @@ def test_a_running_build_keeps_its_temporary_folder(tmp_path):
     foreign = tmp_path / ".out.tmp-user0000"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("years of work")
-    lock = _try_lock(live)
+    lock = try_lock(live)
     assert lock is not None
     try:
         summary = build_dataset(pictures, tmp_path / "out", image_size=16, progress=False)

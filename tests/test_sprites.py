@@ -149,3 +149,23 @@ def test_dream_world_art_is_rendered_when_asked(shared_datasets, tmp_path):
     art = Image.open(out / "0025皮卡丘" / "dream-world.png")
     assert art.mode == "RGBA" and max(art.size) == 256
     assert art.getpixel((0, 0))[3] == 0  # transparent around the art, composited later by the builder
+
+
+def test_leftovers_with_an_odd_marker_or_name_are_one_line_notes(tmp_path):
+    """A killed run's leftover whose marker is not a listing (a JSON list here) is judged by its
+    names, not a traceback; a newline in the folder's name is escaped in the one-line note."""
+    from cn_clip_pokemon.sprites import _clean_leftovers
+
+    out = tmp_path / "pic\ntures"
+    ours = tmp_path / ".pic\ntures.tmp-abcd1234"
+    (ours / "0025皮卡丘").mkdir(parents=True)
+    (ours / "0025皮卡丘" / "front_00.png").write_bytes(b"png")
+    (ours / MARKER).write_text("[1, 2]", encoding="utf-8")
+    theirs = tmp_path / ".pic\ntures.tmp-efgh5678"
+    theirs.mkdir()
+    (theirs / MARKER).write_text('["files"]', encoding="utf-8")
+    (theirs / "thesis.tex").write_text("years of work")
+    notes = _clean_leftovers(out)
+    assert len(notes) == 2 and all("\n" not in note and "pic\\ntures" in note for note in notes)
+    assert not ours.exists() and notes[0].startswith("removed ")
+    assert (theirs / "thesis.tex").read_text() == "years of work" and "alone" in notes[1]

@@ -17,27 +17,16 @@ Pair values are upstream's pickles, and a pickle can run code: every pair is rea
 when training reads a sample (upstream's LMDBDataset, patches/0011), so a crafted dataset is
 refused, never executed.
 """
-from pathlib import Path
-
-from cn_clip_pokemon.dataset_format import INFO_FILE, read_pairs
+from cn_clip_pokemon.dataset_format import info_path_of_split, read_dataset_info, read_pairs
 from cn_clip_pokemon.hookspecs import hookimpl
-
-DATASET_INFO = INFO_FILE
-
-
-def dataset_info_path(lmdb_split_dir):
-    """DATASET/dataset_info.json for DATASET/lmdb/SPLIT (it may not exist)."""
-    return Path(lmdb_split_dir).resolve().parent.parent / DATASET_INFO
 
 
 def pair_groups(lmdb_split_dir):
     """One key per pair of the LMDB split, in pair order: ("pokemon", number) or ("text", text)."""
     numbers = {}
-    info_path = dataset_info_path(lmdb_split_dir)
+    info_path = info_path_of_split(lmdb_split_dir)
     if info_path.is_file():
-        from cn_clip_pokemon.builder import load_dataset_info
-
-        images = load_dataset_info(info_path.parent).get("images", {})  # bounded, one line when broken
+        images = read_dataset_info(info_path).get("images", {})  # bounded, parsed once, one line when broken
         numbers = {image_id: meta.get("number") for image_id, meta in images.items()}
     groups = []
     for image_id, text in read_pairs(lmdb_split_dir):
