@@ -13,7 +13,6 @@ unknown model or dataset names) and says which command makes the missing thing.
 """
 import os
 import sys
-from pathlib import Path
 
 from cn_clip_pokemon.errors import UserError
 
@@ -101,7 +100,7 @@ def cpu_worker_count():
 def prepare_upstream_argv(argv):
     """Check upstream's flags and fill in our defaults; returns (argv, args) or raises UserError."""
     from cn_clip_pokemon import patching, plugins
-    from cn_clip_pokemon.default_plugins.pokemon_dataset import dataset_info_path
+    from cn_clip_pokemon.dataset_format import info_path_of_split
     from cn_clip_pokemon.devices import decide_layout
 
     argv = list(argv)
@@ -144,7 +143,7 @@ def prepare_upstream_argv(argv):
     _check_context_length(args, config_path)
     datasets = plugins.get_datasets()
     if args.dataset is None:
-        if dataset_info_path(args.train_data).is_file() and "pokemon" in datasets:
+        if info_path_of_split(args.train_data).is_file() and "pokemon" in datasets:
             # built by build-dataset: batches that never repeat a Pokemon
             argv += ["--dataset", "pokemon"]
     elif args.dataset.lower() != "none" and args.dataset not in datasets:
@@ -250,17 +249,14 @@ def _warn_about_small_pictures(args, vision_config_path):
     """Pictures stored smaller than the model's input are upscaled (blurred) at every step: say so."""
     import json
 
-    from cn_clip_pokemon.dataset_format import INFO_FILE
+    from cn_clip_pokemon.dataset_format import info_path_of_split, read_dataset_info
 
     if args.train_data is None:
         return
-    info_path = Path(args.train_data).resolve().parent.parent / INFO_FILE
-    from cn_clip_pokemon.builder import INFO_LIMIT
-    from cn_clip_pokemon.files import load_json_file
-
+    info_path = info_path_of_split(args.train_data)
     try:
         # a dataset_info.json that is not ours (hand-edited, nested 100,000 deep) only costs the warning
-        info = load_json_file(info_path, INFO_LIMIT, f"a {INFO_FILE}", "") if info_path.is_file() else {}
+        info = read_dataset_info(info_path, "") if info_path.is_file() else {}
         stored = info.get("image_size") if isinstance(info, dict) else None
         with open(vision_config_path, encoding="utf-8") as f:
             resolution = json.load(f).get("image_resolution")
