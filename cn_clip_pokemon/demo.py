@@ -262,7 +262,7 @@ def fit_steps(budget_seconds, spent_seconds, seconds_per_step, startup_seconds, 
     return max(min(MIN_STEPS, planned_steps), fitted)
 
 
-def plan_training(recipe, args, dataset, experiments, epochs, budget_minutes, environment):
+def plan_training(recipe, args, dataset, epochs, budget_minutes, environment):
     """Probe this machine's speed with a short run of the recipe, then fit the steps to the budget.
     Returns the plan (a dict, also written to the experiment's PLAN_FILE)."""
     import tempfile
@@ -298,12 +298,11 @@ def plan_training(recipe, args, dataset, experiments, epochs, budget_minutes, en
     return plan
 
 
-def _training_steps_done(metrics_file):
-    """(last step trained, seconds per step over the logged steps) of a run's metrics.jsonl."""
+def _training_seconds_per_step(metrics_file):
+    """Seconds per step over the logged steps of a run's metrics.jsonl (None without it)."""
     if not Path(metrics_file).is_file():
-        return None, None
-    seconds_per_step, last = probe_seconds_per_step(metrics_file)
-    return last or None, seconds_per_step
+        return None
+    return probe_seconds_per_step(metrics_file)[0]
 
 
 def _read_plan(path):
@@ -314,21 +313,23 @@ def _read_plan(path):
     return plan if isinstance(plan, dict) else None
 
 
-def _checkpoint_value(path, key):
+def _checkpoint_progress(path):
+    """``(epoch, step)`` a training checkpoint records, loaded once; ``(0, 0)`` when it cannot be read."""
     import torch
 
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True).get(key, 0))
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return int(saved.get("epoch", 0)), int(saved.get("step", 0))
     except Exception:
-        return 0
+        return 0, 0
 
 
 def _training_summary(plan, checkpoint, metrics_file, train_seconds):
     """The report's training figures: the budget (None without one), the steps planned and done,
     seconds per step measured while training (and by the probe)."""
-    done = _checkpoint_value(checkpoint, "step") if Path(checkpoint).exists() else None
+    done = _checkpoint_progress(checkpoint)[1] if Path(checkpoint).exists() else None
     # measured between logged steps of one epoch; a run too short for two of them: the probe's figure
-    seconds_per_step = _training_steps_done(metrics_file)[1] or (plan or {}).get("probe", {}).get("seconds_per_step")
+    seconds_per_step = _training_seconds_per_step(metrics_file) or (plan or {}).get("probe", {}).get("seconds_per_step")
     return {
         "budget_minutes": plan.get("budget_minutes") if plan else None,
         "planned_steps": plan.get("planned_steps") if plan else None,
@@ -339,18 +340,9 @@ def _training_summary(plan, checkpoint, metrics_file, train_seconds):
     }
 
 
-def _checkpoint_epoch(path):
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True).get("epoch", 0))
-    except Exception:
-        return 0
-
-
 def _same_pictures(pictures, numbers, frames):
     """Whether fetch-sprites already laid out these Pokemon with this many frames."""
-    from cn_clip_pokemon.sprites import MARKER, parse_numbers
+    from cn_clip_pokemon.sprites import MARKER, MARKER_LIMIT, parse_numbers
 
     from cn_clip_pokemon.files import load_json_file
 
@@ -358,7 +350,7 @@ def _same_pictures(pictures, numbers, frames):
     if not marker.exists():
         return False
     try:
-        made = load_json_file(marker, 64 << 20, MARKER, "")
+        made = load_json_file(marker, MARKER_LIMIT, MARKER, "")
     except UserError:
         return False  # fetch-sprites says what is wrong with it
     if not isinstance(made, dict):
@@ -389,17 +381,12 @@ def save_initial_model(recipe, path, pretrained=None, seed=123):
     save_model(model.float(), path, config, name=Path(path).stem)
 
 
-def _images(dataset):
-    from cn_clip_pokemon.builder import load_dataset_info
-
-    return load_dataset_info(dataset)["images"].values()
-
-
-def pick_question(views, pictures):
+def pick_question(info, pictures):
     """The seed's question, ``{"number", "name", "picture", "candidates"}``: Pikachu among the seed's
     four names when the run has Pikachu; else the first Pokemon of the run among its name and three
-    others of the run. The picture is one of its unseen views (a front view first), else any of it."""
-    images = list(_images(views))
+    others of the run. The picture is one of its unseen views (a front view first), else any of it.
+    ``info``: the views dataset's dataset_info.json."""
+    images = list(info["images"].values())
     numbers = sorted({entry["number"] for entry in images})
     if not numbers:
         return None
@@ -421,10 +408,11 @@ def _is_front(entry):
     return entry["view"].rsplit("/", 1)[-1].startswith("front")
 
 
-def _test_sample(views, pictures, count=24):
-    """A spread of unseen-view pictures, one per Pokemon (a front view where there is one), for the grid."""
+def _test_sample(info, pictures, count=24):
+    """A spread of unseen-view pictures (of the views dataset's ``info``), one per Pokemon (a front
+    view where there is one), for the grid."""
     first_per_pokemon = {}
-    for entry in sorted(_images(views), key=lambda e: (e["number"], not _is_front(e), e["source"])):
+    for entry in sorted(info["images"].values(), key=lambda e: (e["number"], not _is_front(e), e["source"])):
         if entry["split"] == "test":
             first_per_pokemon.setdefault(entry["number"], entry)
     chosen = list(first_per_pokemon.values())
@@ -432,20 +420,19 @@ def _test_sample(views, pictures, count=24):
     return [pictures / entry["source"] for entry in chosen[::step][:count]]
 
 
-def link_seen_views(views, pictures, seen, ledger=None):
-    """``seen``: a folder of symlinks to the pictures of ``views``' train split (the animations that
-    are trained on), laid out as in ``pictures``, for `build-dataset --split-by view` to deal frames of.
-    The links of an earlier run (those ``ledger`` says the demo wrote) go first; anything else there
-    is refused, as the dataset would be built from it."""
+def link_seen_views(info, pictures, seen, ledger):
+    """``seen``: a folder of symlinks to the pictures of the views dataset's train split (the
+    animations that are trained on; ``info`` its dataset_info.json), laid out as in ``pictures``, for
+    `build-dataset --split-by view` to deal frames of. The links of an earlier run (those ``ledger``
+    says the demo wrote) go first; anything else there is refused, as the dataset would be built from it."""
     from cn_clip_pokemon.files import remove_listed
 
-    if ledger is not None:
-        kept = remove_listed(seen, ledger.owned(under=SEEN_VIEWS))
-        if kept:
-            raise UserError(f"{seen} holds {kept[0]}, which the demo did not write, and the dataset of seen views is "
-                            f"built from that folder: move it out of {seen} and run again")
+    kept = remove_listed(seen, ledger.owned(under=SEEN_VIEWS))
+    if kept:
+        raise UserError(f"{seen} holds {kept[0]}, which the demo did not write, and the dataset of seen views is "
+                        f"built from that folder: move it out of {seen} and run again")
     count = 0
-    for entry in _images(views):
+    for entry in info["images"].values():
         if entry["split"] != "train":
             continue
         link = seen / entry["source"]
@@ -564,12 +551,12 @@ def demo_command(args):
 
 def prepare_workdir(work, fresh):
     """The work folder's ledger, started; with ``fresh``, what earlier runs wrote deleted first."""
-    from cn_clip_pokemon.files import Ledger, listing
+    from cn_clip_pokemon.files import Ledger
 
     ledger = Ledger(work, DEMO_MARKER, "the demo")
     if ledger.exists():
         ledger.load()
-    elif fresh and listing(work):
+    elif fresh and _has_entries(work):
         raise UserError(
             f"--fresh deletes only what the demo wrote, and {work} has no {DEMO_MARKER} (the demo did not make it): "
             "nothing was deleted; choose another --workdir, or empty this one yourself"
@@ -585,8 +572,18 @@ def prepare_workdir(work, fresh):
     return ledger
 
 
+def _has_entries(folder):
+    """Whether ``folder`` (a real folder, not a link to one) holds anything; a missing one holds nothing."""
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return False
+    with os.scandir(folder) as entries:
+        return any(entries)
+
+
 def _run(args, recipe, work, ledger, started):
     """The demo's stages in ``work``; ``ledger`` lists what they write."""
+    from cn_clip_pokemon.builder import load_dataset_info
+
     pictures = work / "pictures"
     views = work / "datasets" / "pokemon-views"
     seen = work / SEEN_VIEWS
@@ -618,17 +615,16 @@ def _run(args, recipe, work, ledger, started):
             ["build-dataset", "--images", pictures, "--out", views, "--image-size", size, *VIEWS_SPLIT],
         )
         print(f"\n== link the pictures of the animations left for training\n{seen}/: ", end="")
-        print(f"{link_seen_views(views, pictures, seen, ledger)} links to the train split of {views}", flush=True)
+        linked = link_seen_views(load_dataset_info(views), pictures, seen, ledger)
+        print(f"{linked} links to the train split of {views}", flush=True)
         _, seconds["build-dataset frames"] = run_stage(
             "build dataset: frames held out of the animations trained on (unseen frames)",
             ["build-dataset", "--images", seen, "--out", dataset, "--image-size", size, *FRAMES_SPLIT],
         )
 
-    question = pick_question(views, pictures)
+    info = load_dataset_info(views)  # parsed once (dataset_format.read_dataset_info remembers it)
+    question = pick_question(info, pictures)
     names_file = work / "names.txt"
-    from cn_clip_pokemon.builder import load_dataset_info
-
-    info = load_dataset_info(views)
     names_file.write_text("\n".join(info["names"]) + "\n", encoding="utf-8")
 
     # 3. before training: the model as training starts it (random initialisation or --pretrained)
@@ -643,10 +639,11 @@ def _run(args, recipe, work, ledger, started):
     budget = None if args.max_epochs is not None else (args.train_minutes or recipe["minutes"])
     plan_file = experiments / name / PLAN_FILE
     plan = _read_plan(plan_file) if budget else None
-    if budget and plan and plan.get("budget_minutes") == budget and checkpoint.exists() and _checkpoint_value(checkpoint, "step") >= plan.get("steps", 0):
-        _reuse("train", f"{checkpoint} (step {_checkpoint_value(checkpoint, 'step')}, {budget:g}-minute budget)")
-    elif not budget and checkpoint.exists() and _checkpoint_epoch(checkpoint) >= epochs:
-        _reuse("train", f"{checkpoint} (epoch {_checkpoint_epoch(checkpoint)})")
+    done_epoch, done_step = _checkpoint_progress(checkpoint) if checkpoint.exists() else (0, 0)
+    if budget and plan and plan.get("budget_minutes") == budget and checkpoint.exists() and done_step >= plan.get("steps", 0):
+        _reuse("train", f"{checkpoint} (step {done_step}, {budget:g}-minute budget)")
+    elif not budget and checkpoint.exists() and done_epoch >= epochs:
+        _reuse("train", f"{checkpoint} (epoch {done_epoch})")
         plan = None
     else:
         # the user's own OMP_NUM_THREADS wins over the recipe's
@@ -655,7 +652,7 @@ def _run(args, recipe, work, ledger, started):
         plan = None
         if budget:
             started_training = time.time()
-            plan = plan_training(recipe, args, dataset, experiments, epochs, budget, environment)
+            plan = plan_training(recipe, args, dataset, epochs, budget, environment)
             if plan["steps"] < plan["planned_steps"]:
                 argv += ["--max-steps", str(plan["steps"])]
                 warmup = int(_flag(recipe, "--warmup"))
@@ -683,7 +680,7 @@ def _run(args, recipe, work, ledger, started):
     predictions = work / "test_predictions.png"
     run_stage(
         "classify unseen views (grid)",
-        ["classify", *_test_sample(views, pictures), "--checkpoint", checkpoint, "--names-file", names_file, "--top-k", 3, "--json", "--out", predictions],
+        ["classify", *_test_sample(info, pictures), "--checkpoint", checkpoint, "--names-file", names_file, "--top-k", 3, "--json", "--out", predictions],
         capture_json=True,
     )
     after = ask_the_question(question, checkpoint, "after training")

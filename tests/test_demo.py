@@ -153,7 +153,9 @@ def test_a_run_without_pikachu_asks_about_a_pokemon_it_has(tmp_path):
         ])
     }
     (views / "dataset_info.json").write_text(json.dumps({"images": images}, ensure_ascii=False), encoding="utf-8")
-    question = demo.pick_question(views, tmp_path / "pictures")
+    from cn_clip_pokemon.builder import load_dataset_info
+
+    question = demo.pick_question(load_dataset_info(views), tmp_path / "pictures")
     assert question["name"] == "妙蛙种子" and question["number"] == 1
     assert question["candidates"] == ["妙蛙种子", "小火龙", "杰尼龟", "绿毛虫"]  # its name first, three of the run
     assert question["picture"] == str(tmp_path / "pictures" / "0001妙蛙种子" / "front_01.png")  # unseen, front first
@@ -183,6 +185,7 @@ def test_the_python_api_and_classify_agree_on_every_unseen_view(demo_run):
 
     loaded = cn_clip_pokemon.load_checkpoint(checkpoint, device="cpu")
     model, names = loaded.model, loaded.captions
+    assert len(report["results"]) == len(pictures) > 0
     with torch.no_grad():
         text = model.encode_text(tokenize(names, context_length=loaded.context_length))
         text = text / text.norm(dim=-1, keepdim=True)
