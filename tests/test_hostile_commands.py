@@ -71,8 +71,12 @@ def assert_one_line_error(result, code=1, says=()):
     """``result`` failed with ``code`` and said why in one line, without a traceback."""
     assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
     assert result.returncode == code, f"exit {result.returncode}: {result.stderr[-2000:]}"
-    errors = [line for line in result.stderr.splitlines() if line.startswith("cn-clip-pokemon: error:")]
-    assert len(errors) >= 1, result.stderr
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("cn-clip-pokemon: error:")]
+    assert errors and lines[-1] == errors[-1], result.stderr[-3000:]  # the error is the last thing said
+    # one error line; the demo's line naming a failed stage follows that stage's own one
+    assert len(errors) == 1 or (len(errors) == 2 and errors[-1].startswith("cn-clip-pokemon: error: stage '")), \
+        result.stderr[-3000:]
     last = errors[-1]
     for text in says:
         assert text in last, last
