@@ -1,6 +1,5 @@
 """cn-clip-pokemon: fine-tune Chinese-CLIP on your own pictures (a plugin for cn_clip.training)."""
-__version__ = "0.1.0"
-
+from cn_clip_pokemon.version import __version__  # noqa: F401
 from cn_clip_pokemon.hookspecs import hookimpl  # noqa: E402  (re-exported for plugin authors)
 from cn_clip_pokemon.batching import unique_text_batches  # noqa: E402  (for plugin authors' get_dataset)
 

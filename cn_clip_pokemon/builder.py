@@ -1119,7 +1119,7 @@ def _print_skipped(skipped, file, limit=None):
 
 
 def build_dataset_arguments(parser):
-    from cn_clip_pokemon.cli import fraction, positive_int, prompt_template, whole_number_between
+    from cn_clip_pokemon.arguments import fraction, positive_int, prompt_template, whole_number_between
 
     parser.description = (
         "Build upstream Chinese-CLIP's dataset (TSV, JSONL and LMDB for train/valid/test) from a "
@@ -1189,7 +1189,7 @@ def dataset_folder(text):
 
 
 def build_dataset_command(args):
-    from cn_clip_pokemon.cli import UsageError
+    from cn_clip_pokemon.arguments import UsageError
 
     if args.any_names and args.manifest is not None:
         raise UsageError("--any-names goes with --images; a --manifest names its captions itself")

@@ -121,7 +121,7 @@ def _numbers_text(text):
 
 
 def demo_arguments(parser):
-    from cn_clip_pokemon.cli import positive_int
+    from cn_clip_pokemon.arguments import positive_int
 
     parser.add_argument("--workdir", type=Path, default=Path("pokemon-demo"), help="where everything goes (default ./pokemon-demo)")
     parser.add_argument(

@@ -305,7 +305,7 @@ def evaluate(
 
 
 def evaluate_arguments(parser):
-    from cn_clip_pokemon.cli import non_negative_int, output_file, output_folder
+    from cn_clip_pokemon.arguments import non_negative_int, output_file, output_folder
     from cn_clip_pokemon.inference import add_model_options
 
     parser.description = (
@@ -354,7 +354,7 @@ def _perturbations(text):
 def evaluate_command(args):
     from cn_clip_pokemon.inference import model_options
 
-    from cn_clip_pokemon.cli import UsageError
+    from cn_clip_pokemon.arguments import UsageError
 
     if getattr(args, "perturb", None):
         from cn_clip_pokemon.perturb import evaluate_perturbed, print_table

@@ -798,7 +798,7 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
                 (temporary / CAPTIONS_FILE).write_text(json.dumps(captions, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
             card = model_card(out.name, loaded, source, state_dict, captions, trained_on, evaluation, loaded.context_length)
             (temporary / CARD_FILE).write_text(card, encoding="utf-8")
-            from cn_clip_pokemon import __version__
+            from cn_clip_pokemon.version import __version__
 
             written = listing(temporary)
             written[MARKER] = FILE
@@ -849,7 +849,7 @@ def _card_training_line(folder):
 
 
 def export_hf_arguments(parser):
-    from cn_clip_pokemon.cli import device_name, output_folder
+    from cn_clip_pokemon.arguments import device_name, output_folder
 
     parser.description = (
         "Write a checkpoint as a Hugging Face transformers ChineseCLIP folder (config.json, model.safetensors, "
@@ -875,7 +875,7 @@ def export_hf_arguments(parser):
 
 
 def export_hf_command(args):
-    from cn_clip_pokemon.cli import UsageError
+    from cn_clip_pokemon.arguments import UsageError
 
     try:
         summary = export_hf(

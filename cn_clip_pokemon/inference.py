@@ -296,7 +296,7 @@ def _percent(probability):
 def add_model_options(parser):
     """The options of every command that loads a checkpoint: --checkpoint, --device, --vision-model,
     --text-model, --batch-size, --no-cache (classify, search and evaluate take the same)."""
-    from cn_clip_pokemon.cli import device_name, positive_int
+    from cn_clip_pokemon.arguments import device_name, positive_int
 
     parser.add_argument(
         "--checkpoint",
@@ -320,7 +320,7 @@ def model_options(args):
 
 
 def classify_arguments(parser):
-    from cn_clip_pokemon.cli import output_file, positive_int, prompt_template
+    from cn_clip_pokemon.arguments import output_file, positive_int, prompt_template
 
     parser.description = (
         "Which Pokemon is this? Prints the top-k names with probabilities for each picture. "
@@ -532,7 +532,7 @@ def search(
 
 
 def search_arguments(parser):
-    from cn_clip_pokemon.cli import output_file, positive_int, search_text
+    from cn_clip_pokemon.arguments import output_file, positive_int, search_text
 
     parser.description = (
         "Search the pictures of a built dataset split: by text (any name of a Pokemon, such as 喷火龙, "
@@ -551,7 +551,7 @@ def search_arguments(parser):
 
 def search_command(args):
     from cn_clip_pokemon.checkpoint import load_checkpoint
-    from cn_clip_pokemon.cli import UsageError
+    from cn_clip_pokemon.arguments import UsageError
     from cn_clip_pokemon.dataset_split import SplitPictures
 
     if (args.query is None) == (args.image is None):

@@ -17,7 +17,7 @@ import sys
 from cn_clip_pokemon.errors import UserError
 
 def launcher_parser():
-    from cn_clip_pokemon.cli import CommandLineParser, non_negative_int, port_number, positive_int
+    from cn_clip_pokemon.arguments import CommandLineParser, non_negative_int, port_number, positive_int
 
     parser = CommandLineParser(  # a usage error is one line and exit 2, like every command's
         prog="cn-clip-pokemon train",
@@ -182,7 +182,7 @@ def parse_upstream_args(parse_args, argv):
     import contextlib
     import io
 
-    from cn_clip_pokemon.cli import UsageError
+    from cn_clip_pokemon.arguments import UsageError
 
     said = io.StringIO()
     try:

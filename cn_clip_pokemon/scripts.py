@@ -77,7 +77,7 @@ def list_run_scripts(folder=None):
 
 def find_run_script(name, folder=None):
     """The run script called ``name`` (with or without .sh); a usage error naming the others if none."""
-    from cn_clip_pokemon.cli import UsageError
+    from cn_clip_pokemon.arguments import UsageError
 
     scripts = list_run_scripts(folder)
     wanted = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
@@ -152,7 +152,7 @@ def copy_run_scripts(target, folder=None):
 
 
 def run_script_arguments(parser):
-    from cn_clip_pokemon.cli import output_folder
+    from cn_clip_pokemon.arguments import output_folder
 
     parser.description = (
         "Run one of the shipped run scripts (bash files that call `cn-clip-pokemon train` with a "
@@ -181,7 +181,7 @@ def run_script_arguments(parser):
 
 
 def run_script_command(args):
-    from cn_clip_pokemon.cli import UsageError
+    from cn_clip_pokemon.arguments import UsageError
 
     if args.list or args.copy is not None:
         if args.script is not None:

