@@ -20,7 +20,9 @@ import pickle
 from cn_clip_pokemon.errors import UserError
 
 SPLITS = ("train", "valid", "test")
+EVAL_SPLIT = "test"  # the split evaluate, search, serve and classify read unless told another
 INFO_FILE = "dataset_info.json"
+LMDB_FOLDER = "lmdb"  # DATASET/lmdb/SPLIT holds each split's LMDB (upstream's layout)
 INFO_LIMIT = 4 << 30  # a dataset_info.json of ten million pictures is about 2 GiB
 _REBUILD_INFO = "rebuild the dataset with `cn-clip-pokemon build-dataset`"
 # A checkpoint's entry (next to "model_config") naming the candidate captions of its training set.
@@ -30,14 +32,55 @@ PLACEHOLDER = "{}"
 TEMPLATE_EXAMPLE = "一张{}的图片"
 
 
+# --------------------------------------------------------------------------- the folder layout
+# DATASET/
+#   dataset_info.json       info_path(DATASET)
+#   lmdb/SPLIT/{imgs,pairs} lmdb_dir(DATASET, SPLIT), upstream's LMDB of one split
+#   SPLIT_imgs.tsv          images_tsv(DATASET, SPLIT), upstream's base64 pictures
+#   SPLIT_texts.jsonl       texts_jsonl(DATASET, SPLIT), upstream's texts with their image ids
+
+
+def info_path(dataset_dir):
+    """DATASET/dataset_info.json (it may not exist)."""
+    from pathlib import Path
+
+    return Path(dataset_dir) / INFO_FILE
+
+
+def lmdb_dir(dataset_dir, split):
+    """DATASET/lmdb/SPLIT, the LMDB folder of one split (it may not exist)."""
+    from pathlib import Path
+
+    return Path(dataset_dir) / LMDB_FOLDER / split
+
+
+def images_tsv(dataset_dir, split):
+    """DATASET/SPLIT_imgs.tsv, upstream's pictures of one split (it may not exist)."""
+    from pathlib import Path
+
+    return Path(dataset_dir) / f"{split}_imgs.tsv"
+
+
+def texts_jsonl(dataset_dir, split):
+    """DATASET/SPLIT_texts.jsonl, upstream's texts of one split (it may not exist)."""
+    from pathlib import Path
+
+    return Path(dataset_dir) / f"{split}_texts.jsonl"
+
+
+def dataset_of_split(lmdb_split_dir):
+    """DATASET for DATASET/lmdb/SPLIT (the folder two levels up, resolved)."""
+    from pathlib import Path
+
+    return Path(lmdb_split_dir).resolve().parent.parent
+
+
 # --------------------------------------------------------------------------- the info file
 
 
 def info_path_of_split(lmdb_split_dir):
     """DATASET/dataset_info.json for DATASET/lmdb/SPLIT (it may not exist)."""
-    from pathlib import Path
-
-    return Path(lmdb_split_dir).resolve().parent.parent / INFO_FILE
+    return info_path(dataset_of_split(lmdb_split_dir))
 
 
 def read_dataset_info(path_or_dataset_dir, advice=_REBUILD_INFO):
