@@ -7,7 +7,8 @@ and how many cores we may use.
   over the target, so a killed process never leaves half a file; the next write of that name
   removes the temporary files killed writers left (:func:`remove_stale_temporaries`). A folder
   (a dataset, a sprite folder) is built beside its target and swapped in whole
-  (:func:`replace_directory`); :func:`clean_leftovers` undoes what a killed swap left.
+  (:func:`staged_folder`, :func:`replace_directory`); :func:`clean_leftovers` undoes what a killed
+  swap left.
 - Deleting: a command deletes only what it can prove it wrote: a *listing* (``{relative path:
   kind}``, kinds FILE, LINK, OTHER and FOLDER) says what it writes, from a fixed layout (the
   builder) or from its own marker file (fetch-sprites, the demo). :func:`foreign_entries` names
@@ -218,6 +219,31 @@ def replace_directory(new, target):
         holder.rmdir()
         raise
     shutil.rmtree(holder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(target, prefix=None):
+    """``with staged_folder(target) as temp: ...``: write a folder in ``temp``; when the block ends
+    without an exception it replaces ``target`` whole (:func:`replace_directory`), and on any exception
+    it is removed and ``target`` is as it was.
+
+    ``temp`` is a fresh private folder beside ``target`` named ``prefix`` + 8 random characters, by
+    default ``.NAME.tmp-``, the name :func:`clean_leftovers` looks for; it is locked while the block
+    runs, so a concurrent run's clean-up leaves it alone. The parent folder is created if needed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-" if prefix is None else prefix))
+    lock = try_lock(temp)  # tells a concurrent run's clean-up that this folder is in use
+    try:
+        yield temp
+        replace_directory(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 # ---------------------------------------------------------------- what a command may delete
