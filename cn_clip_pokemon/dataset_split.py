@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from cn_clip_pokemon.dataset_format import INFO_FILE, read_dataset_info
+from cn_clip_pokemon.dataset_format import EVAL_SPLIT, images_tsv, info_path, lmdb_dir, read_dataset_info, texts_jsonl
 from cn_clip_pokemon.errors import UserError
 
 
@@ -19,13 +19,13 @@ class SplitPictures:
     ``{split}_imgs.tsv``); ``image_ids`` are sorted. Close it when done (or use it in ``with``).
     """
 
-    def __init__(self, dataset_dir, split="test"):
+    def __init__(self, dataset_dir, split=EVAL_SPLIT):
         self.dataset_dir = Path(dataset_dir)
         self.split = split
         if not self.dataset_dir.is_dir():
             raise UserError(f"dataset folder {self.dataset_dir} does not exist: build it with `cn-clip-pokemon build-dataset`")
-        self.lmdb_dir = self.dataset_dir / "lmdb" / split / "imgs"
-        self.tsv = self.dataset_dir / f"{split}_imgs.tsv"
+        self.lmdb_dir = lmdb_dir(self.dataset_dir, split) / "imgs"
+        self.tsv = images_tsv(self.dataset_dir, split)
         self._tsv_rows = None
         self._env = None
         if (self.lmdb_dir / "data.mdb").is_file():
@@ -36,7 +36,8 @@ class SplitPictures:
             self.image_ids = sorted(self._read_tsv())
         else:
             raise UserError(
-                f"{self.dataset_dir} has no {split} split (neither lmdb/{split}/imgs nor {split}_imgs.tsv); "
+                f"{self.dataset_dir} has no {split} split (neither {self.lmdb_dir.relative_to(self.dataset_dir).as_posix()} "
+                f"nor {self.tsv.name}); "
                 f"build it, or pick another --split"
             )
         self.info = self._read_info()
@@ -80,14 +81,14 @@ class SplitPictures:
         return self._tsv_rows
 
     def _read_info(self):
-        path = self.dataset_dir / INFO_FILE
+        path = info_path(self.dataset_dir)
         if not path.is_file():
             return None
         # bounded in size and depth, one line for any problem
         return check_info(read_dataset_info(path, "rebuild the dataset"), path)
 
     def _read_texts(self, split):
-        return read_split_texts(self.dataset_dir / f"{split}_texts.jsonl")
+        return read_split_texts(texts_jsonl(self.dataset_dir, split))
 
     def _info_entry(self, image_id):
         entry = (self.info or {}).get("images", {}).get(str(image_id))
