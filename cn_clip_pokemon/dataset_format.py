@@ -75,6 +75,14 @@ def dataset_of_split(lmdb_split_dir):
     return Path(lmdb_split_dir).resolve().parent.parent
 
 
+def demo_pictures(dataset_dir):
+    """WORKDIR/pictures for WORKDIR/datasets/NAME: where the demo's layout keeps the pictures its
+    datasets are built from (it may not exist)."""
+    from pathlib import Path
+
+    return Path(dataset_dir).resolve().parent.parent / "pictures"
+
+
 # --------------------------------------------------------------------------- the info file
 
 
