@@ -126,6 +126,14 @@ _INFO_CACHE = {}  # (path, st_mtime_ns, st_size) -> the parsed dataset_info.json
 _INFO_CACHE_SIZE = 4
 
 
+def load_dataset_info(dataset_dir):
+    """The ``dataset_info.json`` of a built dataset, with a clear error when it is not one."""
+    path = info_path(dataset_dir)
+    if not path.is_file():
+        raise UserError(f"{dataset_dir} has no {INFO_FILE}: build it with `cn-clip-pokemon build-dataset`")
+    return read_dataset_info(path)
+
+
 def training_captions(train_data):
     """The candidate captions a checkpoint trained on ``train_data`` (DATASET/lmdb/train) records:
     the ``names`` of DATASET/dataset_info.json, every Pokemon or caption of every split (a test split
