@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from cn_clip_pokemon.dataset_format import EVAL_SPLIT, info_path, lmdb_dir, load_dataset_info
 from cn_clip_pokemon.errors import UserError, install_hint
 
 # The seed's own example: candidate names on a Pikachu picture.
@@ -202,8 +203,8 @@ def _train_argv(recipe, args, dataset, experiments, epochs):
         flags[flags.index("--device") + 1] = "auto"  # the tiny recipe is for CPUs, but a GPU is used when there is one
     argv = [
         "train",
-        "--train-data", dataset / "lmdb" / "train",
-        "--val-data", dataset / "lmdb" / "valid",
+        "--train-data", lmdb_dir(dataset, "train"),
+        "--val-data", lmdb_dir(dataset, "valid"),
         "--logs", experiments,
         "--name", recipe["name"],
         *flags,
@@ -227,7 +228,7 @@ def _split_batches(dataset, split, batch_size):
     from cn_clip_pokemon.default_plugins.pokemon_dataset import pair_groups
     from cn_clip_pokemon.sampler import UniqueGroupBatchSampler
 
-    lmdb = dataset / "lmdb" / split
+    lmdb = lmdb_dir(dataset, split)
     if not lmdb.is_dir():
         return 0
     groups = pair_groups(lmdb)
@@ -582,8 +583,6 @@ def _has_entries(folder):
 
 def _run(args, recipe, work, ledger, started):
     """The demo's stages in ``work``; ``ledger`` lists what they write."""
-    from cn_clip_pokemon.builder import load_dataset_info
-
     pictures = work / "pictures"
     views = work / "datasets" / "pokemon-views"
     seen = work / SEEN_VIEWS
@@ -607,7 +606,7 @@ def _run(args, recipe, work, ledger, started):
         fetched = True  # the datasets are rebuilt from the new pictures (build-dataset replaces its own)
 
     # 2. datasets: whole animations held out, then frames held out of the animations left
-    if not fetched and (views / "dataset_info.json").exists() and (dataset / "dataset_info.json").exists():
+    if not fetched and info_path(views).exists() and info_path(dataset).exists():
         _reuse("build datasets", f"{views} and {dataset}")
     else:
         _, seconds["build-dataset views"] = run_stage(
@@ -672,7 +671,7 @@ def _run(args, recipe, work, ledger, started):
     worst = work / "worst_confusions.png"
     evaluations = {}
     for key, held_out, out in (("unseen_frames", dataset, None), ("unseen_views", views, worst)):
-        argv = ["evaluate", "--checkpoint", checkpoint, "--dataset", held_out, "--split", "test", "--json"]
+        argv = ["evaluate", "--checkpoint", checkpoint, "--dataset", held_out, "--split", EVAL_SPLIT, "--json"]
         evaluation, seconds[f"evaluate {key}"] = run_stage(
             f"evaluate on {EVALUATIONS[key]}", argv + (["--out", out] if out else []), capture_json=True
         )

@@ -153,7 +153,7 @@ def test_a_run_without_pikachu_asks_about_a_pokemon_it_has(tmp_path):
         ])
     }
     (views / "dataset_info.json").write_text(json.dumps({"images": images}, ensure_ascii=False), encoding="utf-8")
-    from cn_clip_pokemon.builder import load_dataset_info
+    from cn_clip_pokemon.dataset_format import load_dataset_info
 
     question = demo.pick_question(load_dataset_info(views), tmp_path / "pictures")
     assert question["name"] == "妙蛙种子" and question["number"] == 1
