@@ -144,10 +144,11 @@ def startup(args):
     from cn_clip.clip.model import CLIP
 
     from cn_clip_pokemon.checkpoint import model_config_for, save_model
+    from cn_clip_pokemon.dataset_format import EVAL_SPLIT
     from cn_clip_pokemon.dataset_split import SplitPictures
 
     dataset = Path(args.startup)
-    with SplitPictures(dataset, "test") as pictures:
+    with SplitPictures(dataset, EVAL_SPLIT) as pictures:
         count = len(pictures.image_ids)
         names = (pictures.info or {}).get("names") or sorted({pictures.label(image_id) for image_id in pictures.image_ids})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {dataset}: test split of {count:,} pictures, "

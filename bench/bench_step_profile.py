@@ -70,11 +70,12 @@ def recipe_args(dataset, num_workers):
     """Upstream's parsed arguments for the demo's training flags on ``dataset``."""
     from cn_clip.training.params import parse_args
 
+    from cn_clip_pokemon.dataset_format import lmdb_dir
     from cn_clip_pokemon.demo import TINY
 
     flags = [flag for flag in TINY["train_flags"]]
     flags[flags.index("--device") + 1] = "cpu"
-    argv = ["--train-data", str(Path(dataset) / "lmdb" / "train"), "--logs", "unused", "--name", "profile",
+    argv = ["--train-data", str(lmdb_dir(dataset, "train")), "--logs", "unused", "--name", "profile",
             "--num-workers", str(num_workers), *flags]
     args = parse_args(argv)
     args.device = __import__("torch").device("cpu")
@@ -86,7 +87,7 @@ def build_model(args, sdpa):
     import torch
     from cn_clip.clip.model import CLIP
 
-    from cn_clip_pokemon.checkpoint import model_info_for
+    from cn_clip_pokemon.model_config_resolver import model_info_for
 
     info = dict(model_info_for(args.vision_model, args.text_model))
     info.pop("use_flash_attention", None)

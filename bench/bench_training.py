@@ -49,7 +49,7 @@ def shared_datasets_dir():
 def build_bench_dataset(folder, numbers=range(1, 401), frames=2, image_size=96, bench="bench_training"):
     """A sprite dataset in ``folder``/pokemon built from the pinned tarballs: Pokemon ``numbers``,
     ``frames`` per animation, stored at ``image_size`` px (split by view, seed 0)."""
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
     from cn_clip_pokemon.sprites import fetch_sprites
 
     shared = shared_datasets_dir()
@@ -72,8 +72,10 @@ def peak_rss_mib():
 
 def training_args(options, logs):
     """Upstream flags shared by the launcher run and (parsed) the bare loop."""
+    from cn_clip_pokemon.dataset_format import lmdb_dir
+
     return [
-        "--train-data", str(Path(options.dataset) / "lmdb" / "train"),
+        "--train-data", str(lmdb_dir(options.dataset, "train")),
         "--dataset", "pokemon",
         "--vision-model", options.vision_model,
         "--text-model", options.text_model,
@@ -219,7 +221,7 @@ def attention_models(vision_model, text_model):
     patching.install()
     from cn_clip.clip.model import CLIP, convert_state_dict
 
-    from cn_clip_pokemon.checkpoint import model_info_for
+    from cn_clip_pokemon.model_config_resolver import model_info_for
 
     info = dict(model_info_for(vision_model, text_model))
     info.pop("use_flash_attention", None)
@@ -264,7 +266,7 @@ def attention_compare(options):
     patching.install()
     from cn_clip.clip import tokenize
 
-    from cn_clip_pokemon.checkpoint import model_info_for
+    from cn_clip_pokemon.model_config_resolver import model_info_for
 
     resolution = int(model_info_for(options.vision_model, options.text_model)["image_resolution"])
     print(

@@ -248,7 +248,7 @@ def build_synthetic_dataset(folder, count, image_size, workers=None):
     """
     from PIL import Image
 
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
     from cn_clip_pokemon.pokedex import Pokedex
 
     folder = Path(folder)
@@ -279,8 +279,10 @@ def build_synthetic_dataset(folder, count, image_size, workers=None):
 def training_flags(dataset, vision_model, text_model, batch_size, steps, context_length, num_workers, name):
     """Upstream's flags, the same for every variant. --logs none: no checkpoint is written (it would
     take longer than the steps); the log lines still go to the output, where they are read."""
+    from cn_clip_pokemon.dataset_format import lmdb_dir
+
     return [
-        "--train-data", str(Path(dataset) / "lmdb" / "train"),
+        "--train-data", str(lmdb_dir(dataset, "train")),
         "--vision-model", vision_model,
         "--text-model", text_model,
         "--context-length", str(context_length),
