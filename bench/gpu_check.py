@@ -38,7 +38,6 @@ search stops at a small cap (a CPU does not run out of GPU memory).
 """
 import argparse
 import json
-import math
 import os
 import re
 import shutil

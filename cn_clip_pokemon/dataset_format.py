@@ -23,6 +23,7 @@ SPLITS = ("train", "valid", "test")
 EVAL_SPLIT = "test"  # the split evaluate, search, serve and classify read unless told another
 INFO_FILE = "dataset_info.json"
 LMDB_FOLDER = "lmdb"  # DATASET/lmdb/SPLIT holds each split's LMDB (upstream's layout)
+LMDB_DATABASES = ("imgs", "pairs")  # the two LMDB databases of a split folder (upstream's names)
 INFO_LIMIT = 4 << 30  # a dataset_info.json of ten million pictures is about 2 GiB
 _REBUILD_INFO = "rebuild the dataset with `cn-clip-pokemon build-dataset`"
 # A checkpoint's entry (next to "model_config") naming the candidate captions of its training set.
@@ -35,7 +36,9 @@ TEMPLATE_EXAMPLE = "一张{}的图片"
 # --------------------------------------------------------------------------- the folder layout
 # DATASET/
 #   dataset_info.json       info_path(DATASET)
-#   lmdb/SPLIT/{imgs,pairs} lmdb_dir(DATASET, SPLIT), upstream's LMDB of one split
+#   lmdb/SPLIT/             lmdb_dir(DATASET, SPLIT), upstream's LMDB of one split:
+#     imgs/                   lmdb_images(SPLIT_DIR), image_id -> base64 picture
+#     pairs/                  lmdb_pairs(SPLIT_DIR), index -> pickled (image_id, text_id, text)
 #   SPLIT_imgs.tsv          images_tsv(DATASET, SPLIT), upstream's base64 pictures
 #   SPLIT_texts.jsonl       texts_jsonl(DATASET, SPLIT), upstream's texts with their image ids
 
@@ -52,6 +55,20 @@ def lmdb_dir(dataset_dir, split):
     from pathlib import Path
 
     return Path(dataset_dir) / LMDB_FOLDER / split
+
+
+def lmdb_images(lmdb_split_dir):
+    """DATASET/lmdb/SPLIT/imgs, the pictures' LMDB of one split (it may not exist)."""
+    from pathlib import Path
+
+    return Path(lmdb_split_dir) / LMDB_DATABASES[0]
+
+
+def lmdb_pairs(lmdb_split_dir):
+    """DATASET/lmdb/SPLIT/pairs, the image-text pairs' LMDB of one split (it may not exist)."""
+    from pathlib import Path
+
+    return Path(lmdb_split_dir) / LMDB_DATABASES[1]
 
 
 def images_tsv(dataset_dir, split):
@@ -286,17 +303,15 @@ def read_pairs(lmdb_split_dir):
     from pathlib import Path
 
     split = Path(lmdb_split_dir).resolve()
-    stamp = os.stat(split / "pairs" / "data.mdb").st_mtime_ns
+    stamp = os.stat(lmdb_pairs(split) / "data.mdb").st_mtime_ns
     return _read_pairs(str(split), stamp)
 
 
 @functools.lru_cache(maxsize=4)
 def _read_pairs(lmdb_split_dir, _stamp):
-    import os
-
     import lmdb
 
-    pairs_dir = os.path.join(lmdb_split_dir, "pairs")
+    pairs_dir = str(lmdb_pairs(lmdb_split_dir))
     env = lmdb.open(pairs_dir, readonly=True, lock=False, readahead=False)
     try:
         with env.begin(buffers=True) as txn:

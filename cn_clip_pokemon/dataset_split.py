@@ -8,7 +8,16 @@ import io
 import json
 from pathlib import Path
 
-from cn_clip_pokemon.dataset_format import EVAL_SPLIT, images_tsv, info_path, lmdb_dir, read_dataset_info, texts_jsonl
+from cn_clip_pokemon.dataset_format import (
+    EVAL_SPLIT,
+    images_tsv,
+    info_path,
+    lmdb_dir,
+    lmdb_images,
+    lmdb_pairs,
+    read_dataset_info,
+    texts_jsonl,
+)
 from cn_clip_pokemon.errors import UserError
 
 
@@ -24,7 +33,7 @@ class SplitPictures:
         self.split = split
         if not self.dataset_dir.is_dir():
             raise UserError(f"dataset folder {self.dataset_dir} does not exist: build it with `cn-clip-pokemon build-dataset`")
-        self.lmdb_dir = lmdb_dir(self.dataset_dir, split) / "imgs"
+        self.lmdb_dir = lmdb_images(lmdb_dir(self.dataset_dir, split))
         self.tsv = images_tsv(self.dataset_dir, split)
         self._tsv_rows = None
         self._env = None
@@ -235,7 +244,7 @@ def check_lmdb_pictures(lmdb_split_dir, pairs):
     identifies (its header; the pixels are decoded when training reads it)."""
     import lmdb
 
-    imgs = Path(lmdb_split_dir) / "imgs"
+    imgs = lmdb_images(lmdb_split_dir)
     env = lmdb.open(str(imgs), readonly=True, create=False, lock=False, readahead=False)
     try:
         with env.begin(buffers=True) as txn:
@@ -247,7 +256,7 @@ def check_lmdb_pictures(lmdb_split_dir, pairs):
                 value = txn.get(str(image_id).encode("utf-8"))
                 where = f"{imgs}: picture {image_id}"
                 if value is None:
-                    raise UserError(f"{where}, which a pair in {Path(lmdb_split_dir) / 'pairs'} names, is not there; {_REBUILD}")
+                    raise UserError(f"{where}, which a pair in {lmdb_pairs(lmdb_split_dir)} names, is not there; {_REBUILD}")
                 _check_encoded_picture(value, where)
     finally:
         env.close()
