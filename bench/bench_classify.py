@@ -68,7 +68,7 @@ def main(argv=None):
 
     from cn_clip_pokemon.checkpoint import load_checkpoint, model_config_for, save_model
     from cn_clip_pokemon.images import composite_on_white, fit_square
-    from cn_clip_pokemon.inference import Classifier, candidate_names
+    from cn_clip_pokemon.classify import Classifier, candidate_names
 
     names = candidate_names()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")

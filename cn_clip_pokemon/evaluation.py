@@ -33,7 +33,7 @@ import json
 import sys
 from pathlib import Path
 
-from cn_clip_pokemon.dataset_format import SPLITS, check_templates
+from cn_clip_pokemon.dataset_format import EVAL_SPLIT, SPLITS, check_templates, demo_pictures, info_path, texts_jsonl
 from cn_clip_pokemon.errors import UserError
 
 RECALL_KS = (1, 5, 10)
@@ -45,7 +45,7 @@ def _all_split_texts(dataset_dir):
 
     seen, texts = set(), []
     for split in SPLITS:
-        for entry in read_split_texts(Path(dataset_dir) / f"{split}_texts.jsonl"):  # each line checked
+        for entry in read_split_texts(texts_jsonl(dataset_dir, split)):  # each line checked
             if entry["text"] not in seen:
                 seen.add(entry["text"])
                 texts.append(entry["text"])
@@ -85,7 +85,7 @@ def zero_shot_labels(pictures, dataset_dir, captions=None):
             wanted = own_captions(entry)
             if not all(isinstance(name, str) and name in index for name in wanted):
                 raise UserError(
-                    f"{Path(dataset_dir) / 'dataset_info.json'} has no name for picture {image_id} of the "
+                    f"{info_path(dataset_dir)} has no name for picture {image_id} of the "
                     f"{pictures.split} split (or the name is not in its 'names'): rebuild the dataset"
                 )
             right = {index[name] for name in wanted}
@@ -138,7 +138,7 @@ def write_upstream_files(directory, split, texts, image_ids, t2i_top, i2t_top, i
     """Ground truths and top-k predictions in upstream's jsonl formats (evaluation.py / evaluation_tr.py)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / f"{split}_texts.jsonl", "w", encoding="utf-8") as f:
+    with open(texts_jsonl(directory, split), "w", encoding="utf-8") as f:
         for entry in texts:
             f.write(json.dumps({"text_id": entry["text_id"], "text": entry["text"], "image_ids": entry["image_ids"]}, ensure_ascii=False) + "\n")
     with open(directory / f"{split}_predictions.jsonl", "w", encoding="utf-8") as f:
@@ -155,7 +155,7 @@ def write_upstream_files(directory, split, texts, image_ids, t2i_top, i2t_top, i
 def evaluate(
     checkpoint,
     dataset_dir,
-    split="test",
+    split=EVAL_SPLIT,
     device=None,
     batch_size=32,
     worst=16,
@@ -178,7 +178,7 @@ def evaluate(
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures
-    from cn_clip_pokemon.inference import name_embeddings, require_positive, split_embeddings, zero_shot_probabilities
+    from cn_clip_pokemon.encoding import name_embeddings, require_positive, split_embeddings, zero_shot_probabilities
 
     require_positive(batch_size=batch_size)
     if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:
@@ -206,7 +206,7 @@ def evaluate(
             missing = [i for i in entry["image_ids"] if i not in position]
             if missing:
                 raise UserError(
-                    f"{split}_texts.jsonl of {dataset_dir} names pictures {missing[:5]} that the {split} "
+                    f"{texts_jsonl(dataset_dir, split).name} of {dataset_dir} names pictures {missing[:5]} that the {split} "
                     "pictures do not have: rebuild the dataset"
                 )
             t2i_positives.append({position[i] for i in entry["image_ids"]})
@@ -306,7 +306,7 @@ def evaluate(
 
 def evaluate_arguments(parser):
     from cn_clip_pokemon.arguments import non_negative_int, output_file, output_folder
-    from cn_clip_pokemon.inference import add_model_options
+    from cn_clip_pokemon.model_options import add_model_options
 
     parser.description = (
         "Evaluate a checkpoint on a split of a built dataset: zero-shot top-1 and top-5 over the names "
@@ -316,7 +316,7 @@ def evaluate_arguments(parser):
     )
     add_model_options(parser)
     parser.add_argument("--dataset", required=True, metavar="DIR", help="a dataset folder made by `cn-clip-pokemon build-dataset`")
-    parser.add_argument("--split", default="test", help="train, valid or test (default test)")
+    parser.add_argument("--split", default=EVAL_SPLIT, choices=SPLITS, help="the split to evaluate (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--out", type=output_file, metavar="WORST.png", help="write a grid of the most confident zero-shot mistakes")
     parser.add_argument("--worst", type=non_negative_int, help="the most confident mistakes to list and draw (default 16; 0: none)")
@@ -352,7 +352,7 @@ def _perturbations(text):
 
 
 def evaluate_command(args):
-    from cn_clip_pokemon.inference import model_options
+    from cn_clip_pokemon.model_options import model_options
 
     from cn_clip_pokemon.arguments import UsageError
 
@@ -363,7 +363,7 @@ def evaluate_command(args):
                  if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} cannot go with --perturb, which prints only its table (see `cn-clip-pokemon evaluate --help`)")
-        images = Path(args.images) if args.images else Path(args.dataset).resolve().parent.parent / "pictures"
+        images = Path(args.images) if args.images else demo_pictures(args.dataset)
         result = evaluate_perturbed(args.checkpoint, args.dataset, images, args.perturb, split=args.split, device=args.device,
                                     batch_size=args.batch_size, cache=not args.no_cache, **model_options(args))
         print(json.dumps(result, ensure_ascii=False, indent=2)) if args.json else print_table(result)

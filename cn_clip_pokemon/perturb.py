@@ -19,6 +19,7 @@ rotation and the photo-like background, so a run is repeatable):
 import io
 import random
 
+from cn_clip_pokemon.dataset_format import EVAL_SPLIT, INFO_FILE
 from cn_clip_pokemon.errors import UserError
 
 WHITE, GREY, BLACK = (255, 255, 255), (128, 128, 128), (0, 0, 0)
@@ -144,7 +145,7 @@ def _changed(original, name, index):
     return PERTURBATIONS[name](original, index) if name != "clean" else original
 
 
-def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split="test", device=None, batch_size=32,
+def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split=EVAL_SPLIT, device=None, batch_size=32,
                        progress=True, loaded=None, cache=True, **load_options):
     """Zero-shot top-1/top-5 of ``split`` (the names and hits of ``evaluate``), clean and under each
     change of ``names``, the changes applied to the original pictures in ``images_dir`` (the folder
@@ -157,7 +158,7 @@ def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split="test",
     from cn_clip_pokemon.evaluation import top_k_accuracy, zero_shot_labels
     import torch
 
-    from cn_clip_pokemon.inference import encode_pictures, name_embeddings, zero_shot_probabilities
+    from cn_clip_pokemon.encoding import encode_pictures, name_embeddings, zero_shot_probabilities
     from cn_clip_pokemon.progress import progress_bar
 
     images_dir = Path(images_dir)
@@ -168,7 +169,7 @@ def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split="test",
             raise UserError(f"the {split} split of {dataset_dir} has no pictures")
         sources = [pictures.source(image_id) for image_id in pictures.image_ids]
         if None in sources:
-            raise UserError(f"{dataset_dir} has no dataset_info.json naming the original pictures: --perturb needs a dataset made by build-dataset")
+            raise UserError(f"{dataset_dir} has no {INFO_FILE} naming the original pictures: --perturb needs a dataset made by build-dataset")
         files = [images_dir / source for source in sources]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:

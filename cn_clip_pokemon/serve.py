@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote
 
+from cn_clip_pokemon.dataset_format import EVAL_SPLIT, SPLITS
 from cn_clip_pokemon.errors import UserError, install_hint
 
 TOP_NAMES = 5
@@ -88,10 +89,11 @@ class PokedexService:
     :class:`NotReady`.
     """
 
-    def __init__(self, checkpoint, dataset=None, split="test", names=None, templates=None, device=None, top_k=TOP_NAMES,
+    def __init__(self, checkpoint, dataset=None, split=EVAL_SPLIT, names=None, templates=None, device=None, top_k=TOP_NAMES,
                  progress=True, cache=True, batch_size=32, encode_now=True, **load_options):
         from cn_clip_pokemon.checkpoint import load_checkpoint
-        from cn_clip_pokemon.inference import DEFAULT_TEMPLATES, Classifier, require_positive
+        from cn_clip_pokemon.classify import Classifier
+        from cn_clip_pokemon.encoding import DEFAULT_TEMPLATES, require_positive
 
         require_positive(top_k=top_k, batch_size=batch_size)
         self.top_k = top_k
@@ -177,7 +179,7 @@ class PokedexService:
         Blocks; safe in a background thread: the service's lock is held for each forward pass only,
         and :attr:`encoded` counts the pictures done. Search answers once :attr:`embeddings` is set.
         """
-        from cn_clip_pokemon.inference import split_embeddings
+        from cn_clip_pokemon.encoding import split_embeddings
 
         def each_batch(done):
             self.encoded = done
@@ -281,7 +283,7 @@ class PokedexService:
 
     def search_text(self, query, top_k=SEARCH_RESULTS):
         """The split's pictures best matching ``query`` (traditional characters are simplified)."""
-        from cn_clip_pokemon.inference import search
+        from cn_clip_pokemon.search import search
 
         if self.pictures is None:
             raise UserError("search needs a dataset: start the page with --dataset DIR")
@@ -553,7 +555,7 @@ def launch_page(page, host=DEFAULT_HOST, port=None):
 
 def serve_arguments(parser):
     from cn_clip_pokemon.arguments import port_number, positive_int, prompt_template
-    from cn_clip_pokemon.inference import add_model_options
+    from cn_clip_pokemon.model_options import add_model_options
 
     parser.description = (
         "A web page over a checkpoint: upload, paste or drop a picture for its top-5 Pokemon names "
@@ -566,7 +568,7 @@ def serve_arguments(parser):
     )
     add_model_options(parser)  # --checkpoint, --device, --vision-model, --text-model, --batch-size, --no-cache
     parser.add_argument("--dataset", metavar="DIR", help="a dataset built by `cn-clip-pokemon build-dataset`: enables text search, candidates' pictures and examples")
-    parser.add_argument("--split", default="test", help="the dataset split to show and search (default test)")
+    parser.add_argument("--split", default=EVAL_SPLIT, choices=SPLITS, help="the dataset split to show and search (default %(default)s)")
     parser.add_argument("--names", nargs="+", metavar="NAME", help="candidate names, as for classify (default: the captions the checkpoint was trained on; all 1025 Pokemon for a checkpoint without them)")
     parser.add_argument("--names-file", metavar="FILE", help="a UTF-8 file of candidate names, one per line")
     parser.add_argument("--template", action="append", type=prompt_template, metavar="TEXT", help="prompt template with {} for the name, repeatable (as for classify)")
@@ -577,7 +579,8 @@ def serve_arguments(parser):
 
 def serve_command(args):
     from cn_clip_pokemon.dataset_format import check_templates
-    from cn_clip_pokemon.inference import candidate_names, model_options
+    from cn_clip_pokemon.classify import candidate_names
+    from cn_clip_pokemon.model_options import model_options
 
     require_gradio()  # before the model loads: a missing extra is said at once
     names = candidate_names(args.names, args.names_file) if (args.names or args.names_file) else None

@@ -346,7 +346,7 @@ def test_evaluate_and_search_label_a_picture_with_each_of_its_captions(tmp_path)
 
     from cn_clip_pokemon import checkpoint as ckpt
     from cn_clip_pokemon.evaluation import evaluate
-    from cn_clip_pokemon.inference import search
+    from cn_clip_pokemon.search import search
 
     manifest, _ = write_manifest(tmp_path, "csv")
     dataset = tmp_path / "ds"

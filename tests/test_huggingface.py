@@ -362,7 +362,7 @@ def test_pipeline_agrees_with_classify_on_the_test_split(trained, sprite_dataset
 
     from cn_clip_pokemon.dataset_split import SplitPictures
     from cn_clip_pokemon.images import composite_on_white, fit_square
-    from cn_clip_pokemon.inference import Classifier
+    from cn_clip_pokemon.classify import Classifier
 
     checkpoint, out = trained
     with SplitPictures(sprite_dataset, "test") as split:

@@ -14,10 +14,13 @@ from cn_clip.clip.model import CLIP  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
-from cn_clip_pokemon import inference  # noqa: E402
+from cn_clip_pokemon.classify import Classifier, candidate_names, classify  # noqa: E402
+from cn_clip_pokemon.encoding import fill_templates  # noqa: E402
+from cn_clip_pokemon.search import search  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
 from cn_clip_pokemon.pokedex import Pokedex  # noqa: E402
+from conftest import random_checkpoint  # noqa: E402
 
 NAMES = ["妙蛙种子", "小火龙", "杰尼龟", "皮卡丘", "喷火龙"]
 
@@ -25,10 +28,7 @@ NAMES = ["妙蛙种子", "小火龙", "杰尼龟", "皮卡丘", "喷火龙"]
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """Our tiny registered architecture (64 px, like the sprite dataset), random weights."""
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(0)
-    model = CLIP(**config["model_info"])
-    return ckpt.save_model(model, tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt", config)
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt")
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def seed_way(model, preprocess, image, names):
 
 def test_probabilities_match_the_seed_way_and_transparency_goes_white(checkpoint_copy, tmp_path):
     picture = sprite_on_transparency(tmp_path / "disc.png")
-    classifier = inference.Classifier(checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    classifier = Classifier(checkpoint_copy, names=NAMES, device="cpu", progress=False)
     [result] = classifier.classify_paths([picture], top_k=len(NAMES))
     got = {p["name"]: p["probability"] for p in result["predictions"]}
     assert [p["name"] for p in result["predictions"]] == sorted(got, key=got.get, reverse=True)
@@ -98,32 +98,30 @@ def test_probabilities_match_the_seed_way_and_transparency_goes_white(checkpoint
 
 def test_second_call_encodes_only_the_pictures(checkpoint_copy, tmp_path, encode_counts):
     picture = sprite_on_transparency(tmp_path / "disc.png")
-    first = inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    first = classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
     assert encode_counts == {"texts": len(NAMES), "pictures": 1}
     cached = list((tmp_path / "epoch_latest.pt.cache").glob("names-*.pt"))
     assert len(cached) == 1
     assert not [p for p in cached[0].parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
-    second = inference.classify([picture, picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    second = classify([picture, picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
     assert encode_counts == {"texts": len(NAMES), "pictures": 3}
     for again in second:  # same answer (up to float rounding: a batch of 2 sums in another order)
         assert [p["name"] for p in again["predictions"]] == [p["name"] for p in first[0]["predictions"]]
         assert [p["probability"] for p in again["predictions"]] == pytest.approx([p["probability"] for p in first[0]["predictions"]], abs=1e-6)
 
     # templates and names are part of the key: a new set is encoded once more
-    inference.classify([picture], checkpoint_copy, names=NAMES, templates=["一张{}的图片"], device="cpu", progress=False)
+    classify([picture], checkpoint_copy, names=NAMES, templates=["一张{}的图片"], device="cpu", progress=False)
     assert encode_counts["texts"] == 2 * len(NAMES)
-    inference.classify([picture], checkpoint_copy, names=NAMES[:3], device="cpu", progress=False)
+    classify([picture], checkpoint_copy, names=NAMES[:3], device="cpu", progress=False)
     assert encode_counts["texts"] == 2 * len(NAMES) + 3
 
 
 def test_new_weights_at_the_same_path_are_not_served_stale_names(checkpoint_copy, tmp_path, encode_counts):
     picture = sprite_on_transparency(tmp_path / "disc.png")
-    before = inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(5)
-    ckpt.save_model(CLIP(**config["model_info"]), checkpoint_copy, config)
-    after = inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    before = classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    random_checkpoint(checkpoint_copy, seed=5)
+    after = classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
     assert encode_counts["texts"] == 2 * len(NAMES)
     assert before != after
 
@@ -131,13 +129,13 @@ def test_new_weights_at_the_same_path_are_not_served_stale_names(checkpoint_copy
 def test_names_from_file_are_simplified_and_deduplicated(tmp_path):
     names_file = tmp_path / "names.txt"
     names_file.write_text("# candidates\n皮卡丘\n\n噴火龍\n皮卡丘\n", encoding="utf-8")
-    assert inference.candidate_names(["杰尼龜,皮卡丘"], names_file) == ["杰尼龟", "皮卡丘", "喷火龙"]
-    assert len(inference.candidate_names()) == 1025
+    assert candidate_names(["杰尼龜,皮卡丘"], names_file) == ["杰尼龟", "皮卡丘", "喷火龙"]
+    assert len(candidate_names()) == 1025
     with pytest.raises(UserError, match="cannot read the names file"):
-        inference.candidate_names(None, tmp_path / "missing.txt")
+        candidate_names(None, tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_text("# nothing\n", encoding="utf-8")
     with pytest.raises(UserError, match="no candidate names"):
-        inference.candidate_names(None, tmp_path / "empty.txt")
+        candidate_names(None, tmp_path / "empty.txt")
 
 
 def test_classify_command_text_json_and_grid(checkpoint_copy, tmp_path, capsys):
@@ -185,7 +183,7 @@ def test_search_by_text_and_by_picture_with_cached_split(sprite_dataset, checkpo
     info = json.loads((sprite_dataset / "dataset_info.json").read_text(encoding="utf-8"))
     test_ids = sorted(int(i) for i, entry in info["images"].items() if entry["split"] == "test")
 
-    found = inference.search(checkpoint_copy, sprite_dataset, query="小火龍", split="test", top_k=5, device="cpu", progress=False)
+    found = search(checkpoint_copy, sprite_dataset, query="小火龍", split="test", top_k=5, device="cpu", progress=False)
     assert found["query"] == "小火龙"  # traditional input, simplified like the training texts
     assert len(found["results"]) == 5 and {r["image_id"] for r in found["results"]} <= set(test_ids)
     scores = [r["score"] for r in found["results"]]
@@ -216,16 +214,16 @@ def test_search_reads_the_tsv_when_there_is_no_lmdb(sprite_dataset, checkpoint_c
 
     copy = tmp_path / "dataset"
     shutil.copytree(sprite_dataset, copy, ignore=shutil.ignore_patterns("lmdb"))
-    from_tsv = inference.search(checkpoint_copy, copy, query="杰尼龟", top_k=3, device="cpu", progress=False, cache=False)
-    from_lmdb = inference.search(checkpoint_copy, sprite_dataset, query="杰尼龟", top_k=3, device="cpu", progress=False, cache=False)
+    from_tsv = search(checkpoint_copy, copy, query="杰尼龟", top_k=3, device="cpu", progress=False, cache=False)
+    from_lmdb = search(checkpoint_copy, sprite_dataset, query="杰尼龟", top_k=3, device="cpu", progress=False, cache=False)
     assert from_tsv == from_lmdb
 
 
 def test_search_errors(sprite_dataset, checkpoint_copy, tmp_path):
     with pytest.raises(UserError, match="no nosuch split"):
-        inference.search(checkpoint_copy, sprite_dataset, query="x", split="nosuch", device="cpu")
+        search(checkpoint_copy, sprite_dataset, query="x", split="nosuch", device="cpu")
     with pytest.raises(UserError, match="does not exist"):
-        inference.search(checkpoint_copy, tmp_path / "none", query="x", device="cpu")
+        search(checkpoint_copy, tmp_path / "none", query="x", device="cpu")
     # neither a text nor --image: bad usage, exit 2 like argparse's own errors
     assert main(["search", "--checkpoint", str(checkpoint_copy), "--dataset", str(sprite_dataset)]) == 2
 
@@ -273,14 +271,14 @@ def test_templates_with_other_braces_are_refused_everywhere(template):
     with pytest.raises(UserError):
         fill_template(template, "皮卡丘")
     with pytest.raises(UserError):
-        inference.fill_templates("皮卡丘", [template])
+        fill_templates("皮卡丘", [template])
 
 
 def test_a_template_fills_the_same_when_building_and_classifying(tmp_path):
     # the builder's texts and the classifier's are one function's output: no str.format anywhere
     from cn_clip.eval.data import _preprocess_text
 
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
 
     pictures = tmp_path / "pictures"
     pictures.mkdir()
@@ -294,7 +292,7 @@ def test_a_template_fills_the_same_when_building_and_classifying(tmp_path):
         if path.is_file():
             built |= {json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
     for name in ("妙蛙种子", "皮卡丘", "小火龙"):
-        for template, text in zip(templates, inference.fill_templates(name, templates)):
+        for template, text in zip(templates, fill_templates(name, templates)):
             assert text == _preprocess_text(template.replace("{}", name))
             assert text in built
 
@@ -312,21 +310,21 @@ def test_results_carry_no_private_keys(sprite_dataset, checkpoint_copy, tmp_path
     from cn_clip_pokemon.dataset_split import SplitPictures
 
     pictures = [sprite_on_transparency(tmp_path / "red.png"), tmp_path / "missing.png"]
-    classifier = inference.Classifier(checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    classifier = Classifier(checkpoint_copy, names=NAMES, device="cpu", progress=False)
     results = classifier.classify_paths(pictures, top_k=2)
     assert [set(r) for r in results] == [{"picture", "predictions"}, {"picture", "error"}]
     assert _no_private_keys(results)
     # the pictures classified come from their own method, for the grid, None where one could not be opened
     again, opened = classifier.classify_and_open(pictures, top_k=2)
     assert again == results and opened[0].mode == "RGB" and opened[1] is None
-    assert _no_private_keys(inference.classify(pictures[:1], checkpoint_copy, names=NAMES, device="cpu", progress=False))
+    assert _no_private_keys(classify(pictures[:1], checkpoint_copy, names=NAMES, device="cpu", progress=False))
 
-    found = inference.search(checkpoint_copy, sprite_dataset, query="皮卡丘", top_k=3, device="cpu", progress=False)
+    found = search(checkpoint_copy, sprite_dataset, query="皮卡丘", top_k=3, device="cpu", progress=False)
     assert set(found) == {"query", "number", "kind", "split", "results"} and _no_private_keys(found)
 
     # a caller's open split is searched and left open for it; search opens and closes none of its own
     with SplitPictures(sprite_dataset, "test") as split:
-        mine = inference.search(checkpoint_copy, None, query="皮卡丘", top_k=3, device="cpu", progress=False, pictures=split)
+        mine = search(checkpoint_copy, None, query="皮卡丘", top_k=3, device="cpu", progress=False, pictures=split)
         assert mine == found
         assert split.picture(mine["results"][0]["image_id"]).mode == "RGB"
 
@@ -383,8 +381,8 @@ def test_the_cache_goes_under_the_cache_root_when_the_checkpoint_folder_is_read_
     cache = cache_dir_for(checkpoint_copy)
     assert cache_root() == tmp_path / "xdg" / "cn-clip-pokemon"
     assert cache_root() in cache.parents
-    inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
     assert len(list(cache.glob("names-*.pt"))) == 1
     assert not (folder / f"{checkpoint_copy.name}.cache").exists()
-    inference.classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
+    classify([picture], checkpoint_copy, names=NAMES, device="cpu", progress=False)
     assert encode_counts["texts"] == len(NAMES)  # the second call read the names from there
