@@ -150,3 +150,69 @@ def test_all_patches_apply_at_once_as_users_run_it(tmp_path):
     for module_name, (_, source, _) in patching.patched_sources().items():
         relative = module_name.replace(".", "/") + ".py"
         assert source == (tmp_path / relative).read_text(encoding="utf-8"), relative
+
+
+def lines_rewritten(patches):
+    """Where a patch removes (or rewrites) a line an earlier patch added, as messages.
+
+    Each line of each patched file carries the name of the patch that added it (None: upstream's);
+    hunks are placed as the in-memory applier places them.
+    """
+    lines, added_by, messages = {}, {}, []
+    for patch in patches:
+        for path, patched_file in patch.files.items():
+            if path not in lines:
+                lines[path] = (installed_cn_clip().parent / path).read_text(encoding="utf-8").splitlines(keepends=True)
+                added_by[path] = [None] * len(lines[path])
+            text, origins = lines[path], added_by[path]
+            delta = lower_bound = 0
+            for hunk in patched_file:
+                expected, replacement = patching._hunk_sides(hunk)
+                guess = (max(hunk.source_start - 1, 0) if expected else hunk.source_start) + delta
+                position = patching._find_block(text, expected, guess, lower_bound)
+                assert position is not None, f"{patch.name} does not apply to {path}"
+                old_origins = iter(origins[position : position + len(expected)])
+                new_origins = []
+                for line in hunk:
+                    if line.line_type == "+":
+                        new_origins.append(patch.name)
+                    elif line.line_type in (" ", "-"):
+                        origin = next(old_origins)
+                        if line.line_type == " ":
+                            new_origins.append(origin)
+                        elif origin is not None:
+                            messages.append(f"{patch.name} removes `{line.value.strip()}` from {path}, a line {origin} added")
+                text[position : position + len(expected)] = replacement
+                origins[position : position + len(expected)] = new_origins
+                delta += (position - guess) + len(replacement) - len(expected)
+                lower_bound = position + len(replacement)
+    return messages
+
+
+def test_no_patch_rewrites_a_line_an_earlier_patch_added():
+    """Patches read like a PR series: each changes upstream's lines only, and a line's final form is in
+    the patch whose concern it is, so a reviewer of one patch never reviews another's lines again."""
+    assert lines_rewritten(patching.load_patches()) == []
+
+
+def test_a_patch_rewriting_an_earlier_patchs_line_is_caught():
+    import difflib
+
+    from unidiff import PatchSet
+
+    patches = patching.load_patches()
+    first = next(p for p in patches if "cn_clip/training/scheduler.py" in p.files)
+    path = "cn_clip/training/scheduler.py"
+    patched = patching.apply_patched_file(
+        (installed_cn_clip() / "training" / "scheduler.py").read_text(encoding="utf-8"), first.files[path], first.name, path
+    )
+    rewritten = patched.replace("        lr = float(lr)\n", "        lr = float(lr)  # rewritten\n")
+    assert rewritten != patched
+    diff = "".join(difflib.unified_diff(
+        patched.splitlines(keepends=True), rewritten.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+    ))
+    later = patching.Patch(name="9999-rewrite.patch", header="", text=diff)
+    later.files = {f.path: f for f in PatchSet(diff)}
+    assert lines_rewritten([first, later]) == [
+        f"9999-rewrite.patch removes `lr = float(lr)` from {path}, a line {first.name} added"
+    ]
