@@ -52,7 +52,7 @@ setup(
             # the web page and its test, which drives Debian's chromium (never a downloaded browser)
             "gradio>=5",
             "selenium>=4.10",
-            # upstream's ONNX export (patches/0014) and its test: onnxscript is torch.onnx's exporter since torch 2.9
+            # upstream's ONNX export (patches/0022-0026) and its test: onnxscript is torch.onnx's exporter since torch 2.9
             "onnx>=1.14",
             "onnxruntime>=1.16",
             "onnxscript>=0.3",

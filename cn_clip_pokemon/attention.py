@@ -3,7 +3,7 @@
 Upstream's ``--use-flash-attention`` swaps every attention layer (the ViT's and BERT's) for
 flash-attn 1.x's ``FlashMHA``, imported from ``flash_attn.flash_attention``, a module that flash-attn
 2 no longer has: with flash-attn 2 installed, upstream fails to import at all (upstream issues #178,
-#370). patches/0009 makes upstream import this ``FlashMHA`` instead. It has flash-attn 1.x's
+#370). patches/0011 makes upstream import this ``FlashMHA`` instead. It has flash-attn 1.x's
 interface and parameter names (``Wqkv``, ``out_proj``), so upstream's ``convert_state_dict`` and
 every checkpoint keep upstream's key layout, and it runs on current software with no extra package:
 

@@ -6,7 +6,7 @@ also calls torch.distributed everywhere (all_gather, all_reduce, get_world_size)
 process gets a process group, of one, with an in-memory store: no port, no launcher.
 
 The device asked for is an argument, never ambient state: ``train --device`` is an ordinary flag of
-upstream's parser (patches/0015), which torchrun hands to every worker with the rest of the command
+upstream's parser (patches/0027), which torchrun hands to every worker with the rest of the command
 line; ``classify``, ``search``, ``evaluate`` and ``serve`` pass theirs to :func:`pick_device`.
 """
 import logging

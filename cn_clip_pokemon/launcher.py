@@ -3,7 +3,7 @@
 Every flag of upstream's training keeps its meaning and is passed through untouched; this module
 adds only the process layout (``--nproc-per-node``, ``--nnodes``, ``--node-rank``,
 ``--master-addr``, ``--master-port``, ``--launcher``) and ``--pretrained``, upstream's way to start
-from released weights in one flag (``--device`` is a flag of upstream's parser, patches/0015). One
+from released weights in one flag (``--device`` is a flag of upstream's parser, patches/0027). One
 process runs upstream's main in this process with patches/ applied in memory; more than one hands the same command to
 torchrun (``python -m torch.distributed.run ... -m cn_clip_pokemon train ...``), whose workers
 then each run one process of the same kind.

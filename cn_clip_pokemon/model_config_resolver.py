@@ -15,7 +15,7 @@ name is someone else's), and a file found there is used only when its bytes are 
 config's text; otherwise it is written again.
 
 Training (``cn_clip.training.data.model_config_file``, patch 0003), the checkpoint loader, upstream's
-``load_from_name`` and its eval and deploy scripts (patches 0012-0014) all resolve through here.
+``load_from_name`` and its eval and deploy scripts (patches 0019, 0020 and 0024) all resolve through here.
 """
 import errno
 import hashlib

@@ -445,7 +445,7 @@ def _blame(kind, name, registry, action, error):
 
 
 def get_plugin_dataset(name, args, is_train, max_txt_length=64, epoch_id=0):
-    """``datasets[name].get_dataset(...)`` for upstream's training (patches/0004), checked: a third-party
+    """``datasets[name].get_dataset(...)`` for upstream's training (patches/0005), checked: a third-party
     plugin that raises, or returns no usable DataInfo, is one PluginError line naming it and its
     distribution. cn-clip-pokemon's own datasets are called as they are."""
     datasets = get_datasets()

@@ -1,5 +1,5 @@
 """Where a training run starts: any checkpoint shape, the exact batch after a step checkpoint, and
-how many checkpoints stay on disk. Called by upstream's main through patches/0010.
+how many checkpoints stay on disk. Called by upstream's main through patches/0013-0016.
 
 Upstream's resume is ``torch.load`` then ``checkpoint["state_dict"]`` / ``["epoch"]`` / ``["step"]``:
 it refuses checkpoints that unpatched upstream training wrote (numpy learning rates under

@@ -1,4 +1,4 @@
-"""The fast attention path (patches/0009, cn_clip_pokemon/attention.py) on the CPU.
+"""The fast attention path (patches/0011, cn_clip_pokemon/attention.py) on the CPU.
 
 - upstream's CLIP built with use_flash_attention=True gives the same features as the default build
   with the same weights, converted by upstream's own convert_state_dict (both towers, padded texts);

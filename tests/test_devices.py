@@ -128,7 +128,7 @@ def test_the_device_is_an_argument_checked_in_one_place():
 
 
 def test_train_passes_device_as_a_flag_to_upstreams_parser():
-    """No environment variable: the flag is upstream's (patches/0015), so torchrun workers get it in argv."""
+    """No environment variable: the flag is upstream's (patches/0027), so torchrun workers get it in argv."""
     import os
 
     from cn_clip_pokemon import patching

@@ -75,7 +75,7 @@ def _assert_refused_pair(message, dataset, key="1"):
 
 
 def test_crafted_pair_is_refused_when_training_opens_the_dataset(crafted_dataset):
-    # exactly what upstream's training calls through patches/0004 with --dataset pokemon
+    # exactly what upstream's training calls through patches/0005 with --dataset pokemon
     args = SimpleNamespace(
         train_data=str(crafted_dataset.split), val_data=None, batch_size=2, valid_batch_size=2, seed=0,
         num_workers=0, valid_num_workers=0, use_augment=False, vision_model="ViT-B-16", device=None,
@@ -87,7 +87,7 @@ def test_crafted_pair_is_refused_when_training_opens_the_dataset(crafted_dataset
 
 def test_crafted_pair_is_refused_when_a_sample_is_read(crafted_dataset):
     # the dataset training iterates reads pairs the same safe way (say the file changed after grouping):
-    # upstream's own LMDBDataset, patched by patches/0011
+    # upstream's own LMDBDataset, patched by patches/0018
     from cn_clip.training.data import LMDBDataset
 
     dataset = LMDBDataset(str(crafted_dataset.split), split="train", max_txt_length=16, resolution=32)

@@ -1,4 +1,4 @@
-"""Where training starts (patches/0010, cn_clip_pokemon/resume.py), through upstream's real main.
+"""Where training starts (patches/0013-0016, cn_clip_pokemon/resume.py), through upstream's real main.
 
 - a run killed with kill -9 after a step checkpoint, then run again, ends with the same weights and
   the same per-step losses as an uninterrupted run (so it trained the same batches, in order);

@@ -1,7 +1,7 @@
 """Upstream's own tools take our checkpoints: load_from_name, eval feature extraction, ONNX export.
 
 One resolver (cn_clip_pokemon.model_config_resolver) finds model configs for training, our loader and
-upstream's tools (patches 0003, 0012-0014). The tools run as upstream's scripts do, as ``__main__`` in
+upstream's tools (patches 0003, 0019, 0020 and 0024). The tools run as upstream's scripts do, as ``__main__`` in
 a process whose first import is cn_clip_pokemon, on a tiny checkpoint and a tiny dataset built here,
 on the CPU.
 """

@@ -1,6 +1,6 @@
 """The "pokemon" dataset plugin: upstream's LMDBDataset with batches that never repeat a Pokemon.
 
-Training selects it with ``--dataset pokemon`` (patches/0004); ``cn-clip-pokemon train`` adds that
+Training selects it with ``--dataset pokemon`` (patches/0005); ``cn-clip-pokemon train`` adds that
 flag by itself when the training LMDB sits in a dataset built by ``cn-clip-pokemon build-dataset``
 (``DATASET/lmdb/train`` beside ``DATASET/dataset_info.json``). ``--dataset none`` keeps upstream's
 shuffled DistributedSampler.
@@ -14,7 +14,7 @@ repeats in a batch.
 
 Pair values are upstream's pickles, and a pickle can run code: every pair is read with
 ``dataset_format.safe_pair_loads`` (no imports, no calls), both when grouping (``read_pairs``) and
-when training reads a sample (upstream's LMDBDataset, patches/0011), so a crafted dataset is
+when training reads a sample (upstream's LMDBDataset, patches/0018), so a crafted dataset is
 refused, never executed.
 """
 from cn_clip_pokemon.dataset_format import info_path_of_split, read_dataset_info, read_pairs
@@ -104,7 +104,7 @@ class SpriteAugment:
 
 
 class PokemonDataset:
-    """Gives upstream's training its dataset, sampler and loader (patches/0004's get_dataset).
+    """Gives upstream's training its dataset, sampler and loader (patches/0005's get_dataset).
 
     ``augment``: a picture transform (PIL to PIL) applied to training pictures before upstream's own
     (resize, tensor, normalise; or timm's with ``--use-augment``), e.g. :class:`SpriteAugment`.
