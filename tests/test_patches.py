@@ -216,3 +216,26 @@ def test_a_patch_rewriting_an_earlier_patchs_line_is_caught():
     assert lines_rewritten([first, later]) == [
         f"9999-rewrite.patch removes `lr = float(lr)` from {path}, a line {first.name} added"
     ]
+
+
+def test_every_name_the_patches_import_from_cn_clip_pokemon_exists():
+    """The patched upstream imports these by name (some inside functions, so only when that code
+    runs): moving one out of its module must update the patch too."""
+    import importlib
+    import re
+
+    imported = []
+    for patch in patching.load_patches():
+        for path, patched_file in patch.files.items():
+            for hunk in patched_file:
+                for line in hunk:
+                    found = re.match(r"\s*from (cn_clip_pokemon[\w.]*) import (.+)", line.value)
+                    if line.line_type == "+" and found:
+                        names = [name.strip() for name in found.group(2).split(",")]
+                        imported += [(patch.name, found.group(1), name) for name in names]
+    assert len(imported) >= 20
+    missing = [
+        f"{patch_name}: {module}.{name}" for patch_name, module, name in imported
+        if not hasattr(importlib.import_module(module), name)
+    ]
+    assert missing == []
