@@ -91,7 +91,7 @@ def fetch_cjk_font(cache=None, tarball=None):
     target = fetched_font_path(cache)
     if target.is_file():
         return target
-    cache_dir = target.parent.parent
+    cache_dir = Path(cache or cache_root())
     if tarball is None:
         tarball = npm_pack(FONT_PACKAGE, cache_dir, pinned=FONT_PIN)
     elif file_sha256(tarball) != FONT_PIN[1]:
