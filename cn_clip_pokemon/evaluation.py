@@ -33,81 +33,11 @@ import json
 import sys
 from pathlib import Path
 
-from cn_clip_pokemon.dataset_format import EVAL_SPLIT, SPLITS, check_templates, demo_pictures, info_path, texts_jsonl
+from cn_clip_pokemon.dataset_format import EVAL_SPLIT, SPLITS, demo_pictures, texts_jsonl
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.zero_shot import ranked, top_k_accuracy, zero_shot_labels
 
 RECALL_KS = (1, 5, 10)
-
-
-def _all_split_texts(dataset_dir):
-    """Distinct texts of every split's ``{split}_texts.jsonl``, in first-seen order."""
-    from cn_clip_pokemon.dataset_split import read_split_texts
-
-    seen, texts = set(), []
-    for split in SPLITS:
-        for entry in read_split_texts(texts_jsonl(dataset_dir, split)):  # each line checked
-            if entry["text"] not in seen:
-                seen.add(entry["text"])
-                texts.append(entry["text"])
-    return texts
-
-
-def zero_shot_labels(pictures, dataset_dir, captions=None):
-    """``(names, templates, labels)``: labels[i] is the set of name indices right for picture i.
-
-    A picture is right under any of its own captions and any caption of its group (the pictures
-    sharing a ``number`` in dataset_info.json: one Pokemon, or captions the builder grouped because
-    they share a picture or tokenize alike): the builder treats a group as one answer, so does this.
-    ``captions`` (the checkpoint's own, :attr:`LoadedCheckpoint.captions`) come first in ``names``,
-    then the dataset's names they lack, so a picture ranks among what ``classify`` ranks by default.
-    """
-    info = pictures.info
-    if info and info.get("names"):
-        names = list(dict.fromkeys(list(captions or []) + list(info["names"])))
-        # the dataset's own templates, held to the builder's rule (a hand-edited info file too)
-        templates = check_templates(info.get("templates"))
-        index = {name: i for i, name in enumerate(names)}
-        images = info.get("images", {})
-
-        def own_captions(entry):
-            # a picture of any captions (--any-names, --manifest) is right under each of its captions
-            return (entry.get("captions") or [entry.get("name")]) if isinstance(entry, dict) else [None]
-
-        group_captions = {}
-        for entry in images.values():
-            if isinstance(entry, dict) and entry.get("number") is not None:
-                group_captions.setdefault(entry["number"], set()).update(
-                    name for name in own_captions(entry) if isinstance(name, str) and name in index
-                )
-        labels = []
-        for image_id in pictures.image_ids:
-            entry = images.get(str(image_id))
-            wanted = own_captions(entry)
-            if not all(isinstance(name, str) and name in index for name in wanted):
-                raise UserError(
-                    f"{info_path(dataset_dir)} has no name for picture {image_id} of the "
-                    f"{pictures.split} split (or the name is not in its 'names'): rebuild the dataset"
-                )
-            right = {index[name] for name in wanted}
-            right.update(index[name] for name in group_captions.get(entry.get("number"), ()))
-            labels.append(right)
-        return names, templates, labels
-    names = list(dict.fromkeys(list(captions or []) + _all_split_texts(dataset_dir)))
-    index = {name: i for i, name in enumerate(names)}
-    labels = {image_id: set() for image_id in pictures.image_ids}
-    for entry in pictures.texts:
-        for image_id in entry["image_ids"]:
-            if image_id in labels:
-                labels[image_id].add(index[entry["text"]])
-    return names, ["{}"], [labels[image_id] for image_id in pictures.image_ids]
-
-
-def ranked(similarity, k):
-    """Indices of the ``k`` highest scores per row, best first, ties in index order (stable)."""
-    import torch
-
-    order = torch.sort(similarity, dim=1, descending=True, stable=True).indices
-    return order[:, : min(k, similarity.shape[1])]
 
 
 def recall_at_k(top, positives, ks=RECALL_KS):
@@ -125,13 +55,6 @@ def recall_at_k(top, positives, ks=RECALL_KS):
     scores["mean_recall"] = sum(scores[f"r{k}"] for k in ks) / len(ks)
     scores["queries"] = len(positives)
     return scores
-
-
-def top_k_accuracy(probabilities, labels, ks=(1, 5)):
-    """Percent of pictures whose label is among the k most probable names, for each k."""
-    top = ranked(probabilities, max(ks)).tolist()
-    count = max(1, len(labels))
-    return {f"top{k}": sum(bool(wanted.intersection(row[:k])) for row, wanted in zip(top, labels)) * 100.0 / count for k in ks}
 
 
 def write_upstream_files(directory, split, texts, image_ids, t2i_top, i2t_top, i2t_image_ids, i2t_positives):

@@ -155,7 +155,7 @@ def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split=EVAL_SP
 
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures
-    from cn_clip_pokemon.evaluation import top_k_accuracy, zero_shot_labels
+    from cn_clip_pokemon.zero_shot import top_k_accuracy, zero_shot_labels
     import torch
 
     from cn_clip_pokemon.encoding import encode_pictures, name_embeddings, zero_shot_probabilities

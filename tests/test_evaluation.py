@@ -15,7 +15,8 @@ from PIL import Image  # noqa: E402
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.dataset_format import safe_pair_loads  # noqa: E402
-from cn_clip_pokemon.evaluation import evaluate, ranked, recall_at_k, top_k_accuracy  # noqa: E402
+from cn_clip_pokemon.evaluation import evaluate, recall_at_k  # noqa: E402
+from cn_clip_pokemon.zero_shot import ranked, top_k_accuracy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -218,10 +219,27 @@ def test_evaluate_worst_n_lists_n_mistakes_by_file_name(evaluated, tiny_checkpoi
     assert "most confident mistakes" not in capsys.readouterr().out
 
 
-def test_evaluate_takes_the_model_options_of_classify(tiny_checkpoint, sprite_dataset, capsys):
+def test_evaluate_takes_the_model_options_of_classify(evaluated, tiny_checkpoint, sprite_dataset, capsys, monkeypatch):
+    from cn_clip.clip.model import CLIP
+
+    result, _ = evaluated  # its picture embeddings are in the cache now
+    batches = []
+    encode_image = CLIP.encode_image
+
+    def counting(self, images, *args, **kwargs):
+        batches.append(len(images))
+        return encode_image(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(CLIP, "encode_image", counting)
     base = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--device", "cpu", "--json"]
     assert main(base + ["--vision-model", "ViT-T-8-64", "--text-model", "RBT-Tiny-chinese", "--batch-size", "7", "--no-cache"]) == 0
-    assert json.loads(capsys.readouterr().out)["zero_shot"]["top5"] >= 0
+    given = json.loads(capsys.readouterr().out)
+    # --no-cache encodes every picture again, --batch-size 7 at a time; the names given are the
+    # checkpoint's own architecture, so the numbers are those of the plain evaluation
+    assert result["pictures"] > 7 and sum(batches) == result["pictures"] and max(batches) == 7
+    for key in ("pictures", "names", "zero_shot", "text_to_image", "image_to_text"):
+        assert given[key] == pytest.approx(result[key]), key
+    monkeypatch.undo()
     # the names really reach the loader: a text config given as the vision model is refused
     assert main(base + ["--vision-model", "RBT-Tiny-chinese"]) == 1
     assert "is a text config" in capsys.readouterr().err
