@@ -121,7 +121,7 @@ def tree_pss_kib(pid, cpu_seconds):
 
 BUILD = """
 import json, sys
-from cn_clip_pokemon.builder import build_dataset
+from cn_clip_pokemon.builder.build import build_dataset
 summary = build_dataset(sys.argv[1], sys.argv[2], image_size=int(sys.argv[3]), workers=int(sys.argv[4]) or None,
                         progress=False, profile=sys.argv[5] == "1")
 print(json.dumps({key: summary.get(key) for key in ("pictures", "seconds", "workers", "profile")}))
@@ -204,7 +204,7 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the half-size build that checks memory")
     args = parser.parse_args(argv)
 
-    from cn_clip_pokemon.builder import scan_pictures
+    from cn_clip_pokemon.builder.scan import scan_pictures
     from cn_clip_pokemon.files import available_cores
     from cn_clip_pokemon.pokedex import Pokedex
     from cn_clip_pokemon.sprites import fetch_sprites, parse_numbers

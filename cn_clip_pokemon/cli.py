@@ -21,7 +21,7 @@ EXIT_BROKEN_PIPE = 141
 COMMANDS = [
     ("demo", "cn_clip_pokemon.demo", "From nothing to a working Pokedex: fetch, build, train, evaluate, classify.", False),
     ("fetch-sprites", "cn_clip_pokemon.sprites", "Fetch the pinned sprite packages and lay them out as a picture folder.", False),
-    ("build-dataset", "cn_clip_pokemon.builder", "Build upstream's TSV/JSONL/LMDB dataset from a picture folder.", False),
+    ("build-dataset", "cn_clip_pokemon.builder.command", "Build upstream's TSV/JSONL/LMDB dataset from a picture folder.", False),
     ("t2s", "cn_clip_pokemon.pokedex", "Convert file names or a TSV/JSONL/text file from traditional to simplified Chinese.", False),
     ("train", "cn_clip_pokemon.launcher", "Run upstream's cn_clip.training.main on the CPU, one GPU, or many through torchrun.", True),
     ("run-script", "cn_clip_pokemon.scripts", "Run a shipped run script (run_scripts/*.sh) by name; --list them, --copy them out to edit.", False),

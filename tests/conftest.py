@@ -71,7 +71,7 @@ def sprite_pictures(shared_datasets, tmp_path_factory):
 @pytest.fixture(scope="session")
 def sprite_dataset(sprite_pictures, tmp_path_factory):
     """A built dataset folder (train/valid/test, 64 px) of the small real sprite slice. Read only."""
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
 
     out = tmp_path_factory.mktemp("sprite-dataset") / "pokemon"
     build_dataset(sprite_pictures, out, image_size=SPRITE_SLICE["image_size"], split_by="view", seed=0, progress=False)

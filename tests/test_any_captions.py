@@ -13,7 +13,7 @@ import lmdb
 import pytest
 from PIL import Image
 
-from cn_clip_pokemon.builder import SPLITS
+from cn_clip_pokemon.dataset_format import SPLITS
 from cn_clip_pokemon.cli import main as cli_main
 from cn_clip_pokemon.default_plugins.pokemon_dataset import pair_groups
 from cn_clip_pokemon.sampler import UniqueGroupBatchSampler

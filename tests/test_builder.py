@@ -9,8 +9,11 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from cn_clip_pokemon.builder import SPLITS, Picture, build_dataset, view_splits
+from cn_clip_pokemon.builder.build import build_dataset
+from cn_clip_pokemon.builder.scan import Picture
+from cn_clip_pokemon.builder.splits import view_splits
 from cn_clip_pokemon.cli import main as cli_main
+from cn_clip_pokemon.dataset_format import SPLITS
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.images import decode_picture
 
@@ -188,7 +191,7 @@ def test_strict_stops_and_leaves_the_previous_dataset(flat_folder_with_problems,
 
 
 def test_a_failure_midway_leaves_the_previous_dataset(sprite_dataset, sprite_pictures, tmp_path, monkeypatch):
-    import cn_clip_pokemon.builder as builder
+    import cn_clip_pokemon.builder.build as build
 
     out = tmp_path / "pokemon"
     shutil.copytree(sprite_dataset, out)
@@ -197,7 +200,7 @@ def test_a_failure_midway_leaves_the_previous_dataset(sprite_dataset, sprite_pic
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(builder, "_write_info", fail)  # after every picture is written
+    monkeypatch.setattr(build, "write_info", fail)  # after every picture is written
     with pytest.raises(UserError, match=r"\(disk full\); the previous dataset in .* is as it was"):
         build_dataset(sprite_pictures, out, image_size=32, workers=1, progress=False)
     assert (out / "dataset_info.json").read_bytes() == before
@@ -303,20 +306,20 @@ def test_one_process_and_two_write_the_same_dataset(sprite_pictures, tmp_path, c
 
 
 def test_a_full_lmdb_map_grows_and_a_large_pokemon_spills_to_disk(sprite_pictures, tmp_path, monkeypatch):
-    import cn_clip_pokemon.builder as builder
+    import cn_clip_pokemon.builder.writers as writers
 
     build_dataset(sprite_pictures, tmp_path / "roomy", image_size=48, workers=1, progress=False)
     # A map far too small for one split, and each Pokemon's pictures spilled to a file after 1 KiB.
-    monkeypatch.setattr(builder, "INITIAL_MAP_SIZE", 64 << 10)
-    monkeypatch.setattr(builder, "GROUP_MEMORY", 1 << 10)
+    monkeypatch.setattr(writers, "INITIAL_MAP_SIZE", 64 << 10)
+    monkeypatch.setattr(writers, "GROUP_MEMORY", 1 << 10)
     spools = []
 
-    class RecordedSpool(builder.tempfile.SpooledTemporaryFile):
+    class RecordedSpool(writers.tempfile.SpooledTemporaryFile):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             spools.append(self)
 
-    monkeypatch.setattr(builder.tempfile, "SpooledTemporaryFile", RecordedSpool)
+    monkeypatch.setattr(writers.tempfile, "SpooledTemporaryFile", RecordedSpool)
     build_dataset(sprite_pictures, tmp_path / "tight", image_size=48, workers=1, progress=False)
     assert spools and all(spool._rolled for spool in spools)  # every Pokemon went through a file
     for split in SPLITS:

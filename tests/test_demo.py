@@ -81,7 +81,7 @@ def test_demo_learns_far_better_than_chance(demo_run):
 def test_no_picture_of_an_unseen_view_is_trained_on(demo_run):
     """datasets/pokemon-views' test animations are nowhere in datasets/pokemon (train, valid or test),
     and every Pokemon is trained on."""
-    from cn_clip_pokemon.builder import animation_of
+    from cn_clip_pokemon.builder.splits import animation_of
 
     workdir, _ = demo_run
 

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cn_clip_pokemon.builder import OUTPUT_NAMES, SPLITS, build_dataset, printable
+from cn_clip_pokemon.builder.build import build_dataset
+from cn_clip_pokemon.builder.output import OUTPUT_NAMES
+from cn_clip_pokemon.dataset_format import SPLITS
+from cn_clip_pokemon.files import printable
 from test_builder import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
@@ -399,7 +402,8 @@ def test_a_symlinked_out_stays_a_link_and_gets_the_new_dataset(tmp_path):
 
 KILLER = r"""
 import os, signal, sys
-import cn_clip_pokemon.builder as builder
+import cn_clip_pokemon.builder.build as build
+import cn_clip_pokemon.builder.writers as writers
 import cn_clip_pokemon.files as files
 from cn_clip_pokemon.cli import main
 
@@ -419,9 +423,9 @@ def after(function, countdown=1):
     return wrapped
 
 if point == "writing pictures":
-    builder._ImageWriter.add = after(builder._ImageWriter.add, countdown=5)
+    writers.ImageWriter.add = after(writers.ImageWriter.add, countdown=5)
 elif point == "info written":
-    builder._write_info = after(builder._write_info)
+    build.write_info = after(build.write_info)
 elif point == "swapped in":
     files.exchange_paths = after(files.exchange_paths)
 elif point in ("moved aside", "moved in"):  # a system without rename-exchange: two renames
@@ -433,7 +437,7 @@ elif point in ("moved aside", "moved in"):  # a system without rename-exchange: 
             die()
         if point == "moved in" and ".tmp-" in str(source):
             die()
-    builder.os.replace = replace
+    os.replace = replace
 elif point == "cleaning up":  # half-way through removing a leftover
     real_unlink = os.unlink
     def unlink(path, *args, **kwargs):

@@ -421,10 +421,10 @@ def test_a_dataset_info_nested_100000_deep_is_one_line(runner, tmp_path):  # noq
 FIFO_AFTER_SCAN = textwrap.dedent(
     """
     import os, sys
-    from cn_clip_pokemon import builder
+    from cn_clip_pokemon.builder import build
     from cn_clip_pokemon.cli import main
 
-    scan = builder.scan_pictures
+    scan = build.scan_pictures
 
     def scan_then_swap(*arguments, **options):
         # the picture is replaced by a FIFO after the scan found it, before a worker opens it
@@ -435,7 +435,7 @@ FIFO_AFTER_SCAN = textwrap.dedent(
         return found
 
     if __name__ == "__main__":  # worker processes import this file too
-        builder.scan_pictures = scan_then_swap
+        build.scan_pictures = scan_then_swap
         sys.exit(main(sys.argv[1:]))
     """
 )

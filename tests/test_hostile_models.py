@@ -81,7 +81,7 @@ def tiny_weights():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_weights):
     """An honest checkpoint, a few pictures and a dataset built from them (read only: copied per test)."""
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
 
     root = tmp_path_factory.mktemp("hostile-models")
     config, weights = tiny_weights

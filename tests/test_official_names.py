@@ -188,7 +188,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def test_classify_search_and_the_page_take_any_name_and_answer_officially(built, tiny_checkpoint, capsys):
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
     from cn_clip_pokemon.classify import candidate_names
     from cn_clip_pokemon.serve import PokedexService
 

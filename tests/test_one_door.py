@@ -167,7 +167,7 @@ def test_api_and_classify_see_the_same_tensor_and_give_the_same_probabilities(
 
 
 def test_the_builder_stores_the_picture_the_api_sees(awkward_pictures, tmp_path):
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
     from cn_clip_pokemon.dataset_split import SplitPictures
 
     folder = tmp_path / "pictures"
@@ -292,7 +292,7 @@ def test_training_records_the_captions_and_classify_and_evaluate_rank_them(runne
 
 
 def test_evaluate_counts_any_caption_of_the_group_as_a_hit(checkpoint_with_captions, tmp_path, capsys):
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
     from cn_clip_pokemon.evaluation import evaluate
 
     for name in ("a", "b", "c"):

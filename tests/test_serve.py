@@ -53,7 +53,7 @@ def disc(path, colour, inset=0, size=(40, 40)):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A tiny random checkpoint and a dataset of six generated Pokemon, six views each (64 px)."""
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
 
     root = tmp_path_factory.mktemp("serve")
     config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")

@@ -2,8 +2,11 @@
 import json
 from pathlib import Path
 
-from cn_clip_pokemon.builder import SPLITS, Picture, animation_of, animation_splits, build_dataset
+from cn_clip_pokemon.builder.build import build_dataset
+from cn_clip_pokemon.builder.scan import Picture
+from cn_clip_pokemon.builder.splits import animation_of, animation_splits
 from cn_clip_pokemon.cli import main as cli_main
+from cn_clip_pokemon.dataset_format import SPLITS
 
 
 def test_an_animation_is_a_view_less_its_frame_number():

@@ -127,7 +127,7 @@ def tiny(tmp_path_factory):
     import cn_clip_pokemon  # noqa: F401
     from cn_clip.clip.model import CLIP, convert_weights
 
-    from cn_clip_pokemon.builder import build_dataset
+    from cn_clip_pokemon.builder.build import build_dataset
     from cn_clip_pokemon.checkpoint import model_config_for, save_model
     from cn_clip_pokemon.pokedex import Pokedex
 

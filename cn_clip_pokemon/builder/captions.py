@@ -31,6 +31,13 @@ import stat
 import unicodedata
 from pathlib import Path
 
+from cn_clip_pokemon.builder.scan import (
+    SKIP_NOT_A_FILE,
+    SKIP_SYMLINK_LOOP,
+    SKIP_UNREADABLE,
+    Picture,
+    skipped_entry,
+)
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.files import mode_name, parse_json, printable, read_limited
 
@@ -39,7 +46,7 @@ MANIFEST_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 PATH_COLUMNS = ("path", "filepath")
 CAPTION_COLUMNS = ("caption", "title")
 
-# Kinds of skipped entries of this module (the builder's own kinds cover the rest).
+# Kinds of skipped entries of this module (scan.py's kinds cover the rest).
 SKIP_CAPTION = "no caption"
 SKIP_BAD_ROW = "bad manifest row"
 SKIP_MISSING = "missing file"
@@ -81,7 +88,7 @@ class AnyNames:
 
 
 def number_groups(pictures, identical=()):
-    """The pictures (builder ``Picture``) with ``captions`` set and ``number`` = their group, 1..N.
+    """The pictures (scan ``Picture``) with ``captions`` set and ``number`` = their group, 1..N.
 
     ``identical`` holds lists of captions that tokenize the same: each list becomes one group.
     """
@@ -119,10 +126,6 @@ def all_captions(pictures):
 
 
 # ---------------------------------------------------------------- manifests
-
-
-def _skip(file, kind, reason):
-    return {"file": file, "kind": kind, "reason": reason}
 
 
 def _decoded_lines(data):
@@ -219,8 +222,6 @@ def _rows_of_jsonl(data, manifest):
 
 def _file_problem(path):
     """``None`` for a regular file (a symlink to one too), else ``(kind, reason)``."""
-    from cn_clip_pokemon.builder import SKIP_NOT_A_FILE, SKIP_SYMLINK_LOOP, SKIP_UNREADABLE
-
     try:
         mode = os.stat(path).st_mode
     except ValueError:
@@ -237,14 +238,12 @@ def _file_problem(path):
 
 
 def read_manifest(manifest, t2s=True, out_dir=None):
-    """``(pictures, skipped)`` from a manifest; ``pictures`` are builder ``Picture`` with ``captions``.
+    """``(pictures, skipped)`` from a manifest; ``pictures`` are ``Picture`` (scan.py) with ``captions``.
 
     Every row ends up as (part of) a picture or as a skipped entry named ``MANIFEST:LINE``. A
     manifest that cannot be read at all, or whose columns are not there, is a one-line UserError.
     ``out_dir`` (a real path): rows pointing inside it are skipped (a build replaces that folder).
     """
-    from cn_clip_pokemon.builder import Picture
-
     manifest = Path(manifest)
     shown = printable(str(manifest))
     kind = MANIFEST_SUFFIXES.get(manifest.suffix.lower())
@@ -262,11 +261,11 @@ def read_manifest(manifest, t2s=True, out_dir=None):
     for line, path, captions, error in rows:
         where = f"{name}:{line}"
         if error is not None:
-            skipped.append(_skip(where, SKIP_BAD_ROW, error))
+            skipped.append(skipped_entry(where, SKIP_BAD_ROW, error))
             continue
         path = path.strip()
         if not path:
-            skipped.append(_skip(where, SKIP_BAD_ROW, "no path"))
+            skipped.append(skipped_entry(where, SKIP_BAD_ROW, "no path"))
             continue
         source = os.path.normpath(os.path.join(base, path))
         key = os.path.normcase(source)
@@ -277,7 +276,7 @@ def read_manifest(manifest, t2s=True, out_dir=None):
                 if os.path.commonpath([real, str(out_dir)]) == str(out_dir):
                     problem = SKIP_INSIDE_OUT, "inside the --out folder, which the build replaces; not read"
             if problem is not None:
-                skipped.append(_skip(where, problem[0], f"{printable(path)}: {problem[1]}"))
+                skipped.append(skipped_entry(where, problem[0], f"{printable(path)}: {problem[1]}"))
                 continue
         usable = []
         for position, caption in enumerate(captions, 1):
@@ -285,11 +284,11 @@ def read_manifest(manifest, t2s=True, out_dir=None):
             try:
                 caption = clean_caption(caption, t2s)
             except ValueError as error:
-                skipped.append(_skip(where, SKIP_CAPTION, f"{printable(path)}{label}: {printable(str(error))}"))
+                skipped.append(skipped_entry(where, SKIP_CAPTION, f"{printable(path)}{label}: {printable(str(error))}"))
                 continue
             if (key, caption) in seen_pairs:
-                skipped.append(_skip(where, SKIP_REPEATED_ROW, f"{printable(path)}{label}: the same picture and "
-                                     f"caption as line {seen_pairs[key, caption]}"))
+                skipped.append(skipped_entry(where, SKIP_REPEATED_ROW, f"{printable(path)}{label}: the same picture "
+                                             f"and caption as line {seen_pairs[key, caption]}"))
                 continue
             seen_pairs[key, caption] = line
             usable.append(caption)
