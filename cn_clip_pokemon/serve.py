@@ -24,10 +24,10 @@ import threading
 import traceback
 import warnings
 from pathlib import Path
-from urllib.parse import quote
 
 from cn_clip_pokemon.dataset_format import EVAL_SPLIT, SPLITS
 from cn_clip_pokemon.errors import UserError, install_hint
+from cn_clip_pokemon.web_font import fetch_web_font_in_background, web_font, web_font_css
 
 TOP_NAMES = 5
 SEARCH_RESULTS = 12
@@ -40,13 +40,6 @@ DEFAULT_HOST = "127.0.0.1"
 CONCURRENCY_GROUP = "model"  # classify and search share it: one forward pass at a time
 ENCODER_THREAD = "cn-clip-pokemon-encoder"  # the thread that encodes the searched split behind the page
 STATUS_SECONDS = 1.0  # how often an open page asks how far the encoding is, while it runs
-# The web font: its family name, the faces a browser may already have (then nothing is
-# downloaded), and the characters it is used for (Latin text keeps the theme's font).
-WEB_FONT_FAMILY = "cn-clip-pokemon CJK"
-LOCAL_CJK_FACES = ("Noto Sans SC", "Noto Sans CJK SC", "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", "WenQuanYi Micro Hei")
-CJK_RANGES = "U+2E80-2FDF, U+3000-33FF, U+3400-4DBF, U+4E00-9FFF, U+F900-FAFF, U+FE30-FE4F, U+FF00-FFEF, U+20000-2FA1F"
-# Browsers load single-face font files only: Chromium refuses a .ttc collection (WenQuanYi's).
-WEB_FONT_SUFFIXES = (".ttf", ".otf", ".woff", ".woff2")
 WEB_EXTRA_HINT = install_hint("web")
 
 
@@ -350,60 +343,6 @@ def _refuse_huge_picture(path, shown_name):
             f"{shown_name}: {width} x {height} pixels is more than this page takes "
             f"({MAX_PICTURE_PIXELS // 1_000_000} million pixels): shrink it first, the model looks at a few hundred"
         )
-
-
-# --------------------------------------------------------------------------- the page's Chinese font
-
-
-def web_font():
-    """``(path, missing)``: the CJK font file the page serves to browsers, and whether it still has
-    to be fetched.
-
-    The machine's CJK font when it is one a browser can load (a single face: .ttf, .otf, .woff);
-    else the pinned Noto Sans SC that the demo fetches for its grids (``grids.fetch_cjk_font``),
-    from the cache, or ``missing`` when it is not there yet.
-    """
-    from cn_clip_pokemon.grids import fetched_font_path, find_cjk_font
-
-    found = find_cjk_font()
-    if found and found.lower().endswith(WEB_FONT_SUFFIXES):
-        return Path(found), False
-    fetched = fetched_font_path()
-    return fetched, not fetched.is_file()
-
-
-def fetch_web_font_in_background():
-    """Fetch the pinned Noto Sans SC for the page in a background thread (the page does not wait:
-    a browser that opens it before the font is there shows the names once it is reloaded)."""
-    from cn_clip_pokemon.grids import FONT_PACKAGE, FONT_PIN, fetch_cjk_font
-
-    def fetch():
-        try:
-            fetch_cjk_font()
-        except UserError as error:
-            print(f"cn-clip-pokemon: warning: {error}; a browser without a Chinese font shows boxes for the names",
-                  file=sys.stderr)
-
-    print(f"cn-clip-pokemon: fetching {FONT_PACKAGE}@{FONT_PIN[0]} (Noto Sans SC) for the page's Chinese, once",
-          file=sys.stderr)
-    thread = threading.Thread(target=fetch, name="cn-clip-pokemon-font", daemon=True)
-    thread.start()
-    return thread
-
-
-def web_font_css(font_path, theme):
-    """CSS that gives the page ``font_path`` for Chinese: an @font-face over the CJK ranges only
-    (a face the browser already has comes first, so nothing is downloaded then), put before the
-    Gradio ``theme``'s own fonts, the text font and the monospace one (the names' list uses it)."""
-    formats = {".ttf": "truetype", ".otf": "opentype", ".woff": "woff", ".woff2": "woff2"}
-    local = ", ".join(f'local("{face}")' for face in LOCAL_CJK_FACES)
-    url = "gradio_api/file=" + quote(str(font_path))
-    return (
-        f'@font-face {{ font-family: "{WEB_FONT_FAMILY}"; src: {local}, url("{url}") format("{formats[Path(font_path).suffix.lower()]}"); '
-        f"unicode-range: {CJK_RANGES}; font-display: swap; }}\n"
-        f':root, .gradio-container {{ --font: "{WEB_FONT_FAMILY}", {theme.font}; '
-        f'--font-mono: "{WEB_FONT_FAMILY}", {theme.font_mono}; }}\n'
-    )
 
 
 # --------------------------------------------------------------------------- the page

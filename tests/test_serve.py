@@ -32,7 +32,8 @@ from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
 from cn_clip_pokemon.dataset_split import SplitPictures  # noqa: E402
-from cn_clip_pokemon.serve import ENCODER_THREAD, MAX_PICTURE_PIXELS, WEB_FONT_FAMILY, NotReady, PokedexService  # noqa: E402
+from cn_clip_pokemon.serve import ENCODER_THREAD, MAX_PICTURE_PIXELS, NotReady, PokedexService  # noqa: E402
+from cn_clip_pokemon.web_font import WEB_FONT_FAMILY  # noqa: E402
 from test_hostile_models import STATUS_FIELD  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,7 +346,7 @@ def test_the_web_font_is_one_a_browser_loads(tmp_path, monkeypatch):
     """The machine's CJK font when it is a single face; for a .ttc collection (which Chromium refuses)
     or none, the Noto Sans SC the demo fetches, from the cache or still to fetch."""
     from cn_clip_pokemon import grids
-    from cn_clip_pokemon.serve import web_font, web_font_css
+    from cn_clip_pokemon.web_font import web_font, web_font_css
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for machine_font in ("/fonts/DroidSansFallbackFull.ttf", "/fonts/wqy-microhei.ttc", None):
