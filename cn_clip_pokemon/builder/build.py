@@ -35,14 +35,9 @@ from cn_clip_pokemon.builder.summary import NothingToBuild, dataset_info, write_
 from cn_clip_pokemon.builder.writers import ImageWriter, captions_by_group, write_texts_and_pairs
 from cn_clip_pokemon.dataset_format import check_templates, info_path  # one template rule
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import (
-    available_cores,
-    is_utf8,
-    keep_additions,
-    printable,
-    staged_folder,
-    write_failure,
-)
+from cn_clip_pokemon.files import available_cores, staged_folder, write_failure
+from cn_clip_pokemon.owned_files import keep_additions
+from cn_clip_pokemon.safe_reading import is_utf8, printable
 from cn_clip_pokemon.workers import run_in_pool
 
 DEFAULT_IMAGE_SIZE = 224
@@ -143,15 +138,7 @@ def build_dataset(
 
     summary = _summary(info, images, out_dir, cleaned, kept, time.perf_counter() - started, workers, len(pictures))
     if profile:
-        summary["profile"] = {
-            "parent": clock.seconds,  # this process's main thread, CPU seconds per stage
-            "pool_threads": pool_threads_cpu,
-            "parent_process": time.process_time(),  # all of this process's CPU so far, start-up included
-            "workers": worker_cpu.summary() if workers > 1 else None,  # one process: stages run in this one
-            "wall": wall,
-        }
-        if workers <= 1:  # no pool: the stages ran in the main thread, inside the "waiting" lap
-            summary["profile"]["in_process_stages"] = worker_cpu.summary()["stages"]
+        summary["profile"] = _profile(clock, pool_threads_cpu, worker_cpu, workers, wall)
     return summary
 
 
@@ -278,3 +265,17 @@ def _summary(info, images, out_dir, cleaned, kept, seconds, workers, pictures):
         summary["test_captions"] = len(tested)
         summary["test_captions_unseen_in_training"] = len(tested - trained)
     return summary
+
+
+def _profile(clock, pool_threads_cpu, worker_cpu, workers, wall):
+    """Where a profiled build's CPU and time went (see bench/bench_builder.py)."""
+    profile = {
+        "parent": clock.seconds,  # this process's main thread, CPU seconds per stage
+        "pool_threads": pool_threads_cpu,
+        "parent_process": time.process_time(),  # all of this process's CPU so far, start-up included
+        "workers": worker_cpu.summary() if workers > 1 else None,  # one process: stages run in this one
+        "wall": wall,
+    }
+    if workers <= 1:  # no pool: the stages ran in the main thread, inside the "waiting" lap
+        profile["in_process_stages"] = worker_cpu.summary()["stages"]
+    return profile
