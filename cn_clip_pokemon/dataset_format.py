@@ -119,7 +119,7 @@ def read_dataset_info(path_or_dataset_dir, advice=_REBUILD_INFO):
     import os
     from pathlib import Path
 
-    from cn_clip_pokemon.files import load_json_file
+    from cn_clip_pokemon.safe_reading import load_json_file
 
     path = Path(path_or_dataset_dir)
     if path.is_dir():

@@ -345,7 +345,7 @@ def _same_pictures(pictures, numbers, frames):
     """Whether fetch-sprites already laid out these Pokemon with this many frames."""
     from cn_clip_pokemon.sprites import MARKER, MARKER_LIMIT, parse_numbers
 
-    from cn_clip_pokemon.files import load_json_file
+    from cn_clip_pokemon.safe_reading import load_json_file
 
     marker = pictures / MARKER
     if not marker.exists():
@@ -426,7 +426,7 @@ def link_seen_views(info, pictures, seen, ledger):
     animations that are trained on; ``info`` its dataset_info.json), laid out as in ``pictures``, for
     `build-dataset --split-by view` to deal frames of. The links of an earlier run (those ``ledger``
     says the demo wrote) go first; anything else there is refused, as the dataset would be built from it."""
-    from cn_clip_pokemon.files import remove_listed
+    from cn_clip_pokemon.owned_files import remove_listed
 
     kept = remove_listed(seen, ledger.owned(under=SEEN_VIEWS))
     if kept:
@@ -552,7 +552,7 @@ def demo_command(args):
 
 def prepare_workdir(work, fresh):
     """The work folder's ledger, started; with ``fresh``, what earlier runs wrote deleted first."""
-    from cn_clip_pokemon.files import Ledger
+    from cn_clip_pokemon.owned_files import Ledger
 
     ledger = Ledger(work, DEMO_MARKER, "the demo")
     if ledger.exists():

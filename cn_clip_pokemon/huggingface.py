@@ -307,7 +307,7 @@ def hf_weight_files(folder):
         if (folder / single).is_file():
             return [folder / single]
         if (folder / index).is_file():
-            from cn_clip_pokemon.files import load_json_file
+            from cn_clip_pokemon.safe_reading import load_json_file
 
             where = folder / index
             weight_map = load_json_file(where, JSON_LIMIT, "a shard index", "re-download the model")
@@ -395,7 +395,7 @@ def read_hf_weights(folder, weight_files=None):
 def read_captions(folder):
     """What an export's ``captions.json`` holds, unchecked (checkpoint.checkpoint_captions checks it as
     it checks a checkpoint's), or None when there is none or it is not readable JSON (said in one line)."""
-    from cn_clip_pokemon.files import load_json_file
+    from cn_clip_pokemon.safe_reading import load_json_file
 
     path = Path(folder) / CAPTIONS_FILE
     if not path.is_file():
@@ -411,7 +411,7 @@ def read_hf_folder(folder):
     """A transformers ChineseCLIP folder as our checkpoint shape: ``{"state_dict", "model_config"}``
     (plus ``"captions"`` when the folder has them), for :func:`cn_clip_pokemon.checkpoint.split_checkpoint`."""
     from cn_clip_pokemon.dataset_format import CAPTIONS_KEY
-    from cn_clip_pokemon.files import load_json_file
+    from cn_clip_pokemon.safe_reading import load_json_file
     from cn_clip_pokemon.model_config_resolver import matching_config_name
 
     folder = Path(folder)
@@ -525,7 +525,8 @@ def written_listing(out):
     """What an earlier export-hf wrote in ``out`` (a :func:`files.listing`, the marker included), from
     its marker; ``{}`` without a readable one. A marker of an older export-hf lists top-level names:
     export-hf writes only files there."""
-    from cn_clip_pokemon.files import FILE, holds_marker, load_json_file
+    from cn_clip_pokemon.owned_files import FILE, holds_marker
+    from cn_clip_pokemon.safe_reading import load_json_file
 
     if not holds_marker(out, MARKER, b"{"):
         return {}
@@ -543,7 +544,7 @@ def written_listing(out):
 
 def check_out_folder(out):
     """A one-line UserError unless ``out`` may be written: new, an empty folder, or an earlier export."""
-    from cn_clip_pokemon.files import first_foreign
+    from cn_clip_pokemon.owned_files import first_foreign
 
     out = Path(out)
     if not os.path.lexists(out):
@@ -562,7 +563,7 @@ def check_out_folder(out):
 def clean_export_leftovers(out):
     """Remove what killed export-hf runs left beside ``out`` (files.clean_leftovers): a temporary folder
     holding only files (all export-hf writes), a previous export holding only what its marker lists."""
-    from cn_clip_pokemon.files import FILE, clean_leftovers, first_foreign, holds_marker, listing
+    from cn_clip_pokemon.owned_files import FILE, clean_leftovers, first_foreign, holds_marker, listing
 
     return clean_leftovers(
         out, "export-hf",
@@ -727,7 +728,8 @@ def export_hf(checkpoint, out, dataset=None, split=EVAL_SPLIT, trained_on=None, 
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.checkpoint_sources import checkpoint_digest
-    from cn_clip_pokemon.files import FILE, listing, staged_folder
+    from cn_clip_pokemon.files import staged_folder
+    from cn_clip_pokemon.owned_files import FILE, listing
     from cn_clip_pokemon.progress import progress_bar
 
     transformers = require_transformers()

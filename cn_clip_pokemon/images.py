@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from cn_clip_pokemon.errors import UserError, install_hint
-from cn_clip_pokemon.files import open_regular
+from cn_clip_pokemon.safe_reading import open_regular
 
 WHITE = (255, 255, 255)
 # Longest side of a rendered SVG: larger than any storage size we use, so resizing only shrinks.

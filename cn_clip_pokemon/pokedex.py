@@ -20,7 +20,8 @@ from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import fill_template
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import JSON_STRING, atomic_write, is_utf8, mode_name, open_regular, parse_json, read_limited, staged_folder
+from cn_clip_pokemon.files import atomic_write, staged_folder
+from cn_clip_pokemon.safe_reading import JSON_STRING, is_utf8, mode_name, open_regular, parse_json, read_limited
 
 DATA_DIR = Path(__file__).parent / "data"
 OFFICIAL_NAMES_FILE = DATA_DIR / "official-names.tsv"  # number, zh_hans, zh_hant, en, ja

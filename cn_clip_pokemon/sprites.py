@@ -31,20 +31,18 @@ import tempfile
 from pathlib import Path
 
 from cn_clip_pokemon.errors import UserError, install_hint
-from cn_clip_pokemon.files import (
+from cn_clip_pokemon.files import cache_root, file_sha256
+from cn_clip_pokemon.owned_files import (
     FILE,
     FOLDER,
-    cache_root,
     carried_or_listed,
     clean_leftovers,
-    file_sha256,
     holds_marker,
     is_listing,
     keep_additions,
     listing,
-    load_json_file,
-    printable,
 )
+from cn_clip_pokemon.safe_reading import load_json_file, printable
 
 # name -> (version, SHA-256 of the npm tarball)
 PACKAGES = {

@@ -16,7 +16,7 @@ from PIL import Image
 from cn_clip_pokemon.builder.build import build_dataset
 from cn_clip_pokemon.builder.output import OUTPUT_NAMES
 from cn_clip_pokemon.dataset_format import SPLITS
-from cn_clip_pokemon.files import printable
+from cn_clip_pokemon.safe_reading import printable
 from test_builder import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]

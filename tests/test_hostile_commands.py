@@ -522,7 +522,7 @@ def test_a_file_we_did_not_write_is_read_without_a_buffer_of_the_limits_size(tmp
     small.write_text('{"images": 1}', encoding="utf-8")
     code = textwrap.dedent(f"""
         import resource
-        from cn_clip_pokemon.files import read_limited
+        from cn_clip_pokemon.safe_reading import read_limited
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
         print(read_limited({str(small)!r}, 4 << 30, "an info file").decode())
     """)

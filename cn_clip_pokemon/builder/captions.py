@@ -39,7 +39,7 @@ from cn_clip_pokemon.builder.scan import (
     skipped_entry,
 )
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import mode_name, parse_json, printable, read_limited
+from cn_clip_pokemon.safe_reading import mode_name, parse_json, printable, read_limited
 
 CAPTION_EXAMPLE = "红色圆形"
 MANIFEST_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}

@@ -5,7 +5,7 @@ from pathlib import Path
 from cn_clip_pokemon.builder.build import DEFAULT_IMAGE_SIZE, IMAGE_SIZES, build_dataset
 from cn_clip_pokemon.builder.splits import SPLIT_BY
 from cn_clip_pokemon.builder.summary import NothingToBuild, print_skipped, print_summary
-from cn_clip_pokemon.files import is_utf8, printable
+from cn_clip_pokemon.safe_reading import is_utf8, printable
 
 
 def build_dataset_arguments(parser):

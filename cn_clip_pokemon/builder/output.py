@@ -21,15 +21,15 @@ from pathlib import Path
 from cn_clip_pokemon.builder.writers import IMAGES_FRAGMENT
 from cn_clip_pokemon.dataset_format import INFO_FILE, LMDB_FOLDER, SPLITS, images_tsv, texts_jsonl
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import (
+from cn_clip_pokemon.owned_files import (
     FILE,
     carried_or_listed,
     clean_leftovers,
     flatten_layout,
     foreign_entries,
     holds_marker,
-    printable,
 )
+from cn_clip_pokemon.safe_reading import printable
 
 # Exactly what build-dataset writes in --out: a rebuild replaces these and keeps anything else,
 # carried into the new folder (files.py's rule: a command deletes only what its listing and its

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import is_utf8, mode_name, printable, sorted_entries
+from cn_clip_pokemon.owned_files import sorted_entries
+from cn_clip_pokemon.safe_reading import is_utf8, mode_name, printable
 
 
 class Picture(NamedTuple):

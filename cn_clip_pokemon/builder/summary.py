@@ -6,7 +6,7 @@ import sys
 
 from cn_clip_pokemon.dataset_format import INFO_FILE, SPLITS
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.files import printable
+from cn_clip_pokemon.safe_reading import printable
 
 INFO_FORMAT = 1
 MESSAGE_ENTRIES = 20  # skipped entries named in a one-line error; the command prints them all
