@@ -84,18 +84,14 @@ def search_text(text):
     return text
 
 
-DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-
-
 def device_name(text):
-    """An argparse type: auto, cpu, cuda, cuda:N (or mps/xpu where torch has them)."""
-    name = text.strip().lower()
-    if name in ("", "auto"):
-        return None
-    kind, _, index = name.partition(":")
-    if kind not in DEVICE_TYPES or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:N (or auto)")
-    return name
+    """An argparse type: auto, cpu, cuda, cuda:N (or mps/xpu where torch has them), by devices' one rule."""
+    from cn_clip_pokemon.devices import check_device_name
+
+    try:
+        return check_device_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _first_existing(path):

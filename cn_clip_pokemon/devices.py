@@ -7,36 +7,49 @@ process gets a process group, of one, with an in-memory store: no port, no launc
 
 The device asked for is an argument, never ambient state: ``train --device`` is an ordinary flag of
 upstream's parser (patches/0027), which torchrun hands to every worker with the rest of the command
-line; ``classify``, ``search``, ``evaluate`` and ``serve`` pass theirs to :func:`pick_device`.
+line; ``classify``, ``search``, ``evaluate`` and ``serve`` pass theirs to :func:`pick_device`. A device
+name has one rule, :func:`check_device_name`: every command's ``--device`` is checked by it while
+its arguments are parsed, before any weights load.
 """
 import logging
 import os
 from dataclasses import dataclass
 
-DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, or another torch device type (mps, xpu...)"
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # what --device may name: cpu, cuda[:N], mps[:N], xpu[:N]
+DEVICE_CHOICES = "cpu, cuda or cuda:N (or auto)"
+
+
+def check_device_name(text):
+    """The one rule for a device name (``--device`` of every command, ``device=`` of the Python API):
+    auto, cpu, cuda, cuda:N (or mps/xpu where torch has them), lower-cased; None for auto or nothing.
+
+    Raises ValueError for any other name (``tpu``, ``cpu:1``, ``cuda:x``), without asking torch, so a
+    command refuses it while its arguments are parsed, before any weights load.
+    """
+    name = (text or "").strip().lower()
+    if name in ("", "auto"):
+        return None
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICE_TYPES or (colon and not index.isdigit()) or (kind == "cpu" and colon):
+        raise ValueError(f"unknown device {text!r}: use {DEVICE_CHOICES}")
+    return name
 
 
 def requested_device_type(requested, cuda_available):
-    """The device type for a request: ``auto`` is CUDA when there is a GPU, else the CPU.
+    """The device for a request: ``auto`` is CUDA when there is a GPU, else the CPU.
 
-    Raises ValueError for a request torch does not know (``tpu``) and RuntimeError for CUDA asked
-    for without a GPU, each naming the flag's way out.
+    Raises ValueError for a name :func:`check_device_name` refuses (``tpu``) and RuntimeError for
+    CUDA asked for without a GPU, each naming the way out.
     """
-    import torch
-
-    requested = (requested or "auto").strip().lower()
-    if requested == "auto":
+    name = check_device_name(requested)
+    if name is None:
         return "cuda" if cuda_available else "cpu"
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"--device {requested}: unknown device; use {DEVICE_CHOICES}") from None
-    if device.type == "cuda" and not cuda_available:
+    if name.partition(":")[0] == "cuda" and not cuda_available:
         raise RuntimeError(
-            f"--device {requested} but torch sees no CUDA device (torch built without CUDA, or "
+            f"--device {name} but torch sees no CUDA device (torch built without CUDA, or "
             "CUDA_VISIBLE_DEVICES hides the GPUs); use --device cpu"
         )
-    return requested
+    return name
 
 
 def pick_device(device=None):

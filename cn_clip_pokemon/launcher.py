@@ -200,6 +200,12 @@ def parse_upstream_args(parse_args, argv):
             raise UsageError(
                 f"argument --{name.replace('_', '-')}: must be at least {least}, not {value} (see `cn-clip-pokemon train --help`)"
             )
+    from cn_clip_pokemon.devices import check_device_name
+
+    try:
+        check_device_name(args.device_request)  # the one rule of every command's --device
+    except ValueError as error:
+        raise UsageError(f"argument --device: {error} (see `cn-clip-pokemon train --help`)") from None
     return args
 
 

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from cn_clip_pokemon.devices import autocast, decide_layout, grad_scaler, pick_device
+from cn_clip_pokemon.devices import autocast, check_device_name, decide_layout, grad_scaler, pick_device
 
 
 def test_alone_on_a_cpu_is_one_gloo_process():
@@ -115,11 +115,11 @@ def test_a_single_process_gets_a_process_group_of_one_without_a_launcher():
 
 
 def test_the_device_is_an_argument_checked_in_one_place():
-    with pytest.raises(ValueError, match="--device tpu: unknown device"):
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
         decide_layout({}, requested="tpu", cuda_available=False, cuda_device_count=0)
     from cn_clip_pokemon.errors import UserError
 
-    with pytest.raises(UserError, match="--device tpu: unknown device"):
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
         pick_device("tpu")
     assert str(pick_device("cpu")) == "cpu"
     import torch
@@ -139,3 +139,35 @@ def test_train_passes_device_as_a_flag_to_upstreams_parser():
     args = parse_args(["--train-data", "x", "--device", "cpu"])
     assert args.device_request == "cpu"
     assert not any(key.startswith("CN_CLIP_POKEMON_DEVICE") for key in os.environ)
+
+
+def test_one_rule_names_a_device():
+    for given, name in (("auto", None), ("", None), (None, None), (" CUDA:1 ", "cuda:1"), ("cpu", "cpu"), ("mps", "mps"), ("xpu:0", "xpu:0")):
+        assert check_device_name(given) == name
+    for wrong in ("tpu", "cpu:0", "cuda:", "cuda:x", "cuda:-1", "meta", "gpu"):
+        with pytest.raises(ValueError, match=f"unknown device '{wrong}': use cpu, cuda or cuda:N \\(or auto\\)"):
+            check_device_name(wrong)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["classify", "pikachu.png", "--checkpoint", "missing.pt"],
+        ["search", "皮卡丘", "--checkpoint", "missing.pt", "--dataset", "missing"],
+        ["evaluate", "--checkpoint", "missing.pt", "--dataset", "missing"],
+        ["serve", "--checkpoint", "missing.pt"],
+        ["export-hf", "missing.pt", "out"],
+        ["train", "--train-data", "missing", "--vision-model", "ViT-T-8-64", "--text-model", "RBT-Tiny-chinese"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_every_command_refuses_an_unknown_device_while_parsing(argv, tmp_path, monkeypatch, capsys):
+    """A usage error (exit 2) naming the device, before anything is read: a checkpoint or a dataset
+    that does not exist would be an error (exit 1) of its own."""
+    from cn_clip_pokemon.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + ["--device", "tpu"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("cn-clip-pokemon: error: argument --device: unknown device 'tpu': use cpu, cuda or cuda:N (or auto)"), error
+    assert f"(see `cn-clip-pokemon {argv[0]}" in error and len(error.splitlines()) == 1, error
