@@ -1,4 +1,4 @@
-"""One loader for every Chinese-CLIP checkpoint shape, and the model-config names behind it.
+"""One loader for every Chinese-CLIP checkpoint shape, and the writer of ours.
 
 Shapes accepted by :func:`load_model`:
 
@@ -12,278 +12,35 @@ Shapes accepted by :func:`load_model`:
 - the official pretrained releases (``clip_cn_vit-b-16.pt``...: ``{"state_dict"}``, fp16, ``module.``),
   by path or by upstream's name (``ViT-B-16``), found like upstream's ``load_from_name`` does.
 - transformers ``ChineseCLIPModel`` folders (the Hub's layout, or ``export-hf``'s), converted by
-  :mod:`cn_clip_pokemon.huggingface`.
+  :mod:`cn_clip_pokemon.hf_format`.
 
 Without a ``model_config`` the architecture is read from tensor shapes and named after the registered
-config (ours or upstream's) it matches. Files are read with ``torch.load(weights_only=True)``, so a
-pickle that would run code is refused, never executed. Loading is strict: a key that does not fit is
-reported, grouped, with its likely cause, instead of being left at random like ``strict=False`` does.
+config (ours or upstream's) it matches (:func:`cn_clip_pokemon.model_config_resolver.infer_model_info`).
+Where a file comes from and how it is read is :mod:`cn_clip_pokemon.checkpoint_sources`' concern: with
+``torch.load(weights_only=True)``, so a pickle that would run code is refused, never executed. Here the
+file's config and tensors are checked before a model is allocated, and loading is strict: a key that
+does not fit is reported, grouped, with its likely cause, instead of being left at random like
+``strict=False`` does.
 """
-import hashlib
 import json
 import math
-import os
 import re
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 
+from cn_clip_pokemon.checkpoint_files import first_line
+from cn_clip_pokemon.checkpoint_sources import read_checkpoint, resolve_checkpoint_path
 from cn_clip_pokemon.dataset_format import CAPTIONS_KEY
+from cn_clip_pokemon.devices import pick_device
 from cn_clip_pokemon.errors import UserError
-from cn_clip_pokemon.hookspecs import VISION_CONFIG_KEYS
-from cn_clip_pokemon.files import atomic_write, file_sha256
-
-# The CLIP(**kwargs) arguments that tensor shapes decide; the rest (dropouts, activation, head width)
-# come from the matching config, or defaults when none matches.
-VISION_SHAPE_KEYS = VISION_CONFIG_KEYS  # every key of a vision config shows in the tensors
-TEXT_SHAPE_KEYS = (
-    "vocab_size",
-    "text_hidden_size",
-    "text_intermediate_size",
-    "text_max_position_embeddings",
-    "text_num_hidden_layers",
-    "text_type_vocab_size",
+from cn_clip_pokemon.files import atomic_write
+from cn_clip_pokemon.model_config_resolver import (
+    TEXT_SHAPE_KEYS,
+    VISION_SHAPE_KEYS,
+    count_indexed,
+    infer_model_info,
+    model_info_for,
 )
-TEXT_DEFAULTS = {
-    "text_attention_probs_dropout_prob": 0.1,
-    "text_hidden_act": "gelu",
-    "text_hidden_dropout_prob": 0.1,
-    "text_initializer_range": 0.02,
-}
-# Upstream's heads are always 64 wide (except ViT-H's vision_head_width 80); shapes cannot tell.
-DEFAULT_HEAD_WIDTH = 64
-
-
-# --------------------------------------------------------------------------- model-config names
-
-
-def model_config_files():
-    """Every known config name -> JSON path: upstream's own first, then those plugins register.
-
-    Names resolve through :mod:`cn_clip_pokemon.model_config_resolver`, like training and upstream's tools.
-    """
-    from cn_clip_pokemon.model_config_resolver import available_model_configs, model_config_path
-
-    return {name: model_config_path(name) for name in available_model_configs()}
-
-
-def read_model_config(name):
-    """The config dict of a vision or text config name (vision_layers parsed to int or list)."""
-    from cn_clip_pokemon.model_config_resolver import model_config_path
-
-    path = model_config_path(name)  # UnknownModelConfig (a UserError) lists the names available
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
-    layers = config.get("vision_layers")
-    if isinstance(layers, str):
-        # upstream writes RN50's "[3,4,6,3]" as a string and eval()s it; JSON reads it safely
-        config["vision_layers"] = json.loads(layers)
-    return config
-
-
-def _is_vision_config(config):
-    return "vision_layers" in config
-
-
-def model_info_for(vision_model, text_model, input_resolution=None):
-    """CLIP(**kwargs) for a vision and a text config name, like upstream's create_model merges them."""
-    vision = read_model_config(vision_model)
-    text = read_model_config(text_model)
-    if not _is_vision_config(vision):
-        raise UserError(f"{vision_model!r} is a text config; pass it as the text model")
-    if _is_vision_config(text):
-        raise UserError(f"{text_model!r} is a vision config; pass it as the vision model")
-    info = dict(vision)
-    info.update(text)
-    if input_resolution:
-        info["image_resolution"] = int(input_resolution)
-    return info
-
-
-def _matching_config_name(wanted, keys, vision):
-    """The first config name whose shape-deciding values equal ``wanted`` (upstream's names first)."""
-    from cn_clip_pokemon.model_config_resolver import available_model_configs
-
-    for name in available_model_configs():
-        try:
-            config = read_model_config(name)
-        except (OSError, ValueError, UserError):
-            continue
-        if _is_vision_config(config) != vision:
-            continue
-        if all(config.get(key) == wanted.get(key) for key in keys):
-            return name, config
-    return None, None
-
-
-# --------------------------------------------------------------------------- reading files
-
-
-def resolve_checkpoint_path(path_or_name, download_root=None):
-    """A checkpoint file path for a path or an upstream pretrained name (``ViT-B-16``...)."""
-    from cn_clip.clip.utils import _MODELS
-
-    candidate = Path(os.path.expanduser(str(path_or_name)))
-    if candidate.is_file():
-        return candidate
-    if candidate.is_dir():  # a transformers ChineseCLIP folder (the Hub's layout), or a one-line error
-        from cn_clip_pokemon.huggingface import check_hf_folder
-
-        return check_hf_folder(candidate)
-    if str(path_or_name) in _MODELS:
-        filename = _MODELS[str(path_or_name)][1]
-        roots = [download_root] if download_root else []
-        if os.environ.get("DATAPATH"):
-            roots.append(os.path.join(os.environ["DATAPATH"], "pretrained_weights"))
-        roots.append(os.path.expanduser("~/.cache/clip"))
-        for root in roots:
-            if os.path.isfile(os.path.join(root, filename)):
-                return Path(root) / filename
-        hint = f"put {filename} in one of those folders, or pass its path"
-        looked = f"pretrained {path_or_name} not found (looked for {filename} in {', '.join(roots)})"
-        if not _hub_reachable():
-            raise UserError(f"{looked} and the Hugging Face hub is not reachable to download it; {hint}")
-        try:
-            from cn_clip.clip.utils import _download
-
-            return Path(_download(str(path_or_name), roots[0]))
-        except Exception as error:  # huggingface_hub missing, file gone, connection dropped...
-            raise UserError(f"{looked} and the download failed ({type(error).__name__}: {_first_line(error)}); {hint}") from None
-    if candidate.exists():
-        raise UserError(f"{candidate} is not a file: pass a checkpoint file (.pt)")
-    raise UserError(
-        f"no checkpoint {str(path_or_name)!r}: not a file, nor a pretrained name "
-        f"({', '.join(_MODELS)})"
-    )
-
-
-def _hub_reachable(timeout=3.0):
-    """Whether a download from the Hugging Face hub can even start (offline mode, DNS, TCP)."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def numpy_scalar_globals():
-    """The numpy names a plain numpy scalar unpickles through, and nothing else.
-
-    Upstream's training writes learning rates as ``numpy.float64`` into the optimizer state (its
-    cosine schedule computes them with numpy), so ``weights_only=True`` alone refuses every checkpoint
-    unpatched upstream training wrote. A scalar needs ``multiarray.scalar`` (which only builds a
-    number from a dtype and raw bytes) and the dtype classes; none of them can run code.
-    """
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
-    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-             np.float16, np.float32, np.float64)
-    return [scalar, np.dtype] + sorted({type(np.dtype(kind)) for kind in kinds}, key=lambda t: t.__name__)
-
-
-def read_checkpoint(path):
-    """``torch.load(path, weights_only=True)`` on the CPU, with every failure as a one-line UserError."""
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    if path.is_dir():  # a transformers folder: safetensors without pickle, .bin with weights_only
-        from cn_clip_pokemon.huggingface import read_hf_folder
-
-        return read_hf_folder(path)
-    check_archive_sizes(path)
-    try:
-        # torch warns about what it meets in a file (sparse invariants, quantized or typed storages):
-        # what matters is checked after loading (check_tensor_kinds), and said in one line
-        with torch.serialization.safe_globals(numpy_scalar_globals()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        message = str(error)
-        if "weights_only" in message.lower() or "Unsupported global" in message:
-            found = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL [\w.]+)", message)
-            what = f" ({found.group(1)})" if found else ""
-            raise UserError(
-                f"refusing to load {path}: unpickling it would run code{what}, which a checkpoint "
-                "never needs; it was not executed. Re-save the weights from a trusted copy "
-                "(torch.save of plain tensors) or use another file"
-            ) from None
-        raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file): {_first_line(error)}") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, AttributeError, TypeError, ImportError) as error:
-        raise UserError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file): {_first_line(error)}"
-        ) from None
-
-
-# torch.save stores every record of its zip archive uncompressed, so reading a checkpoint costs about
-# as much memory as the file has bytes. A record can claim any size, though, and deflate packs 2 GB of
-# zeros into 2 MB: torch would allocate and inflate all of it before anything else could be checked.
-# So the archive's own index is read first (a few bytes per record) and its declared sizes are held
-# to the file's size: honestly compressed weights shrink by ~10%, never by half.
-MAX_EXPANSION = 2  # declared bytes per byte on disk
-EXPANSION_SLACK = 64 << 20  # small files: a few records of metadata may compress well
-MAX_RECORDS = 100_000  # torch writes one record per storage: a few thousand for the largest model with its optimizer
-
-
-def check_archive_sizes(path):
-    """A one-line UserError when ``path``, a zip archive (torch's format since 1.6), declares more
-    content than it can hold uncompressed (see MAX_EXPANSION) or absurdly many records; nothing is
-    inflated to find out. Anything that is not a readable zip is left to ``torch.load`` to judge."""
-    import zipfile
-
-    try:
-        on_disk = os.stat(path).st_size
-        with open(path, "rb") as file:
-            if not zipfile.is_zipfile(file):
-                return  # the legacy format reads each storage from the file itself, as it comes
-            records = _zip_record_count(file)
-            if records is not None and records > MAX_RECORDS:
-                raise UserError(
-                    f"{path}: its archive lists {records:,} records, more than any checkpoint has ({MAX_RECORDS:,}); "
-                    "refusing to read it: the file was crafted or damaged, use another copy"
-                )
-            file.seek(0)
-            with zipfile.ZipFile(file) as archive:
-                infos = archive.infolist()
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
-        return  # torch.load names what is wrong
-    declared = sum(info.file_size for info in infos)
-    if declared > MAX_EXPANSION * on_disk + EXPANSION_SLACK:
-        largest = max(infos, key=lambda info: info.file_size)
-        raise UserError(
-            f"{path}: its archive declares {declared / 2**30:.2f} GiB of content in {on_disk / 2**20:.1f} MiB on disk "
-            f"({largest.filename}: {largest.file_size:,} bytes, {'compressed' if largest.compress_type else 'stored'}); "
-            "refusing to inflate it. torch.save never compresses, so this file was crafted or re-packed: "
-            "re-save the weights with torch.save, or use another copy"
-        )
-
-
-def _zip_record_count(file):
-    """The record count a zip's end-of-central-directory record claims, without reading the records
-    (None where this Python's zipfile does not expose it)."""
-    import zipfile
-
-    try:
-        end = zipfile._EndRecData(file)
-        return None if end is None else int(end[zipfile._ECD_ENTRIES_TOTAL])
-    except (AttributeError, IndexError, TypeError):
-        return None
-
-
-def _first_line(error):
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:200]
 
 
 def _is_tensor(value):
@@ -328,77 +85,6 @@ def normalize_state_dict(state_dict):
         state_dict = OrderedDict((key[len("module."):], value) for key, value in converted.items())
     # the model has no BERT pooler (upstream drops those keys on every load)
     return OrderedDict((key, value) for key, value in state_dict.items() if not key.startswith("bert.pooler."))
-
-
-# --------------------------------------------------------------------------- architecture from shapes
-
-
-def _count_indexed(state_dict, prefix):
-    indices = set()
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    for key in state_dict:
-        found = pattern.match(key)
-        if found:
-            indices.add(int(found.group(1)))
-    return max(indices) + 1 if indices else 0
-
-
-def infer_model_info(state_dict):
-    """CLIP(**kwargs) read from a normalized state dict's shapes, plus the config names that match."""
-    sd = state_dict
-    info = {}
-    try:
-        if "visual.conv1.weight" in sd and "visual.class_embedding" in sd:  # ViT
-            width, _, patch, _ = sd["visual.conv1.weight"].shape
-            tokens = sd["visual.positional_embedding"].shape[0]
-            grid = int(round((tokens - 1) ** 0.5))
-            info.update(
-                embed_dim=int(sd["visual.proj"].shape[1]),
-                image_resolution=int(grid * patch),
-                vision_layers=_count_indexed(sd, "visual.transformer.resblocks."),
-                vision_width=int(width),
-                vision_patch_size=int(patch),
-            )
-        elif "visual.attnpool.positional_embedding" in sd:  # ModifiedResNet
-            width = int(sd["visual.bn3.weight"].shape[0])
-            tokens = sd["visual.attnpool.positional_embedding"].shape[0]
-            info.update(
-                embed_dim=int(sd["visual.attnpool.c_proj.weight"].shape[0]),
-                image_resolution=int(round((tokens - 1) ** 0.5)) * 32,
-                vision_layers=[_count_indexed(sd, f"visual.layer{i}.") for i in range(1, 5)],
-                vision_width=width,
-                vision_patch_size=None,
-            )
-        else:
-            return None
-        words = sd["bert.embeddings.word_embeddings.weight"]
-        info.update(
-            vocab_size=int(words.shape[0]),
-            text_hidden_size=int(words.shape[1]),
-            text_intermediate_size=int(sd["bert.encoder.layer.0.intermediate.dense.weight"].shape[0]),
-            text_max_position_embeddings=int(sd["bert.embeddings.position_embeddings.weight"].shape[0]),
-            text_num_hidden_layers=_count_indexed(sd, "bert.encoder.layer."),
-            text_type_vocab_size=int(sd["bert.embeddings.token_type_embeddings.weight"].shape[0]),
-        )
-    except (KeyError, IndexError, ValueError):
-        return None
-
-    vision_name, vision_config = _matching_config_name(info, VISION_SHAPE_KEYS, vision=True)
-    text_name, text_config = _matching_config_name(info, TEXT_SHAPE_KEYS, vision=False)
-    if vision_config is not None and "vision_head_width" in vision_config:
-        info["vision_head_width"] = vision_config["vision_head_width"]
-    text_extra = dict(TEXT_DEFAULTS)
-    text_extra["text_num_attention_heads"] = max(1, info["text_hidden_size"] // DEFAULT_HEAD_WIDTH)
-    if text_config is not None:
-        text_extra.update({key: value for key, value in text_config.items() if key.startswith("text_")})
-    for key, value in text_extra.items():
-        info.setdefault(key, value)
-    return {
-        "vision_model": vision_name,
-        "text_model": text_name,
-        "input_resolution": info["image_resolution"],
-        "model_info": info,
-    }
 
 
 # --------------------------------------------------------------------------- strict loading
@@ -540,7 +226,7 @@ def _layer_counts(model_info, state_dict):
     else:
         vision = [("vision_layers", "visual.transformer.resblocks.", layers)]
     stacks = vision + [("text_num_hidden_layers", "bert.encoder.layer.", model_info["text_num_hidden_layers"])]
-    return [(name, prefix, int(wanted), _count_indexed(state_dict, prefix)) for name, prefix, wanted in stacks]
+    return [(name, prefix, int(wanted), count_indexed(state_dict, prefix)) for name, prefix, wanted in stacks]
 
 
 def check_config_against_weights(model_info, state_dict, path):
@@ -581,7 +267,7 @@ def shapes_on_meta(model_info, path):
         with torch.device("meta"):
             model = CLIP(**model_info)
     except (TypeError, ValueError, ZeroDivisionError, RuntimeError, AssertionError, AttributeError, KeyError) as error:
-        raise UserError(f"model_config of {path} is not a valid CLIP(**kwargs): {_first_line(error)}") from None
+        raise UserError(f"model_config of {path} is not a valid CLIP(**kwargs): {first_line(error)}") from None
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 
@@ -661,13 +347,6 @@ def check_tensor_values(state_dict, path):
 # --------------------------------------------------------------------------- public API
 
 
-def pick_device(device=None):
-    """``device`` as given, or CUDA when there is one, else the CPU (decided in devices.py)."""
-    from cn_clip_pokemon.devices import pick_device as decide
-
-    return decide(device)
-
-
 class LoadedCheckpoint:
     """What :func:`load_checkpoint` returns: the model, its preprocessing, where it came from.
 
@@ -701,6 +380,7 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
 
     from cn_clip_pokemon.images import PicturePreprocess
 
+    device = pick_device(device)  # a device it cannot use is said before any weights are read
     path = resolve_checkpoint_path(path_or_name, download_root=download_root)
     saved = read_checkpoint(path)
     state_dict, saved_config = split_checkpoint(saved, path)
@@ -778,12 +458,11 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
     try:
         model = CLIP(**model_info)
     except (TypeError, ValueError, ZeroDivisionError, RuntimeError, AssertionError) as error:
-        raise UserError(f"model_config of {path} is not a valid CLIP(**kwargs): {_first_line(error)}") from None
+        raise UserError(f"model_config of {path} is not a valid CLIP(**kwargs): {first_line(error)}") from None
     if input_resolution and int(input_resolution) != checkpoint_resolution:
         # a ViT checkpoint trained at one resolution still runs at another: interpolate positions
         resize_pos_embed(state_dict, model)
     load_state_dict_strictly(model, state_dict, path, source)
-    device = pick_device(device)
     model = model.float().to(device).eval()
     return LoadedCheckpoint(model, PicturePreprocess(model_config["input_resolution"]), model_config, Path(path), captions)
 
@@ -841,8 +520,6 @@ def atomic_torch_save(obj, path):
     """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
     import torch
 
-    from cn_clip_pokemon.files import atomic_write
-
     with atomic_write(path) as f:
         torch.save(obj, f)
 
@@ -869,31 +546,3 @@ def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_
         checkpoint[CAPTIONS_KEY] = [str(caption) for caption in captions]
     atomic_torch_save(checkpoint, path)
     return Path(path)
-
-
-def file_digest(path, memo_dir=None):
-    """SHA-256 of a file's content; with ``memo_dir`` it is remembered until size or mtime change."""
-    path = Path(path)
-    if path.is_dir():  # a transformers folder: its config and weight files
-        from cn_clip_pokemon.huggingface import folder_digest
-
-        return folder_digest(path, memo_dir=memo_dir)
-    stat = path.stat()
-    signature = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
-    memo_file = None
-    if memo_dir is not None:
-        memo_file = Path(memo_dir) / ("digest-" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16] + ".json")
-        try:
-            memo = json.loads(memo_file.read_text(encoding="utf-8"))
-            if {key: memo.get(key) for key in signature} == signature and memo.get("sha256"):
-                return memo["sha256"]
-        except (OSError, ValueError):
-            pass
-    value = file_sha256(path)
-    if memo_file is not None:
-        try:
-            with atomic_write(memo_file, "w", encoding="utf-8") as f:
-                json.dump(dict(signature, sha256=value), f)
-        except OSError:
-            pass  # an unwritable cache only costs a re-hash next time
-    return value

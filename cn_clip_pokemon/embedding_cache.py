@@ -74,10 +74,10 @@ def write_cache(path, parts, **tensors):
 
 def checkpoint_identity(loaded):
     """What the embeddings of a loaded checkpoint depend on: file content and the model built."""
-    from cn_clip_pokemon.checkpoint import file_digest
+    from cn_clip_pokemon.checkpoint_sources import checkpoint_digest
 
     return {
         "format": CACHE_FORMAT,
-        "checkpoint_sha256": file_digest(loaded.path, memo_dir=cache_dir_for(loaded.path)),
+        "checkpoint_sha256": checkpoint_digest(loaded.path, memo_dir=cache_dir_for(loaded.path)),
         "model_info": loaded.model_config["model_info"],
     }

@@ -24,16 +24,15 @@ plugins`` lists it and exits 1. A third-party dataset or launcher that raises wh
 costs one line naming the plugin and its distribution (:class:`PluginError`), never a traceback.
 """
 import importlib
-import importlib.util
 import os
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pluggy
 
 from cn_clip_pokemon import hookspecs
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.model_config_names import normalise_config_name, upstream_model_config_names
 
 ENTRY_POINT_GROUP = "cn_clip.training"
 OWN_DISTRIBUTION = "cn-clip-pokemon"
@@ -174,17 +173,6 @@ def is_builtin(plugin_name):
     return plugin_name in DEFAULT_PLUGINS
 
 
-def upstream_model_config_names():
-    """Names of upstream's own model configs (cn_clip/clip/model_configs/*.json), found without
-    importing cn_clip."""
-    spec = importlib.util.find_spec("cn_clip")
-    names = set()
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        folder = Path(location) / "clip" / "model_configs"
-        names |= {path.stem for path in folder.glob("*.json")}
-    return names
-
-
 def _upstream_distribution():
     try:
         return f"cn_clip {metadata.version('cn_clip')}"
@@ -318,9 +306,7 @@ def _registry_key(kind, name):
     """The name a registration is kept (and looked up) under: a model config by the resolver's own
     spelling (``ViT/X`` and ``ViT-X`` are one config), the rest as given."""
     if kind == "model config":
-        from cn_clip_pokemon.model_config_resolver import _normalise
-
-        return _normalise(name)
+        return normalise_config_name(name)
     return name
 
 

@@ -45,7 +45,8 @@ def _whole_number(value):
 def read_training_checkpoint(path, args, automatic):
     """The checkpoint at ``path`` for ``args``'s model; ``automatic`` when it is the run's own
     epoch_latest.pt, found by upstream's automatic resume rather than asked for."""
-    from cn_clip_pokemon.checkpoint import normalize_state_dict, read_checkpoint, split_checkpoint
+    from cn_clip_pokemon.checkpoint import normalize_state_dict, split_checkpoint
+    from cn_clip_pokemon.checkpoint_sources import read_checkpoint
 
     loaded = read_checkpoint(path)  # one-line UserError for unreadable or code-running pickles
     state_dict, model_config = split_checkpoint(loaded, path)

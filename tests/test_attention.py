@@ -19,7 +19,7 @@ import torch
 
 import cn_clip_pokemon  # noqa: F401  (installs the patches before cn_clip is imported)
 from cn_clip_pokemon.attention import FlashMHA
-from cn_clip_pokemon.checkpoint import model_info_for
+from cn_clip_pokemon.model_config_resolver import model_info_for
 
 REPO = Path(__file__).resolve().parents[1]
 

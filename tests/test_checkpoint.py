@@ -11,6 +11,8 @@ from cn_clip.clip import tokenize  # noqa: E402
 from cn_clip.clip.model import CLIP, convert_state_dict, convert_weights  # noqa: E402
 
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
+from cn_clip_pokemon import model_config_resolver as resolver  # noqa: E402
+from cn_clip_pokemon.checkpoint_files import file_digest  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
 
 # A CLIP small enough to build in a blink; vocab_size stays 21128 (cn_clip's tokenizer is fixed).
@@ -145,7 +147,7 @@ def test_other_shapes_reload_exactly(tiny_model, tmp_path, shape):
 
 
 def test_registered_tiny_configs_are_named_from_shapes(tmp_path):
-    info = ckpt.model_info_for("ViT-T-8-64", "RBT-Tiny-chinese")
+    info = resolver.model_info_for("ViT-T-8-64", "RBT-Tiny-chinese")
     torch.manual_seed(1)
     model = CLIP(**info).eval()
     torch.save(model.state_dict(), tmp_path / "raw.pt")
@@ -233,7 +235,7 @@ def test_mismatched_keys_are_listed_grouped_never_loaded_loosely(tiny_model, tmp
         ckpt.load_model(tmp_path / "tiny.pt", device="cpu", vision_model="ViT-T-8-64", text_model="RBT-Tiny-chinese")
     message = str(error.value)
     assert "ViT-T-8-64@RBT-Tiny-chinese" in message
-    layers = ckpt.read_model_config("ViT-T-8-64")["vision_layers"]  # the tiny file has 2 blocks
+    layers = resolver.read_model_config("ViT-T-8-64")["vision_layers"]  # the tiny file has 2 blocks
     missing = 12 * (layers - 2)
     assert f"missing from the file, {missing} keys: visual.transformer.resblocks.{{2..{layers - 1}}}.* ({missing} keys)" in message
     assert "different shapes, 70 tensors: text_projection (64, 32) vs model (128, 256)" in message
@@ -244,9 +246,9 @@ def test_unknown_names_and_paths(tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         ckpt.load_model(tmp_path / "missing.pt")
     with pytest.raises(UserError, match="unknown model config 'ViT-Q-1'"):
-        ckpt.model_info_for("ViT-Q-1", "RBT3-chinese")
+        resolver.model_info_for("ViT-Q-1", "RBT3-chinese")
     with pytest.raises(UserError, match="is a text config"):
-        ckpt.model_info_for("RBT3-chinese", "RBT3-chinese")
+        resolver.model_info_for("RBT3-chinese", "RBT3-chinese")
 
 
 def test_pretrained_name_not_found_offline(tmp_path, monkeypatch):
@@ -269,11 +271,11 @@ def test_vit_runs_at_another_resolution(tiny_model, tmp_path):
 def test_file_digest_is_remembered_until_the_file_changes(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"a" * 1000)
-    first = ckpt.file_digest(path, memo_dir=tmp_path / "memo")
-    assert ckpt.file_digest(path, memo_dir=tmp_path / "memo") == first
+    first = file_digest(path, memo_dir=tmp_path / "memo")
+    assert file_digest(path, memo_dir=tmp_path / "memo") == first
     path.write_bytes(b"b" * 1000)
     os.utime(path, ns=(1, 1))
-    assert ckpt.file_digest(path, memo_dir=tmp_path / "memo") != first
+    assert file_digest(path, memo_dir=tmp_path / "memo") != first
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +321,7 @@ def test_upstream_load_from_name_reads_our_checkpoint(rn50_files, capsys):
         assert torch.equal(loaded.model.encode_text(texts), upstream_model.encode_text(texts))
 
     # and the ResNet layout is recognised from shapes alone
-    inferred = ckpt.infer_model_info(ckpt.normalize_state_dict(torch.load(release, weights_only=True)["state_dict"]))
+    inferred = resolver.infer_model_info(ckpt.normalize_state_dict(torch.load(release, weights_only=True)["state_dict"]))
     assert (inferred["vision_model"], inferred["text_model"]) == ("RN50", "RBT3-chinese")
     assert inferred["model_info"]["vision_layers"] == [3, 4, 6, 3]
 
@@ -354,6 +356,7 @@ def test_a_model_config_without_model_info_is_one_line(tiny_model, tmp_path):
     assert "\n" not in str(error.value)
 
 
-def test_unknown_device_is_a_user_error():
+def test_unknown_device_is_a_user_error(tiny_model, tmp_path):
+    ckpt.save_model(tiny_model, tmp_path / "tiny.pt", TINY_CONFIG)
     with pytest.raises(UserError, match="unknown device 'tpu'"):
-        ckpt.pick_device("tpu")
+        ckpt.load_model(tmp_path / "tiny.pt", device="tpu")

@@ -203,7 +203,7 @@ def _tiny_models(use_flash_attention):
     patching.install()
     from cn_clip.clip.model import CLIP
 
-    from cn_clip_pokemon.checkpoint import model_info_for
+    from cn_clip_pokemon.model_config_resolver import model_info_for
 
     info = dict(model_info_for(VISION, TEXT))
     info.pop("use_flash_attention", None)

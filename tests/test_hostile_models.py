@@ -34,6 +34,7 @@ from cn_clip.clip import model as clip_model  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
+from cn_clip_pokemon import checkpoint_files  # noqa: E402
 from cn_clip_pokemon import model_config_resolver  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
@@ -268,11 +269,11 @@ def test_an_honest_checkpoint_still_classifies_to_valid_json(user, capsys):
 
 
 def test_the_archive_check_passes_honest_files_and_leaves_other_formats_to_torch(user, tmp_path):
-    ckpt.check_archive_sizes(user.checkpoint)  # torch.save's own zip: stored, never expanded
+    checkpoint_files.check_archive_sizes(user.checkpoint)  # torch.save's own zip: stored, never expanded
     legacy = tmp_path / "legacy.pt"
     torch.save({"x": torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
-    ckpt.check_archive_sizes(legacy)
-    assert torch.equal(ckpt.read_checkpoint(legacy)["x"], torch.ones(3))
+    checkpoint_files.check_archive_sizes(legacy)
+    assert torch.equal(checkpoint_files.read_checkpoint_file(legacy)["x"], torch.ones(3))
 
 
 # --------------------------------------------------------------------------- hostile pictures

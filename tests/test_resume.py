@@ -23,7 +23,7 @@ import torch
 
 from test_training import cpu_env, load_checkpoint, read_metrics, run, runner, train_command  # noqa: F401
 
-from cn_clip_pokemon.checkpoint import read_checkpoint
+from cn_clip_pokemon.checkpoint_sources import read_checkpoint
 from cn_clip_pokemon.cli import main as cli_main
 from cn_clip_pokemon.resume import TrainingCheckpoint, data_position, prune_checkpoints
 

@@ -79,7 +79,7 @@ def test_a_registered_dict_is_written_once_and_every_caller_resolves_the_same_fi
     from cn_clip.eval.data import fetch_resolution as eval_resolution
     from cn_clip.training.data import fetch_resolution, model_config_file
 
-    from cn_clip_pokemon.checkpoint import read_model_config
+    from cn_clip_pokemon.model_config_resolver import read_model_config
 
     path = model_config_path("ViT-Resolver-Dict-Test")
     assert path.parent == tmp_path / "cache" / "cn-clip-pokemon" / "model_configs"
