@@ -29,7 +29,7 @@ COMMANDS = [
     ("search", "cn_clip_pokemon.search", "Search a built dataset's pictures by text (or by picture).", False),
     ("evaluate", "cn_clip_pokemon.evaluation", "Zero-shot top-1/top-5 and Recall@1/5/10 of a checkpoint on a dataset split.", False),
     ("serve", "cn_clip_pokemon.serve", "A web page: upload a picture for its top-5 names, search a dataset by text (needs the web extra).", False),
-    ("export-hf", "cn_clip_pokemon.huggingface", "Write a checkpoint as a Hugging Face transformers ChineseCLIP folder (needs the hf extra).", False),
+    ("export-hf", "cn_clip_pokemon.hf_export", "Write a checkpoint as a Hugging Face transformers ChineseCLIP folder (needs the hf extra).", False),
     ("patches", "cn_clip_pokemon.patching", "List the patches applied to upstream cn_clip, or --check that they apply.", False),
     ("plugins", "cn_clip_pokemon.cli", "List the loaded plugins, what each registers and from which distribution.", False),
 ]

@@ -121,7 +121,7 @@ def prepare_upstream_argv(argv):
                 f"{flag} to start from random initialisation"
             )
     if args.resume is not None and os.path.isdir(args.resume):
-        from cn_clip_pokemon.huggingface import check_hf_folder
+        from cn_clip_pokemon.hf_format import check_hf_folder
 
         check_hf_folder(args.resume)  # a transformers ChineseCLIP folder, or one line on what it lacks
     elif args.resume is not None and not os.path.isfile(args.resume):
@@ -361,7 +361,7 @@ def train_main(argv):
         if _has_flag(upstream_argv, "--resume"):
             parser.error("--pretrained and --resume both say where to start: give one")
         if os.path.isdir(options.pretrained):
-            from cn_clip_pokemon.huggingface import check_hf_folder
+            from cn_clip_pokemon.hf_format import check_hf_folder
 
             check_hf_folder(options.pretrained)  # a transformers ChineseCLIP folder (the Hub's layout)
         elif not os.path.isfile(options.pretrained):

@@ -21,8 +21,9 @@ import torch
 from PIL import Image
 
 from cn_clip_pokemon import checkpoint as ckpt
-from cn_clip_pokemon import huggingface as hf
+from cn_clip_pokemon import hf_format as hf
 from cn_clip_pokemon.cli import main as cli_main
+from cn_clip_pokemon.hf_export import MARKER
 from cn_clip_pokemon.model_config_resolver import matching_config_name
 from test_training import TEST_TEXT, TEST_VISION, read_metrics, run, runner, train_command  # noqa: F401
 from test_vit_b16_cpu import write_official_vit_b16
@@ -121,7 +122,7 @@ def test_tiny_export_loads_in_transformers_and_equals_cn_clip(tiny_checkpoint, t
     out = export(tiny_checkpoint, tmp_path / "tiny-hf")
     names = sorted(os.listdir(out))
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-            "processor_config.json", "preprocessor_config.json", "README.md", hf.MARKER} <= set(names)
+            "processor_config.json", "preprocessor_config.json", "README.md", MARKER} <= set(names)
     pixels, image, text, scale = compare_embeddings(tiny_checkpoint, out)
     assert pixels == 0 and image < TOLERANCE and text < TOLERANCE and scale == 0, (pixels, image, text, scale)
     # cn_clip -> transformers -> cn_clip: the very same tensors, and the config names found again
