@@ -16,6 +16,7 @@ from cn_clip_pokemon.cli import main as cli_main
 from cn_clip_pokemon.dataset_format import SPLITS
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.images import decode_picture
+from conftest import png_header_only
 
 
 def read_lmdb(path):
@@ -119,17 +120,6 @@ def copy_sprites(sprite_pictures, target, wanted):
     for new_name, relative in wanted.items():
         shutil.copy(sprite_pictures / relative, target / new_name)
     return target
-
-
-def png_header_only(width, height):
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
 @pytest.fixture

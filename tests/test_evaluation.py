@@ -9,7 +9,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import cn_clip_pokemon  # noqa: E402,F401  (first: its patches apply to the cn_clip modules imported after it)
-from cn_clip.clip.model import CLIP  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
@@ -17,14 +16,13 @@ from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.dataset_format import safe_pair_loads  # noqa: E402
 from cn_clip_pokemon.evaluation import evaluate, recall_at_k  # noqa: E402
 from cn_clip_pokemon.zero_shot import ranked, top_k_accuracy  # noqa: E402
+from conftest import random_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """ViT-T-8-64@RBT-Tiny-chinese with random weights (64 px, the sprite dataset's size)."""
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(3)
-    return ckpt.save_model(CLIP(**config["model_info"]), tmp_path_factory.mktemp("eval") / "epoch_latest.pt", config)
+    return random_checkpoint(tmp_path_factory.mktemp("eval") / "epoch_latest.pt", seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from cn_clip_pokemon.builder.build import build_dataset
 from cn_clip_pokemon.builder.output import OUTPUT_NAMES
 from cn_clip_pokemon.dataset_format import SPLITS
 from cn_clip_pokemon.safe_reading import printable
-from test_builder import png_header_only
+from conftest import png_header_only
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
@@ -258,13 +258,36 @@ def test_hostile_corpus_builds_and_accounts_for_every_entry(tmp_path):
         allow_cleanup(pictures)
 
 
-def test_unreadable_kinds_are_exercised():
-    """The corpus holds an unreadable file and folder only where some user cannot read them."""
+def test_an_unreadable_file_and_folder_are_skipped_saying_permission_denied(tmp_path):
+    """A file and a folder the builder may not read are skipped, each named with the reason, the
+    pictures beside them built and both left as they were. The corpus holds the two kinds only where
+    some user cannot read them: this test says so, loudly, where none can."""
     if not CAN_DENY_READING:
         pytest.skip("running as root without setpriv: root reads mode-000 files, so the unreadable file and "
                     "folder kinds are left out of the hostile corpus")
-    result = subprocess.run(DROP_READ_ANYTHING + ["true"] if IS_ROOT else ["true"])
-    assert result.returncode == 0
+    pictures = tmp_path / "pics"
+    pictures.mkdir()
+    readable = ["0001妙蛙种子.png", "0004小火龙.png", "0007杰尼龟.png"]
+    for index, name in enumerate(readable):
+        save_picture(pictures / name, index)
+    save_picture(pictures / "0033尼多力诺.png", 34).chmod(0)
+    (pictures / "0034尼多王").mkdir()
+    save_picture(pictures / "0034尼多王" / "front.png", 35)
+    (pictures / "0034尼多王").chmod(0)
+    try:
+        result = run_cli("--images", pictures, "--out", tmp_path / "out", "--image-size", IMAGE_SIZE)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        info = json.loads((tmp_path / "out" / "dataset_info.json").read_bytes().decode("utf-8"))
+        assert sorted(image["source"] for image in info["images"].values()) == readable
+        skipped = {entry["file"]: (entry["kind"], entry["reason"]) for entry in info["skipped"]}
+        assert set(skipped) == {"0033尼多力诺.png", "0034尼多王/"}
+        assert skipped["0033尼多力诺.png"][0] == "bad picture" and skipped["0034尼多王/"][0] == "unreadable"
+        for file, (_, reason) in skipped.items():
+            assert "Permission denied" in reason and f"{file}: {reason}" in result.stdout
+        assert (pictures / "0033尼多力诺.png").stat().st_mode & 0o777 == 0
+        assert (pictures / "0034尼多王").stat().st_mode & 0o777 == 0
+    finally:
+        allow_cleanup(pictures)
 
 
 def test_non_utf8_names_never_break_the_build_or_the_info_file(tmp_path):

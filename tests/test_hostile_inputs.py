@@ -26,6 +26,7 @@ from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.dataset_format import pair_location, safe_pair_loads  # noqa: E402
 from cn_clip_pokemon.default_plugins import pokemon_dataset  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
+from conftest import random_clip  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -184,9 +185,8 @@ def test_tiny_checkpoint_asking_for_a_huge_model_is_refused_before_allocating(tm
 @pytest.fixture(scope="module")
 def tiny_weights():
     """Honest weights of the registered tiny architecture (built before any guard is in place)."""
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(0)
-    return config, clip_model.CLIP(**config["model_info"]).state_dict()
+    config, model = random_clip()
+    return config, model.state_dict()
 
 
 def test_real_weights_with_an_edited_width_are_refused_before_allocating(tmp_path, tiny_weights, no_real_model):

@@ -1,14 +1,13 @@
 """open_picture / fit_square / encode_picture on tiny pictures of every awkward kind."""
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cn_clip_pokemon.images import PictureError, decode_picture, encode_picture, fit_square, open_picture
+from conftest import png_header_only
 
 RED = (255, 0, 0)
 WHITE = (255, 255, 255)
@@ -94,16 +93,6 @@ def test_bad_files_raise_picture_error_naming_the_file(tmp_path):
         with pytest.raises(PictureError, match=reason) as caught:
             open_picture(tmp_path / name)
         assert name in str(caught.value)
-
-
-def png_header_only(width, height):
-    """A PNG whose header claims width x height: enough for Pillow to refuse it before decoding."""
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("side", [12_000, 20_000])  # over Pillow's warning limit, and over twice it

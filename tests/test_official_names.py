@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from cn_clip_pokemon.cli import main
 from cn_clip_pokemon.pokedex import OFFICIAL_NAMES_FILE, Pokedex, lookup_name, read_official_names, to_simplified
 
-from conftest import POKEMON_TGZ
+from conftest import POKEMON_TGZ, random_checkpoint
 
 # Every name of npm pokemon@3.3.1's zh-hans list that is not the official one: "number old official".
 # (#707 钥圈兒, #728 球球海獅 and #801 瑪機雅娜 only had a traditional character by mistake.)
@@ -177,14 +177,8 @@ def test_pictures_named_with_any_name_build_under_the_official_caption(built, ca
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from cn_clip.clip.model import CLIP
-
-    from cn_clip_pokemon import checkpoint as ckpt
-
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(0)
-    return ckpt.save_model(CLIP(**config["model_info"]), tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt", config)
+    pytest.importorskip("torch")
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "epoch_latest.pt")
 
 
 def test_classify_search_and_the_page_take_any_name_and_answer_officially(built, tiny_checkpoint, capsys):

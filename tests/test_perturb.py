@@ -7,14 +7,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import cn_clip_pokemon  # noqa: E402,F401  (first: its patches apply to the cn_clip modules imported after it)
-from cn_clip.clip.model import CLIP  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.evaluation import evaluate  # noqa: E402
 from cn_clip_pokemon.images import square_picture  # noqa: E402
 from cn_clip_pokemon.perturb import PERTURBATIONS, parse_perturbations, perturbed  # noqa: E402
+from conftest import random_checkpoint  # noqa: E402
 
 RED = (200, 30, 30)
 
@@ -59,9 +58,7 @@ def test_unknown_changes_are_refused_naming_the_choices(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(5)
-    return ckpt.save_model(CLIP(**config["model_info"]), tmp_path_factory.mktemp("perturb") / "epoch_latest.pt", config)
+    return random_checkpoint(tmp_path_factory.mktemp("perturb") / "epoch_latest.pt", seed=5)
 
 
 def test_evaluate_perturb_prints_one_table_against_the_clean_split(tiny_checkpoint, sprite_dataset, sprite_pictures, capsys):

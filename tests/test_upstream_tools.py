@@ -22,25 +22,14 @@ from cn_clip_pokemon.model_config_resolver import (
     model_config_path,
     upstream_config_dir,
 )
-from conftest import registered_model_config
+from conftest import (
+    EXTRACT_FEATURES, RUN_MODULE, load_checkpoint, random_checkpoint, registered_model_config, run_upstream_tool,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VISION, TEXT = "ViT-T-8-64", "RBT-Tiny-chinese"
-RUN_MODULE = "import cn_clip_pokemon, runpy; runpy.run_module('{}', run_name='__main__')"
-EXTRACT_FEATURES = "cn_clip.eval.extract_features"
 PYTORCH_TO_ONNX = "cn_clip.deploy.pytorch_to_onnx"
 EXTRACT_FEATURES_ONNX = "cn_clip.eval.extract_features_onnx"
-
-
-def run_upstream_tool(module, args, cwd, timeout=300, **environ):
-    """``python -c "import cn_clip_pokemon, runpy; ..." ARGS``: upstream's script as __main__, patched."""
-    env = dict(os.environ, **environ)
-    done = subprocess.run(
-        [sys.executable, "-c", RUN_MODULE.format(module), *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-    assert done.returncode == 0, f"{module} {args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
 
 
 # --------------------------------------------------------------------------- the resolver
@@ -121,22 +110,14 @@ def test_a_registered_dict_goes_to_the_temporary_folder_when_the_cache_cannot_be
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny checkpoint (weights fp16-exact, as upstream's create_model rounds them) and a tiny dataset."""
-    import torch
     from PIL import Image
 
-    import cn_clip_pokemon  # noqa: F401
-    from cn_clip.clip.model import CLIP, convert_weights
-
     from cn_clip_pokemon.builder.build import build_dataset
-    from cn_clip_pokemon.checkpoint import model_config_for, save_model
     from cn_clip_pokemon.pokedex import Pokedex
 
     root = tmp_path_factory.mktemp("upstream-tools")
-    config = model_config_for(VISION, TEXT)
-    torch.manual_seed(0)
-    model = CLIP(**config["model_info"])
-    convert_weights(model)  # upstream's loaders round every weight to fp16 and back: make that exact
-    checkpoint = save_model(model.float(), root / "tiny.pt", config, epoch=1, step=3)
+    # upstream's loaders round every weight to fp16 and back: make that exact
+    checkpoint = random_checkpoint(root / "tiny.pt", VISION, TEXT, fp16_exact=True, epoch=1, step=3)
 
     pokedex = Pokedex.load()
     pictures = root / "pictures"
@@ -147,7 +128,7 @@ def tiny(tmp_path_factory):
         picture.save(pictures / f"{number:04d}{pokedex.name(number)}.png")
     dataset = root / "dataset"
     build_dataset(pictures, dataset, image_size=64, test_fraction=0.3, seed=0, workers=1, progress=False)
-    return {"root": root, "checkpoint": checkpoint, "dataset": dataset, "embed_dim": config["model_info"]["embed_dim"]}
+    return {"root": root, "checkpoint": checkpoint, "dataset": dataset, "embed_dim": load_checkpoint(checkpoint)["model_config"]["model_info"]["embed_dim"]}
 
 
 def test_load_from_name_gives_our_loaders_model(tiny):
