@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 
+from cn_clip_pokemon import plugins
 from cn_clip_pokemon.arguments import CommandLineParser, UsageError
 from cn_clip_pokemon.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, UserError
 from cn_clip_pokemon.version import __version__
@@ -31,37 +32,8 @@ COMMANDS = [
     ("serve", "cn_clip_pokemon.serve", "A web page: upload a picture for its top-5 names, search a dataset by text (needs the web extra).", False),
     ("export-hf", "cn_clip_pokemon.hf_export", "Write a checkpoint as a Hugging Face transformers ChineseCLIP folder (needs the hf extra).", False),
     ("patches", "cn_clip_pokemon.patching", "List the patches applied to upstream cn_clip, or --check that they apply.", False),
-    ("plugins", "cn_clip_pokemon.cli", "List the loaded plugins, what each registers and from which distribution.", False),
+    ("plugins", "cn_clip_pokemon.plugins", "List the loaded plugins, what each registers and from which distribution.", False),
 ]
-
-
-# --------------------------------------------------------------------------- commands
-
-
-def plugins_arguments(parser):
-    parser.add_argument("--json", action="store_true", help="print JSON (the default is a table)")
-
-
-def plugins_command(args):
-    """Exit 1 when a plugin, or one of its registrations, was skipped (each is listed)."""
-    import json
-
-    from cn_clip_pokemon.plugins import anything_skipped, describe_plugins
-
-    described = describe_plugins()
-    if args.json:
-        print(json.dumps(described, ensure_ascii=False, indent=2))
-    else:
-        for plugin in described:
-            if "skipped" in plugin:
-                print(f"{plugin['name']}  (from {plugin['distribution']}): SKIPPED, {plugin['skipped']}")
-                continue
-            print(f"{plugin['name']}  ({plugin['module']}, from {plugin['distribution']})")
-            for hook, names in plugin["registers"].items():
-                print(f"  {hook}: {', '.join(names) if names else '(nothing)'}")
-            for skip in plugin.get("skipped_registrations", []):
-                print(f"  SKIPPED {skip['kind']} {skip['name']}: {skip['skipped']}")
-    return EXIT_ERROR if anything_skipped() else 0
 
 
 def build_parser(only=None):
@@ -92,8 +64,6 @@ def build_parser(only=None):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        from cn_clip_pokemon import plugins
-
         plugins.decide()  # what each plugin adds is decided once, before any argument means anything
         raw_commands = {name: module for name, module, _, raw in COMMANDS if raw}
         if argv and argv[0] in raw_commands:

@@ -6,7 +6,8 @@ adds only the process layout (``--nproc-per-node``, ``--nnodes``, ``--node-rank`
 from released weights in one flag (``--device`` is a flag of upstream's parser, patches/0027). One
 process runs upstream's main in this process with patches/ applied in memory; more than one hands the same command to
 torchrun (``python -m torch.distributed.run ... -m cn_clip_pokemon train ...``), whose workers
-then each run one process of the same kind.
+then each run one process of the same kind. This module parses, checks and chooses a launcher
+through the plugins; what each built-in launcher runs lives with it, in default_plugins/launchers.py.
 
 Before any model is built it checks what a user can get wrong (missing LMDB folders, weight files,
 unknown model or dataset names) and says which command makes the missing thing.
@@ -306,43 +307,6 @@ def _warn_about_borrowed_hyper_parameters(argv, args):
             f"using ViT-B-16's {shown} (give them to choose)",
             file=sys.stderr,
         )
-
-
-def run_upstream_main(argv):
-    """Upstream's cn_clip.training.main.main(argv) in this process, patches applied; returns 0."""
-    from cn_clip_pokemon import patching
-
-    patching.install()
-    import torch
-    import torch.distributed as dist
-    from cn_clip.training import main as upstream_main
-    from cn_clip.training.params import parse_args
-
-    # upstream uses --seed for its sampler only: seed the model's initialisation too, so that a
-    # command run twice starts from the same weights
-    torch.manual_seed(parse_args(argv).seed)
-    try:
-        upstream_main.main(argv)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-def torchrun_command(options, argv):
-    """The torchrun command line that starts ``cn-clip-pokemon train ARGV`` on every process."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={options.nproc_per_node}"]
-    if options.nnodes == 1 and options.master_addr is None and options.master_port is None:
-        command.append("--standalone")  # one node: torchrun picks a free port itself
-    else:
-        command += [f"--nnodes={options.nnodes}", f"--node-rank={options.node_rank}"]
-        if options.master_addr is not None:
-            command.append(f"--master-addr={options.master_addr}")
-        if options.master_port is not None:
-            command.append(f"--master-port={options.master_port}")
-    # "--" ends torchrun's own options: its parser would otherwise take upstream's --logs for an
-    # ambiguous abbreviation of its --logs-specs and refuse the command
-    return command + ["-m", "--", "cn_clip_pokemon", "train", *argv]
 
 
 def inside_torchrun():

@@ -22,6 +22,8 @@ called once and its registrations are checked:
 Each skip is one warning line on stderr naming both sides and the way out, and ``cn-clip-pokemon
 plugins`` lists it and exits 1. A third-party dataset or launcher that raises when training calls it
 costs one line naming the plugin and its distribution (:class:`PluginError`), never a traceback.
+
+The `cn-clip-pokemon plugins` command (:func:`plugins_command`, at the end) prints what was decided.
 """
 import importlib
 import os
@@ -31,7 +33,7 @@ from importlib import metadata
 import pluggy
 
 from cn_clip_pokemon import hookspecs
-from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.errors import EXIT_ERROR, UserError
 from cn_clip_pokemon.model_config_names import normalise_config_name, upstream_model_config_names
 
 ENTRY_POINT_GROUP = "cn_clip.training"
@@ -497,3 +499,30 @@ def describe_plugins():
 def anything_skipped():
     """True when a plugin, or one of its registrations, was skipped (`plugins` then exits 1)."""
     return decide().anything_skipped
+
+
+# --------------------------------------------------------------------------- `cn-clip-pokemon plugins`
+
+
+def plugins_arguments(parser):
+    parser.add_argument("--json", action="store_true", help="print JSON (the default is a table)")
+
+
+def plugins_command(args):
+    """Exit 1 when a plugin, or one of its registrations, was skipped (each is listed)."""
+    import json
+
+    described = describe_plugins()
+    if args.json:
+        print(json.dumps(described, ensure_ascii=False, indent=2))
+    else:
+        for plugin in described:
+            if "skipped" in plugin:
+                print(f"{plugin['name']}  (from {plugin['distribution']}): SKIPPED, {plugin['skipped']}")
+                continue
+            print(f"{plugin['name']}  ({plugin['module']}, from {plugin['distribution']})")
+            for hook, names in plugin["registers"].items():
+                print(f"  {hook}: {', '.join(names) if names else '(nothing)'}")
+            for skip in plugin.get("skipped_registrations", []):
+                print(f"  SKIPPED {skip['kind']} {skip['name']}: {skip['skipped']}")
+    return EXIT_ERROR if anything_skipped() else 0

@@ -407,7 +407,8 @@ def test_help_shows_our_flags_and_upstreams(capsys):
 
 
 def test_many_processes_go_through_torchrun():
-    from cn_clip_pokemon.launcher import launcher_parser, torchrun_command
+    from cn_clip_pokemon.default_plugins.launchers import torchrun_command
+    from cn_clip_pokemon.launcher import launcher_parser
 
     options, rest = launcher_parser().parse_known_args(["--nproc-per-node", "4", "--train-data", "x", "--name", "n"])
     command = torchrun_command(options, rest)
