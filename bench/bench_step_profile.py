@@ -4,7 +4,7 @@
     python bench/bench_step_profile.py --dataset pokemon-demo/datasets/pokemon --rounds 5
     python bench/bench_step_profile.py --threads 1 2 --attention default sdpa --precision fp32 bf16
 
-The step is the demo's (demo.TINY): upstream's CLIP built from the ViT-T-8-64 and RBT-Tiny-chinese
+The step is the demo's (demo_recipes.TINY): upstream's CLIP built from the ViT-T-8-64 and RBT-Tiny-chinese
 configs as upstream's main builds it, batch 128 of 64 px pictures, context 12, --mask-ratio 0.5,
 AdamW with upstream's two parameter groups, the contrastive loss of upstream's get_loss, the
 pokemon-augmented training loader with the launcher's CPU worker count. Each step is timed per
@@ -71,7 +71,7 @@ def recipe_args(dataset, num_workers):
     from cn_clip.training.params import parse_args
 
     from cn_clip_pokemon.dataset_format import lmdb_dir
-    from cn_clip_pokemon.demo import TINY
+    from cn_clip_pokemon.demo_recipes import TINY
 
     flags = [flag for flag in TINY["train_flags"]]
     flags[flags.index("--device") + 1] = "cpu"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cn_clip_pokemon import demo
+from cn_clip_pokemon import demo_recipes, demo_stages
 
 SLICE_POKEMON = 30
 
@@ -69,8 +69,8 @@ def test_demo_learns_far_better_than_chance(demo_run):
     # the report says which is which
     assert "unseen frames" in first.stdout and "unseen views" in first.stdout
     question = report["question"]
-    assert question["name"] == "皮卡丘" and question["candidates"] == demo.SEED_CANDIDATES
-    assert set(question["before"]) == set(demo.SEED_CANDIDATES) == set(question["after"])
+    assert question["name"] == "皮卡丘" and question["candidates"] == demo_stages.SEED_CANDIDATES
+    assert set(question["before"]) == set(demo_stages.SEED_CANDIDATES) == set(question["after"])
     assert abs(sum(question["after"].values()) - 1) < 1e-3
     # the seed's question, answered: after training 皮卡丘 wins on a view of Pikachu never trained on
     after = question["after"]
@@ -133,7 +133,7 @@ def _script_flags(script):
     [("tiny", "pokemon_finetune_tiny_cpu.sh"), ("vit-b-16", "pokemon_finetune_vit-b-16.sh")],
 )
 def test_the_demo_trains_with_its_run_script_flags(config, script):
-    recipe = demo.CONFIGS[config]
+    recipe = demo_recipes.CONFIGS[config]
     assert _script_flags(script) == recipe["train_flags"]
     text = (Path(__file__).resolve().parents[1] / "run_scripts" / script).read_text(encoding="utf-8")
     # the same experiment folder, so the script continues what the demo trained
@@ -155,7 +155,7 @@ def test_a_run_without_pikachu_asks_about_a_pokemon_it_has(tmp_path):
     (views / "dataset_info.json").write_text(json.dumps({"images": images}, ensure_ascii=False), encoding="utf-8")
     from cn_clip_pokemon.dataset_format import load_dataset_info
 
-    question = demo.pick_question(load_dataset_info(views), tmp_path / "pictures")
+    question = demo_stages.pick_question(load_dataset_info(views), tmp_path / "pictures")
     assert question["name"] == "妙蛙种子" and question["number"] == 1
     assert question["candidates"] == ["妙蛙种子", "小火龙", "杰尼龟", "绿毛虫"]  # its name first, three of the run
     assert question["picture"] == str(tmp_path / "pictures" / "0001妙蛙种子" / "front_01.png")  # unseen, front first

@@ -5,19 +5,19 @@ import sys
 
 import torch
 
-from cn_clip_pokemon import demo
+from cn_clip_pokemon import demo_budget, demo_recipes
 
 
 def test_fit_steps_takes_the_probe_startup_and_validation_off_the_budget():
     # 600 s budget, 30 s spent probing, 10 s start-up, 0.5 s a step: 560 s left, of which 2 epochs
     # of 30 validation batches at a third of a step (10 s) -> 550 s / 0.5 = 1,100 steps
-    assert demo.fit_steps(600, 30, 0.5, 10, 2000, 1000, 30) == 1100
+    assert demo_budget.fit_steps(600, 30, 0.5, 10, 2000, 1000, 30) == 1100
     # a run that ends within its first epoch is validated once: 560 s - 10 s -> 550 steps of 1 s
-    assert demo.fit_steps(600, 30, 1.0, 10, 2000, 1000, 30) == 550
+    assert demo_budget.fit_steps(600, 30, 1.0, 10, 2000, 1000, 30) == 550
     # a fast machine trains the recipe's steps, never more
-    assert demo.fit_steps(600, 30, 0.1, 10, 2000, 1000, 30) == 2000
+    assert demo_budget.fit_steps(600, 30, 0.1, 10, 2000, 1000, 30) == 2000
     # a budget the probe already spent still trains a few steps
-    assert demo.fit_steps(5, 30, 0.5, 10, 2000, 1000, 30) == demo.MIN_STEPS
+    assert demo_budget.fit_steps(5, 30, 0.5, 10, 2000, 1000, 30) == demo_budget.MIN_STEPS
 
 
 def test_seconds_per_step_skips_the_time_between_epochs(tmp_path):
@@ -31,7 +31,7 @@ def test_seconds_per_step_skips_the_time_between_epochs(tmp_path):
     ]
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert demo.probe_seconds_per_step(metrics) == (0.5, 40)
+    assert demo_budget.probe_seconds_per_step(metrics) == (0.5, 40)
 
 
 def test_a_tiny_budget_trains_fewer_steps_and_the_report_says_so(shared_datasets, tmp_path):
@@ -52,8 +52,8 @@ def test_a_tiny_budget_trains_fewer_steps_and_the_report_says_so(shared_datasets
     training = json.loads((workdir / "report.json").read_text(encoding="utf-8"))["training"]
     assert training["budget_minutes"] == 0.05
     assert training["steps"] < training["planned_steps"], training
-    assert training["steps"] == demo.MIN_STEPS  # the budget was spent by the probe itself
+    assert training["steps"] == demo_budget.MIN_STEPS  # the budget was spent by the probe itself
     assert training["seconds_per_step"] > 0 and training["probe"]["seconds_per_step"] > 0
-    checkpoint = workdir / "experiments" / demo.TINY["name"] / "checkpoints" / "epoch_latest.pt"
+    checkpoint = workdir / "experiments" / demo_recipes.TINY["name"] / "checkpoints" / "epoch_latest.pt"
     assert torch.load(checkpoint, map_location="cpu", weights_only=True)["step"] == training["steps"]
     assert f"0.05-minute budget, {training['steps']} of the recipe's {training['planned_steps']} steps" in run.stdout

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cn_clip_pokemon import demo, patching
+from cn_clip_pokemon import demo_recipes, patching
 from cn_clip_pokemon.launcher import launcher_parser, pretrained_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,9 +72,9 @@ def demo_train_argv(datapath):
     args = build_parser(only="demo").parse_args(
         ["demo", "--config", "vit-b-16", "--workdir", str(datapath), "--pretrained", str(weights)]
     )
-    recipe = demo.CONFIGS[args.config]
+    recipe = demo_recipes.CONFIGS[args.config]
     work = args.workdir.resolve()
-    argv = demo._train_argv(recipe, args, work / "datasets" / "pokemon", work / "experiments", demo._epochs(recipe, args))
+    argv = demo_recipes.train_argv(recipe, args, work / "datasets" / "pokemon", work / "experiments", demo_recipes.recipe_epochs(recipe, args))
     command, *argv = [str(word) for word in argv]
     assert command == "train"
     return argv
@@ -200,7 +200,7 @@ def test_readme_training_command_is_the_scripts_recipe(readme, line, datapath, t
 @pytest.mark.parametrize("readme", READMES)
 def test_readme_experiment_folders_are_ones_a_recipe_writes(readme):
     """Every ${DATAPATH}/experiments/NAME a README names is written by a run script or the demo."""
-    written = {config["name"] for config in demo.CONFIGS.values()}
+    written = {config["name"] for config in demo_recipes.CONFIGS.values()}
     for script in (REPO / "run_scripts").glob("pokemon_*.sh"):
         written |= set(re.findall(r"(?:--name|name=)\s*(\S+)", script.read_text(encoding="utf-8"))) - {'"${name}"'}
     text = "".join(block for _, block in code_blocks(readme))
