@@ -19,7 +19,9 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from cn_clip_pokemon.arguments import UsageError, output_folder
 from cn_clip_pokemon.errors import UserError
+from cn_clip_pokemon.files import atomic_write
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SUFFIX = ".sh"
@@ -77,8 +79,6 @@ def list_run_scripts(folder=None):
 
 def find_run_script(name, folder=None):
     """The run script called ``name`` (with or without .sh); a usage error naming the others if none."""
-    from cn_clip_pokemon.arguments import UsageError
-
     scripts = list_run_scripts(folder)
     wanted = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
     for script in scripts:
@@ -120,8 +120,6 @@ def script_environment():
 def copy_run_scripts(target, folder=None):
     """Copy every run script into ``target``; returns [(path, "copied" | "unchanged")]. A file there
     with other content is never overwritten: the whole copy is refused first, naming it."""
-    from cn_clip_pokemon.files import atomic_write
-
     scripts = list_run_scripts(folder)
     plan = []
     for script in scripts:
@@ -152,8 +150,6 @@ def copy_run_scripts(target, folder=None):
 
 
 def run_script_arguments(parser):
-    from cn_clip_pokemon.arguments import output_folder
-
     parser.description = (
         "Run one of the shipped run scripts (bash files that call `cn-clip-pokemon train` with a "
         "whole recipe), the same files as run_scripts/ in a clone: "
@@ -181,8 +177,6 @@ def run_script_arguments(parser):
 
 
 def run_script_command(args):
-    from cn_clip_pokemon.arguments import UsageError
-
     if args.list or args.copy is not None:
         if args.script is not None:
             raise UsageError("give --list, --copy DIR or a script NAME, not both")
