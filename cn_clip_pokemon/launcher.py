@@ -211,12 +211,15 @@ def parse_upstream_args(parse_args, argv):
 
 
 def _check_lmdb(path, flag, split):
-    missing = [p for p in (path, os.path.join(path, "pairs"), os.path.join(path, "imgs")) if not os.path.isdir(p)]
+    from cn_clip_pokemon.dataset_format import LMDB_DATABASES, lmdb_dir
+
+    imgs, pairs = LMDB_DATABASES
+    missing = [p for p in (path, os.path.join(path, pairs), os.path.join(path, imgs)) if not os.path.isdir(p)]
     if missing:
         raise UserError(
-            f"{flag} {path}: {missing[0]} is not a folder (an LMDB split has imgs/ and pairs/). "
+            f"{flag} {path}: {missing[0]} is not a folder (an LMDB split has {imgs}/ and {pairs}/). "
             f"Make it with `cn-clip-pokemon build-dataset --images PICTURES --out DATASET`, then pass "
-            f"{flag} DATASET/lmdb/{split}"
+            f"{flag} {lmdb_dir('DATASET', split).as_posix()}"
         )
     rows = _checked_pair_count(path)
     if rows == 0:
