@@ -27,8 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import POKEMON_TGZ, SPRITES_TGZ
-from test_training import cpu_env, runner, train_command  # noqa: F401
+from conftest import POKEMON_TGZ, SPRITES_TGZ, cpu_env, train_command
 
 COMMAND = [sys.executable, "-m", "cn_clip_pokemon"]
 
@@ -399,7 +398,7 @@ def test_a_manifest_line_nested_100000_deep_is_a_skipped_row(tmp_path):
 
 
 def test_a_dataset_info_nested_100000_deep_is_one_line(runner, tmp_path):  # noqa: F811
-    from cn_clip_pokemon.builder import load_dataset_info
+    from cn_clip_pokemon.dataset_format import load_dataset_info
     from cn_clip_pokemon.errors import UserError
 
     for name, colour in (("0001妙蛙种子", (255, 0, 0)), ("0004小火龙", (0, 255, 0)), ("0007杰尼龟", (0, 0, 255))):
