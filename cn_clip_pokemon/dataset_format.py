@@ -1,5 +1,7 @@
-"""The dataset format's rules, in one place every stage imports: splits, the info file, prompt
-templates, and reading upstream's pickled LMDB pairs without running code.
+"""The dataset format's rules, in one place every stage imports: splits, the folder layout (the info
+file, each split's LMDB, TSV and JSONL, and from a split folder back to its dataset), reading the
+info, prompt templates, and reading upstream's pickled LMDB pairs without running code. No other
+module spells a file or folder name of a dataset.
 
 Templates: a template holds exactly one ``{}`` where the name goes and no other brace, and it is
 filled by replacing that ``{}``. Building, the tokenizer report, classify and evaluate all go through
