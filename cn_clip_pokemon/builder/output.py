@@ -32,7 +32,7 @@ from cn_clip_pokemon.owned_files import (
 from cn_clip_pokemon.safe_reading import printable
 
 # Exactly what build-dataset writes in --out: a rebuild replaces these and keeps anything else,
-# carried into the new folder (files.py's rule: a command deletes only what its listing and its
+# carried into the new folder (owned_files.py's rule: a command deletes only what its listing and its
 # marker, here dataset_info.json, prove it wrote). A dict is a folder and what it may hold.
 OUTPUT_LAYOUT = {
     **{file_of("", split).name: FILE for split in SPLITS for file_of in (images_tsv, texts_jsonl)},
@@ -118,7 +118,7 @@ def check_output(out_dir, images_dir):
 
 
 def clean_build_leftovers(target):
-    """Undo what interrupted builds of ``target`` left beside it (files.clean_leftovers: the previous
+    """Undo what interrupted builds of ``target`` left beside it (owned_files.clean_leftovers: the previous
     dataset put back, killed builds' temporary folders removed, only when they hold nothing but what
     build-dataset writes); returns one line per thing done."""
     return clean_leftovers(
