@@ -18,7 +18,7 @@ from cn_clip_pokemon.cli import main as cli_main
 from cn_clip_pokemon.default_plugins.pokemon_dataset import pair_groups
 from cn_clip_pokemon.sampler import UniqueGroupBatchSampler
 
-from test_training import cpu_env, read_metrics, run, runner, train_command  # noqa: F401 (runner is a fixture)
+from conftest import cpu_env, random_checkpoint, read_metrics, run, train_command
 
 
 def picture(path, seed, size=(24, 24)):
@@ -341,19 +341,13 @@ def test_manifest_fifo_folder_and_loop_rows_are_skipped(tmp_path):
 
 
 def test_evaluate_and_search_label_a_picture_with_each_of_its_captions(tmp_path):
-    import torch
-    from cn_clip.clip.model import CLIP
-
-    from cn_clip_pokemon import checkpoint as ckpt
     from cn_clip_pokemon.evaluation import evaluate
     from cn_clip_pokemon.search import search
 
     manifest, _ = write_manifest(tmp_path, "csv")
     dataset = tmp_path / "ds"
     assert build("--manifest", manifest, "--out", dataset, "--valid-fraction", "0", "--test-fraction", "0") == 0
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(3)
-    checkpoint = ckpt.save_model(CLIP(**config["model_info"]), tmp_path / "model" / "epoch_latest.pt", config)
+    checkpoint = random_checkpoint(tmp_path / "model" / "epoch_latest.pt", seed=3)
     result = evaluate(checkpoint, dataset, split="train", device="cpu", progress=False, keep_scores=True)
     assert result["names"] == 4  # every caption is a candidate
     assert result["text_to_image"]["queries"] == 4 and result["image_to_text"]["queries"] == 3

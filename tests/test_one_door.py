@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.images import PicturePreprocess  # noqa: E402
-from test_training import cpu_env, read_metrics, run, runner, train_command  # noqa: E402,F401 (runner is a fixture)
+from conftest import cpu_env, random_checkpoint, read_metrics, run, train_command  # noqa: E402
 
 NAMES = ["红色圆形", "蓝色方块", "绿色三角", "黄色星星", "皮卡丘"]
 RESOLUTION = 64  # ViT-T-8-64
@@ -39,10 +39,7 @@ RESOLUTION = 64  # ViT-T-8-64
 @pytest.fixture(scope="module")
 def checkpoint_with_captions(tmp_path_factory):
     """Our tiny registered architecture, random weights, recording NAMES as its captions."""
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(11)
-    return ckpt.save_model(CLIP(**config["model_info"]), tmp_path_factory.mktemp("door") / "epoch_latest.pt", config,
-                           captions=NAMES)
+    return random_checkpoint(tmp_path_factory.mktemp("door") / "epoch_latest.pt", seed=11, captions=NAMES)
 
 
 def disc_on(size, background, colour=(220, 40, 40, 255)):
@@ -197,9 +194,7 @@ def test_help_of_load_model_names_the_preprocess():
 
 
 def test_a_checkpoint_without_captions_falls_back_to_the_pokedex_in_one_line(tmp_path, capsys):
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(2)
-    plain = ckpt.save_model(CLIP(**config["model_info"]), tmp_path / "plain.pt", config)
+    plain = random_checkpoint(tmp_path / "plain.pt", seed=2)
     assert ckpt.load_checkpoint(plain, device="cpu").captions is None
     disc_on((30, 30), (0, 0, 0, 0)).save(tmp_path / "disc.png")
     assert main(["classify", str(tmp_path / "disc.png"), "--checkpoint", str(plain), "--device", "cpu", "--json"]) == 0
@@ -402,7 +397,7 @@ def test_a_rebuild_keeps_what_upstreams_feature_extraction_wrote(checkpoint_with
     """Upstream's extract_features, run as its README shows (no output paths), writes
     {split}_imgs.img_feat.jsonl and {split}_texts.txt_feat.jsonl into the dataset folder; build-dataset
     then rebuilds the dataset and keeps them as they were (and a file of the user's)."""
-    from test_upstream_tools import EXTRACT_FEATURES, run_upstream_tool
+    from conftest import EXTRACT_FEATURES, run_upstream_tool
 
     for index, caption in enumerate(["红色圆形", "蓝色方块", "绿色三角", "黄色星星"]):
         for view in range(2):
