@@ -14,6 +14,7 @@ from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
 from cn_clip_pokemon import model_config_resolver as resolver  # noqa: E402
 from cn_clip_pokemon.checkpoint_files import file_digest  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
+from conftest import random_checkpoint  # noqa: E402
 
 # A CLIP small enough to build in a blink; vocab_size stays 21128 (cn_clip's tokenizer is fixed).
 # Heads are 64 wide, as upstream's are, so the architecture can be read back from shapes alone.
@@ -282,14 +283,8 @@ def test_file_digest_is_remembered_until_the_file_changes(tmp_path):
 def rn50_files(tmp_path_factory):
     """RN50@RBT3-chinese, upstream's cheapest named architecture: ours and its release layout."""
     folder = tmp_path_factory.mktemp("rn50")
-    config = ckpt.model_config_for("RN50", "RBT3-chinese")
-    torch.manual_seed(2)
-    model = CLIP(**config["model_info"]).eval()
-    ours = ckpt.save_model(model, folder / "epoch_latest.pt", config)
-    convert_weights(model)  # the release files are fp16
-    release = folder / "clip_cn_rn50.pt"
-    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, release)
-    del model
+    ours = random_checkpoint(folder / "epoch_latest.pt", "RN50", "RBT3-chinese", seed=2)
+    release = random_checkpoint(folder / "clip_cn_rn50.pt", "RN50", "RBT3-chinese", seed=2, release=True)  # the same weights
     return ours, release
 
 

@@ -39,7 +39,7 @@ from cn_clip_pokemon import model_config_resolver  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
 from cn_clip_pokemon.images import PictureError, fit_square, open_picture  # noqa: E402
-from conftest import registered_model_config  # noqa: E402
+from conftest import STATUS_FIELD, random_clip, registered_model_config  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 VISION, TEXT = "ViT-T-8-64", "RBT-Tiny-chinese"
@@ -74,9 +74,8 @@ def assert_one_error_line(err, says):
 
 @pytest.fixture(scope="module")
 def tiny_weights():
-    config = ckpt.model_config_for(VISION, TEXT)
-    torch.manual_seed(0)
-    return config, clip_model.CLIP(**config["model_info"]).state_dict()
+    config, model = random_clip(VISION, TEXT)
+    return config, model.state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -611,14 +610,6 @@ def test_a_changed_file_in_our_own_folder_is_written_again_before_use(plugin_dic
 
 
 # --------------------------------------------------------------------------- memory ceilings
-
-# Peak memory of the child itself: VmHWM, the high-water mark of its own address space (ru_maxrss
-# would also count the parent's, which Linux carries across exec).
-STATUS_FIELD = """
-def status_field(name):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(name + ":"))
-"""
 
 PICTURE_CEILING = STATUS_FIELD + textwrap.dedent("""
     import json, resource, sys

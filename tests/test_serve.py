@@ -28,13 +28,12 @@ import cn_clip_pokemon  # noqa: E402,F401  (first: its patches apply to the cn_c
 from cn_clip.clip.model import CLIP  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from cn_clip_pokemon import checkpoint as ckpt  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
 from cn_clip_pokemon.dataset_split import SplitPictures  # noqa: E402
 from cn_clip_pokemon.serve import ENCODER_THREAD, MAX_PICTURE_PIXELS, NotReady, PokedexService  # noqa: E402
 from cn_clip_pokemon.web_font import WEB_FONT_FAMILY  # noqa: E402
-from test_hostile_models import STATUS_FIELD  # noqa: E402
+from conftest import STATUS_FIELD, random_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 POKEMON = {"0001妙蛙种子": (60, 170, 90), "0004小火龙": (240, 120, 40), "0006喷火龙": (200, 60, 30),
@@ -57,9 +56,7 @@ def served(tmp_path_factory):
     from cn_clip_pokemon.builder.build import build_dataset
 
     root = tmp_path_factory.mktemp("serve")
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    torch.manual_seed(0)
-    checkpoint = ckpt.save_model(CLIP(**config["model_info"]), root / "epoch_latest.pt", config)
+    checkpoint = random_checkpoint(root / "epoch_latest.pt")
     for folder, colour in POKEMON.items():
         (root / "pictures" / folder).mkdir(parents=True)
         for inset, view in enumerate(["front_00", "back_00", "shiny_00", "front_01", "back_01", "shiny_01"]):
