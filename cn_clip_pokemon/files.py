@@ -186,14 +186,17 @@ def exchange_paths(first, second):
     raise OSError(code, os.strerror(code), os.fsdecode(second))
 
 
-def replace_directory(new, target):
+def replace_directory(new, target, mode=None):
     """Put the finished folder ``new`` (a dataset, a sprite folder) at ``target``, which at no instant
     lacks a complete one. Without an atomic swap the old one waits in ``.NAME.old-*`` while the new one
-    moves in; the builder's next run puts it back if a kill came between the two renames."""
+    moves in; the builder's next run puts it back if a kill came between the two renames. ``mode``:
+    the permissions ``target`` gets (default: a plain mkdir's)."""
     # mkdtemp makes the folder private (0700); give it the permissions a plain mkdir would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(new, 0o777 & ~umask)
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o777 & ~umask
+    os.chmod(new, mode)
     if not os.path.lexists(target):
         os.rename(new, target)
         return
@@ -215,14 +218,15 @@ def replace_directory(new, target):
 
 
 @contextlib.contextmanager
-def staged_folder(target, prefix=None):
+def staged_folder(target, prefix=None, mode=None):
     """``with staged_folder(target) as temp: ...``: write a folder in ``temp``; when the block ends
     without an exception it replaces ``target`` whole (:func:`replace_directory`), and on any exception
     it is removed and ``target`` is as it was.
 
     ``temp`` is a fresh private folder beside ``target`` named ``prefix`` + 8 random characters, by
-    default ``.NAME.tmp-``, the name :func:`clean_leftovers` looks for; it is locked while the block
+    default ``.NAME.tmp-``, the name :func:`cn_clip_pokemon.owned_files.clean_leftovers` looks for; it is locked while the block
     runs, so a concurrent run's clean-up leaves it alone. The parent folder is created if needed.
+    ``mode``: the permissions the folder gets when it is swapped in (default: a plain mkdir's).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +234,7 @@ def staged_folder(target, prefix=None):
     lock = try_lock(temp)  # tells a concurrent run's clean-up that this folder is in use
     try:
         yield temp
-        replace_directory(temp, target)
+        replace_directory(temp, target, mode)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

@@ -29,7 +29,7 @@ from cn_clip_pokemon.hf_format import (
 
 CARD_FILE = "README.md"
 MARKER = ".cn-clip-pokemon-export.json"  # what export-hf wrote here: the entries it may replace
-MARKER_FORMAT = 2  # 2: "files" is a files.listing (kinds); 1 listed top-level names
+MARKER_FORMAT = 2  # 2: "files" is an owned_files.listing (kinds); 1 listed top-level names
 
 
 # --------------------------------------------------------------------------- the output folder
@@ -39,7 +39,7 @@ MARKER_LIMIT = 16 << 20  # the most read of an earlier export's marker
 
 
 def written_listing(out):
-    """What an earlier export-hf wrote in ``out`` (a :func:`files.listing`, the marker included), from
+    """What an earlier export-hf wrote in ``out`` (a :func:`owned_files.listing`, the marker included), from
     its marker; ``{}`` without a readable one. A marker of an older export-hf lists top-level names:
     export-hf writes only files there."""
     from cn_clip_pokemon.owned_files import FILE, holds_marker
@@ -78,7 +78,7 @@ def check_out_folder(out):
 
 
 def clean_export_leftovers(out):
-    """Remove what killed export-hf runs left beside ``out`` (files.clean_leftovers): a temporary folder
+    """Remove what killed export-hf runs left beside ``out`` (owned_files.clean_leftovers): a temporary folder
     holding only files (all export-hf writes), a previous export holding only what its marker lists."""
     from cn_clip_pokemon.owned_files import FILE, clean_leftovers, first_foreign, holds_marker, listing
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import unicodedata
 from pathlib import Path
 
@@ -533,8 +534,9 @@ def t2s_command(args):
         for old, new in plan:
             os.rename(path / old, path / new)
     else:
-        # Copy under a temporary name beside the target, convert the copy, then rename it into place.
-        with staged_folder(out, prefix=f".{out.name}.") as temp:
+        # Copy under a temporary name beside the target, convert the copy, then rename it into place
+        # (with the input folder's permissions, as a copy has).
+        with staged_folder(out, prefix=f".{out.name}.", mode=stat.S_IMODE(path.stat().st_mode)) as temp:
             shutil.copytree(path, temp, dirs_exist_ok=True)
             plan = plan_renames(temp)
             for old, new in plan:

@@ -131,6 +131,15 @@ def test_t2s_folder_copy_leaves_the_input_alone(tmp_path, capsys):
     assert "0006噴火龍.png -> 0006喷火龙.png" in out and "2 name(s) changed" in out
 
 
+@pytest.mark.parametrize("mode", [0o700, 0o750])
+def test_t2s_folder_copy_has_the_input_folders_permissions(tmp_path, mode):
+    source = make_folder(tmp_path / "imgs")
+    source.chmod(mode)  # a private folder's copy stays private, whatever the umask
+    assert cli_main(["t2s", str(source), "--out", str(tmp_path / "copy")]) == 0
+    assert (tmp_path / "copy").stat().st_mode & 0o777 == mode
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["copy", "imgs"]  # no temporary folder left
+
+
 def test_t2s_folder_in_place(tmp_path, capsys):
     source = make_folder(tmp_path / "imgs")
     assert cli_main(["t2s", str(source), "--in-place"]) == 0
