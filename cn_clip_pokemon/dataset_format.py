@@ -112,7 +112,7 @@ def info_path_of_split(lmdb_split_dir):
 
 def read_dataset_info(path_or_dataset_dir, advice=_REBUILD_INFO):
     """The parsed dataset_info.json at ``path_or_dataset_dir`` (the file, or the dataset folder
-    holding it): bounded in size and depth (files.py's rule for files we did not write), a one-line
+    holding it): bounded in size and depth (safe_reading.py's rule for files we did not write), a one-line
     UserError ending in ``advice`` when it cannot be read or is not JSON.
 
     Remembered while the file is unchanged (path, modification time, size), so the launcher, the

@@ -19,7 +19,7 @@ separate `python -m cn_clip_pokemon ...` process and printed first, so any of th
 hand. A stage whose output is already there is reused (and says so); --fresh starts over.
 
 The demo deletes only what it wrote: its marker WORKDIR/.cn-clip-pokemon-demo.json lists every
-file and folder that appeared in the work folder while it ran (files.Ledger), and --fresh deletes
+file and folder that appeared in the work folder while it ran (owned_files.Ledger), and --fresh deletes
 exactly those, keeping anything else there. A work folder that is not empty and has no such marker
 is refused by --fresh.
 
@@ -49,7 +49,7 @@ VIEWS_SPLIT = ["--split-by", "animation", "--valid-fraction", "0", "--test-fract
 FRAMES_SPLIT = ["--split-by", "view", "--valid-fraction", "0.1", "--test-fraction", "0.1"]
 
 
-# The demo's own record of what it wrote in the work folder (files.Ledger); --fresh deletes that only.
+# The demo's own record of what it wrote in the work folder (owned_files.Ledger); --fresh deletes that only.
 DEMO_MARKER = ".cn-clip-pokemon-demo.json"
 
 

@@ -4,11 +4,11 @@ the real command line (`python -m cn_clip_pokemon ...` in a subprocess, or cli.m
 Every case snapshots the user's files before and after (nothing lost), and checks the exit code
 and that an error is one line, never a traceback:
 
-- what a command may delete (files.py): fetch-sprites rerun over its own folder keeps the user's
+- what a command may delete (owned_files.py): fetch-sprites rerun over its own folder keeps the user's
   additions; demo --fresh deletes only what the demo wrote, even when the demo then fails, and
   refuses a folder it did not make; a kill -9 during a checkpoint save leaves a temporary file that
   the next save and the next training run remove, never a live save's;
-- reading files we did not write (files.py): t2s keeps JSON as written (numbers, keys that would
+- reading files we did not write (safe_reading.py): t2s keeps JSON as written (numbers, keys that would
   collide, a symlink's target), a FIFO is refused without waiting, JSON nested 100,000 deep is one
   line; a CSV manifest row over csv's field limit costs that row only;
 - writing: a full disk during a rebuild (a 2 MiB tmpfs) is one line and the old dataset survives;
