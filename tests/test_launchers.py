@@ -3,7 +3,7 @@ which starts torchrun, whose two workers each run `python -m cn_clip_pokemon tra
 import subprocess
 import sys
 
-from test_training import cpu_env, load_checkpoint, read_metrics, runner  # noqa: F401
+from conftest import cpu_env, load_checkpoint, read_metrics, run, train_command
 
 
 def test_nproc_per_node_2_runs_two_ranks_through_the_torchrun_launcher(sprite_dataset, tmp_path):
@@ -45,8 +45,6 @@ def test_train_warns_when_pictures_are_stored_below_the_models_resolution(sprite
 
 
 def test_the_first_step_of_a_run_is_logged(runner, sprite_dataset, tmp_path):
-    from test_training import run, train_command
-
     logs = tmp_path / "logs"
     command = train_command(runner, sprite_dataset / "lmdb" / "train", logs, "--max-steps", "3")
     command[command.index("--log-interval") + 1] = "100"

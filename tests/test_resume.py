@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_training import cpu_env, load_checkpoint, read_metrics, run, runner, train_command  # noqa: F401
+from conftest import cpu_env, load_checkpoint, read_metrics, run, train_command
 
 from cn_clip_pokemon.checkpoint_sources import read_checkpoint
 from cn_clip_pokemon.cli import main as cli_main

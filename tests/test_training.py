@@ -5,115 +5,20 @@ model config far smaller than the shipped tiny one, registered by a throwaway pl
 real sprite dataset (tests/conftest.py: #1-25, 8 pictures each, 64 px).
 """
 import json
-import os
 import pickle
 import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from argparse import Namespace
-from pathlib import Path
 
 import lmdb
 import pytest
 
 from cn_clip_pokemon.cli import main as cli_main
 from cn_clip_pokemon.sampler import UniqueGroupBatchSampler, duplicate_groups
-
-# Small enough that a step takes milliseconds; 32 px pictures, 16 tokens.
-TEST_VISION = {"embed_dim": 32, "image_resolution": 32, "vision_layers": 1, "vision_width": 64, "vision_patch_size": 8}
-TEST_TEXT = {
-    "vocab_size": 21128,
-    "text_attention_probs_dropout_prob": 0.0,
-    "text_hidden_act": "gelu",
-    "text_hidden_dropout_prob": 0.0,
-    "text_hidden_size": 32,
-    "text_initializer_range": 0.02,
-    "text_intermediate_size": 64,
-    "text_max_position_embeddings": 16,
-    "text_num_attention_heads": 2,
-    "text_num_hidden_layers": 1,
-    "text_type_vocab_size": 2,
-}
-
-# `cn-clip-pokemon ...` with the test model configs registered by a plugin, as a third party would.
-RUNNER = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    from cn_clip_pokemon import hookimpl, plugins
-    from cn_clip_pokemon.cli import main
-
-    HERE = Path(__file__).parent
-
-    class TestModelConfigs:
-        @hookimpl
-        def register_model_configs(self, register):
-            register("ViT-Test-32", str(HERE / "ViT-Test-32.json"))
-            register("RBT-Test", str(HERE / "RBT-Test.json"))
-
-    plugins.load_plugins()
-    plugins.pm.register(TestModelConfigs(), name="test-model-configs")
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
-
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runner")
-    (folder / "ViT-Test-32.json").write_text(json.dumps(TEST_VISION))
-    (folder / "RBT-Test.json").write_text(json.dumps(TEST_TEXT))
-    script = folder / "run_cn_clip_pokemon.py"
-    script.write_text(RUNNER)
-    return script
-
-
-def train_command(runner, train_data, logs, *extra, val_data=None):
-    command = [
-        sys.executable, str(runner), "train",
-        "--train-data", str(train_data),
-        "--vision-model", "ViT-Test-32",
-        "--text-model", "RBT-Test",
-        "--context-length", "16",
-        "--batch-size", "8",
-        "--lr", "5e-3",
-        "--wd", "0.0",
-        "--warmup", "2",
-        "--log-interval", "1",
-        "--report-training-batch-acc",
-        "--logs", str(logs),
-        "--name", "run",
-    ]
-    if val_data is not None:
-        command += ["--val-data", str(val_data), "--valid-batch-size", "8"]
-    return command + list(extra)
-
-
-def cpu_env():
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("CN_CLIP_POKEMON_DEVICE", None)
-    return env
-
-
-def run(command, timeout=240):
-    result = subprocess.run(command, env=cpu_env(), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def read_metrics(logs):
-    lines = (logs / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def load_checkpoint(path):
-    import torch
-
-    # what upstream's own resume does (torch.load on the CPU); weights_only: nothing but data inside
-    return torch.load(path, map_location="cpu", weights_only=True)
+from conftest import cpu_env, load_checkpoint, read_metrics, run, run_script, train_command
 
 
 def train_pairs(dataset_dir, split="train"):
@@ -441,13 +346,6 @@ def test_two_cpu_processes_under_torchrun(runner, sprite_dataset, tmp_path):
 
 
 # --- run_scripts/ --------------------------------------------------------------------------------
-
-RUN_SCRIPTS = Path(__file__).resolve().parents[1] / "run_scripts"
-
-
-def run_script(name, *args):
-    env = dict(cpu_env(), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.run(["bash", str(RUN_SCRIPTS / name), *args], env=env, capture_output=True, text=True, timeout=240)
 
 
 @pytest.mark.parametrize(
