@@ -24,9 +24,9 @@ from cn_clip_pokemon import checkpoint as ckpt
 from cn_clip_pokemon import hf_format as hf
 from cn_clip_pokemon.cli import main as cli_main
 from cn_clip_pokemon.hf_export import MARKER
-from cn_clip_pokemon.model_config_resolver import matching_config_name
-from test_training import TEST_TEXT, TEST_VISION, read_metrics, run, runner, train_command  # noqa: F401
-from test_vit_b16_cpu import write_official_vit_b16
+from cn_clip_pokemon.checkpoint_sources import read_checkpoint
+from cn_clip_pokemon.model_config_resolver import matching_config_name, model_info_for
+from conftest import random_checkpoint, read_metrics, run, train_command
 
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is part of the test extra")
 from transformers import ChineseCLIPModel, ChineseCLIPProcessor  # noqa: E402
@@ -37,26 +37,10 @@ SNIPPET_MARKER = "<!-- export-hf snippet: tests/test_huggingface.py runs the pyt
 TOLERANCE = 1e-4
 
 
-def save_random(model_info, path, vision_model=None, text_model=None, seed=0, **extra):
-    """A checkpoint in our format (upstream's keys + model_config) with random weights."""
-    from cn_clip.clip.model import CLIP
-
-    torch.manual_seed(seed)
-    model = CLIP(**model_info)
-    config = {"vision_model": vision_model, "text_model": text_model, "input_resolution": model_info["image_resolution"], "model_info": model_info}
-    ckpt.save_model(model, path, config)
-    if extra:
-        checkpoint = torch.load(path, weights_only=True)
-        checkpoint.update(extra)
-        torch.save(checkpoint, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """The shipped tiny architecture (ViT-T-8-64 + RBT-Tiny-chinese), random weights."""
-    config = ckpt.model_config_for("ViT-T-8-64", "RBT-Tiny-chinese")
-    return save_random(config["model_info"], tmp_path_factory.mktemp("tiny") / "epoch_latest.pt", "ViT-T-8-64", "RBT-Tiny-chinese")
+    return random_checkpoint(tmp_path_factory.mktemp("tiny") / "epoch_latest.pt")
 
 
 def export(checkpoint, out, *extra):
@@ -105,7 +89,7 @@ def compare_embeddings(checkpoint_path, folder):
 
 
 def plain_state_dict(path):
-    state_dict, _ = ckpt.split_checkpoint(ckpt.read_checkpoint(path), path)
+    state_dict, _ = ckpt.split_checkpoint(read_checkpoint(path), path)
     return ckpt.normalize_state_dict(state_dict)
 
 
@@ -130,7 +114,7 @@ def test_tiny_export_loads_in_transformers_and_equals_cn_clip(tiny_checkpoint, t
     assert_bit_equal(plain_state_dict(out), plain_state_dict(export(out, tmp_path / "again")))  # and from a folder
     loaded = ckpt.load_checkpoint(out, device="cpu")
     assert (loaded.model_config["vision_model"], loaded.model_config["text_model"]) == ("ViT-T-8-64", "RBT-Tiny-chinese")
-    assert loaded.model_config["model_info"] == ckpt.model_info_for("ViT-T-8-64", "RBT-Tiny-chinese") | {"vision_head_width": 64}
+    assert loaded.model_config["model_info"] == model_info_for("ViT-T-8-64", "RBT-Tiny-chinese") | {"vision_head_width": 64}
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "ViT-T-8-64 + RBT-Tiny-chinese" in card and "pipeline_tag: zero-shot-image-classification" in card
 
@@ -155,7 +139,7 @@ def test_vit_b16_official_layout_exports_equal_and_comes_back_bit_equal(tmp_path
     """ViT-B-16 + RoBERTa-wwm-ext-base-chinese in the official release layout ({"state_dict"}, fp16,
     DDP's "module." keys), random weights: the full-size architecture the Hub's model has."""
     official = tmp_path / "clip_cn_vit-b-16.pt"
-    write_official_vit_b16(official)
+    random_checkpoint(official, "ViT-B-16", "RoBERTa-wwm-ext-base-chinese", release=True)
 
     started = time.perf_counter()
     out = export(official, tmp_path / "vit-b-16-hf")
@@ -237,9 +221,9 @@ def test_our_defaults_for_config_fields_are_transformers_defaults():
 
 
 def test_a_resnet_vision_tower_is_refused_naming_the_field_before_writing(tmp_path, capsys):
-    info = dict(ckpt.model_info_for("ViT-T-8-64", "RBT-Tiny-chinese"), vision_layers=[1, 1, 1, 1], vision_width=8,
+    info = dict(model_info_for("ViT-T-8-64", "RBT-Tiny-chinese"), vision_layers=[1, 1, 1, 1], vision_width=8,
                 image_resolution=32, vision_patch_size=None)
-    resnet = save_random(info, tmp_path / "rn.pt")
+    resnet = random_checkpoint(tmp_path / "rn.pt", None, None, model_info=info)
     out = tmp_path / "rn-hf"
     assert cli_main(["export-hf", str(resnet), str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -261,7 +245,7 @@ def test_out_is_written_whole_and_only_over_an_earlier_export(tiny_checkpoint, t
     export(tiny_checkpoint, empty)
     first = (empty / "model.safetensors").read_bytes()
     # an earlier export is replaced (here by another checkpoint's), leaving no temporary folder
-    other = save_random(ckpt.model_info_for("ViT-T-8-64", "RBT-Tiny-chinese"), tmp_path / "other.pt", seed=1)
+    other = random_checkpoint(tmp_path / "other.pt", None, None, model_info=model_info_for("ViT-T-8-64", "RBT-Tiny-chinese"), seed=1)
     export(other, empty)
     assert (empty / "model.safetensors").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "other.pt", "users"]
@@ -327,10 +311,11 @@ def test_folders_that_are_not_chinese_clip_are_named(tiny_checkpoint, tmp_path, 
 
 def test_captions_travel_with_the_export(tmp_path):
     captions = ["皮卡丘", "小火龙", "一只杰尼龟"]
-    source = save_random(ckpt.model_info_for("ViT-T-8-64", "RBT-Tiny-chinese"), tmp_path / "c.pt", captions=captions)
+    source = random_checkpoint(tmp_path / "c.pt", None, None, model_info=model_info_for("ViT-T-8-64", "RBT-Tiny-chinese"),
+                               captions=captions)
     out = export(source, tmp_path / "c-hf")
     assert json.loads((out / hf.CAPTIONS_FILE).read_text(encoding="utf-8")) == captions
-    assert ckpt.read_checkpoint(out)["captions"] == captions
+    assert read_checkpoint(out)["captions"] == captions
     assert "3, in `captions.json`" in (out / "README.md").read_text(encoding="utf-8")
 
 
