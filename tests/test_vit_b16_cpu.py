@@ -6,27 +6,9 @@ the released ones cannot be downloaded), through upstream's main, for one step.
 About 188M parameters: ~4 GB of memory and ~5 GB of checkpoints in tmp_path, a minute or two on two
 cores. It is the only test that builds the full-size model.
 """
-import subprocess
-
 import torch
 
-from test_training import cpu_env, load_checkpoint, run_script  # noqa: F401
-
-
-def write_official_vit_b16(path):
-    """A random ViT-B-16 + RoBERTa-wwm-ext-base-chinese saved as the release files are ({"state_dict"},
-    fp16, "module." keys); returns the state dict written."""
-    from cn_clip.clip.model import CLIP, convert_weights
-
-    from cn_clip_pokemon.checkpoint import model_config_for
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = CLIP(**model_config_for("ViT-B-16", "RoBERTa-wwm-ext-base-chinese")["model_info"])
-    convert_weights(model)  # the release files are fp16
-    official = {"module." + key: value for key, value in model.state_dict().items()}
-    torch.save({"state_dict": official}, path)
-    return official
+from conftest import load_checkpoint, random_checkpoint, run_script
 
 
 def test_vit_b16_run_script_takes_one_step_from_an_official_format_file(sprite_dataset, tmp_path):
@@ -34,7 +16,8 @@ def test_vit_b16_run_script_takes_one_step_from_an_official_format_file(sprite_d
     (datapath / "datasets").mkdir(parents=True)
     (datapath / "datasets" / "pokemon").symlink_to(sprite_dataset, target_is_directory=True)
     weights = datapath / "pretrained_weights" / "clip_cn_vit-b-16.pt"
-    official = write_official_vit_b16(weights)
+    random_checkpoint(weights, "ViT-B-16", "RoBERTa-wwm-ext-base-chinese", release=True)
+    released = load_checkpoint(weights)["state_dict"]["module.visual.proj"]
 
     result = run_script(
         "pokemon_finetune_vit-b-16.sh", str(datapath),
@@ -55,4 +38,4 @@ def test_vit_b16_run_script_takes_one_step_from_an_official_format_file(sprite_d
     assert "module.bert.encoder.layer.0.attention.self.query.weight" in latest["state_dict"]
     # the one step moved the released weights
     key = "module.visual.proj"
-    assert not torch.equal(latest["state_dict"][key], official[key].float())
+    assert not torch.equal(latest["state_dict"][key], released.float())

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_training import cpu_env, load_checkpoint
-from test_vit_b16_cpu import write_official_vit_b16
+from conftest import cpu_env, load_checkpoint, random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PATH = "/usr/bin:/bin"
@@ -170,7 +169,8 @@ def test_installed_vit_b16_script_takes_one_step_from_an_official_format_file(in
     venv, empty = installed
     datapath = _datapath(tmp_path, sprite_dataset)
     weights = datapath / "pretrained_weights" / "clip_cn_vit-b-16.pt"
-    official = write_official_vit_b16(weights)
+    random_checkpoint(weights, "ViT-B-16", "RoBERTa-wwm-ext-base-chinese", release=True)
+    released = load_checkpoint(weights)["state_dict"]["module.visual.proj"]
     run_dir = datapath / "experiments" / "pokemon_finetune_vit-b-16"
     try:
         result = run(
@@ -184,7 +184,7 @@ def test_installed_vit_b16_script_takes_one_step_from_an_official_format_file(in
         latest = load_checkpoint(run_dir / "checkpoints" / "epoch_latest.pt")
         assert latest["step"] == 1
         assert latest["model_config"]["vision_model"] == "ViT-B-16"
-        assert not torch.equal(latest["state_dict"]["module.visual.proj"], official["module.visual.proj"].float())
+        assert not torch.equal(latest["state_dict"]["module.visual.proj"], released.float())
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)  # ~5 GB
         weights.unlink(missing_ok=True)
