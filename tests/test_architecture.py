@@ -46,8 +46,10 @@ def import_graph(modules):
                 edges.update(submodules)
                 if len(submodules) < len(named):
                     edges.add(owner(base))
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in modules:
-                edges.add(node.value)  # a module imported by name (cli's command table, plugin lists)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value and node.value in modules:
+                # a submodule imported by name (cli's command table, plugin lists); the bare package
+                # name is `python -m PACKAGE` for a new process, not an import
+                edges.add(node.value)
         edges.discard(None)
         edges.discard(name)
         graph[name] = edges
@@ -100,7 +102,7 @@ def test_the_loop_finder_finds_a_loop_through_a_function_level_import_and_a_stri
     root.mkdir()
     (root / "__init__.py").write_text("")
     (root / "a.py").write_text("def f():\n    from pkg import b\n")
-    (root / "b.py").write_text("COMMANDS = ['pkg.c']\n")
+    (root / "b.py").write_text("COMMANDS = ['pkg.c']\nRUN = ['python', '-m', 'pkg']\n")
     (root / "c.py").write_text("from pkg.a import f\n")
     (root / "d.py").write_text("from . import c\n")
     graph = import_graph(package_modules(root))

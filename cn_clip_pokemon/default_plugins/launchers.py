@@ -10,7 +10,7 @@ import sys
 from cn_clip_pokemon.hookspecs import hookimpl
 
 # what each torchrun worker runs with `python -m`: this package, in a process of its own (not an import)
-PACKAGE = __name__.partition(".")[0]
+PACKAGE = "cn_clip_pokemon"
 
 
 def run_upstream_main(argv):
