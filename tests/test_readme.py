@@ -169,3 +169,24 @@ def test_patch_table_lists_every_patch(readme):
     listed = set(re.findall(r"^\| `(\d{4}-[\w-]+)` \|", text, flags=re.M))
     shipped = {path.stem for path in (REPO / "patches").glob("*.patch")}
     assert listed == shipped
+
+
+@pytest.mark.parametrize("readme, heading", [("README.md", "## 代码结构"), ("README_En.md", "## Code layout")])
+def test_code_layout_names_every_module(readme, heading):
+    """The README's code layout names every module of the package, and no module that is gone."""
+    text = (REPO / readme).read_text(encoding="utf-8")
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    package = REPO / "cn_clip_pokemon"
+    expected = set()
+    for path in package.rglob("*.py"):
+        if path.stem in ("__init__", "__main__"):
+            continue
+        folder = path.parent.relative_to(package)
+        # top-level modules as `name.py`; a sub-package as `folder/` with its modules as `name`
+        expected.add(f"`{path.name}`" if folder == Path(".") else f"`{path.stem}`")
+        if folder != Path("."):
+            expected.add(f"`{folder.as_posix()}/`")
+    named = set(re.findall(r"`[\w/]+(?:\.py)?/?`", section))
+    assert expected - named == set(), f"modules missing from {readme}'s {heading}"
+    gone = {name for name in named if name.endswith(".py`") and "/" not in name} - expected
+    assert gone == set(), f"{readme}'s {heading} names modules that do not exist"
