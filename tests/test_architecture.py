@@ -124,7 +124,7 @@ def test_no_module_is_longer_than_the_limit():
 @pytest.mark.parametrize(
     "spelling",
     [r"""["']dataset_info\.json["']""", r"""\.parent\.parent""", r"""["']lmdb["']""", r"""(imgs\.tsv|texts\.jsonl)["']""",
-     r"""(split|default)\s*=\s*["']test["']"""],
+     r"""(split|default)\s*=\s*["']test["']""", r"""(/\s*|path\.join\([^)]*)["'](imgs|pairs)["']|["']imgs["'],\s*["']pairs["']"""],
 )
 def test_the_dataset_layout_is_spelled_in_one_module(spelling):
     pattern = re.compile(spelling)

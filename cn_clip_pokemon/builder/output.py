@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from cn_clip_pokemon.builder.writers import IMAGES_FRAGMENT
-from cn_clip_pokemon.dataset_format import INFO_FILE, LMDB_FOLDER, SPLITS, images_tsv, texts_jsonl
+from cn_clip_pokemon.dataset_format import INFO_FILE, LMDB_DATABASES, LMDB_FOLDER, SPLITS, images_tsv, texts_jsonl
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.owned_files import (
     FILE,
@@ -38,7 +38,7 @@ OUTPUT_LAYOUT = {
     **{file_of("", split).name: FILE for split in SPLITS for file_of in (images_tsv, texts_jsonl)},
     INFO_FILE: FILE,
     # lock.mdb is LMDB's own, made by a reader that opens the database with locking on.
-    LMDB_FOLDER: {split: {database: {"data.mdb": FILE, "lock.mdb": FILE} for database in ("imgs", "pairs")}
+    LMDB_FOLDER: {split: {database: {"data.mdb": FILE, "lock.mdb": FILE} for database in LMDB_DATABASES}
                   for split in SPLITS},
 }
 OUTPUT_NAMES = frozenset(OUTPUT_LAYOUT)

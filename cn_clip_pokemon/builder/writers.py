@@ -8,7 +8,7 @@ import pickle
 import tempfile
 
 from cn_clip_pokemon.builder.process import NoClock
-from cn_clip_pokemon.dataset_format import SPLITS, fill_template, images_tsv, lmdb_dir, texts_jsonl
+from cn_clip_pokemon.dataset_format import SPLITS, fill_template, images_tsv, lmdb_dir, lmdb_images, lmdb_pairs, texts_jsonl
 
 INITIAL_MAP_SIZE = 32 << 20
 GROUP_MEMORY = 64 << 20  # one Pokemon's encoded pictures held in memory before spilling to disk
@@ -89,7 +89,7 @@ class ImageWriter:
         for split in SPLITS:
             lmdb_dir(folder, split).mkdir(parents=True)
             # The map starts small and doubles when full, so it ends within 2x of the data.
-            self.writers[split] = LmdbWriter(lmdb_dir(folder, split) / "imgs", INITIAL_MAP_SIZE)
+            self.writers[split] = LmdbWriter(lmdb_images(lmdb_dir(folder, split)), INITIAL_MAP_SIZE)
             self.tsv_files[split] = open(images_tsv(folder, split), "wb")
         self.fragment_path = folder / IMAGES_FRAGMENT
         self.fragment = open(self.fragment_path, "w", encoding="utf-8", errors="backslashreplace")
@@ -185,7 +185,7 @@ def write_texts_and_pairs(folder, images, captions_of, templates):
         pair_count = sum(len(ids) for ids in caption_images[split].values()) * len(templates)
         # Pairs in the order upstream's build_lmdb_dataset.py writes them from the JSONL.
         writer = LmdbWriter(
-            lmdb_dir(folder, split) / "pairs", lmdb_map_size([64 + longest_text] * pair_count)
+            lmdb_pairs(lmdb_dir(folder, split)), lmdb_map_size([64 + longest_text] * pair_count)
         )
         position = texts = 0
         with open(texts_jsonl(folder, split), "w", encoding="utf-8") as jsonl:
