@@ -226,12 +226,12 @@ def caption_picture(path, seed):
     picture.save(path)
 
 
-def runner_command(runner, *argv):  # noqa: F811
+def runner_command(runner, *argv):
     return [sys.executable, str(runner), *map(str, argv)]
 
 
 @pytest.mark.parametrize("source", ["any-names", "manifest"])
-def test_training_records_the_captions_and_classify_and_evaluate_rank_them(runner, tmp_path, source):  # noqa: F811
+def test_training_records_the_captions_and_classify_and_evaluate_rank_them(runner, tmp_path, source):
     captions = ["红色圆形", "蓝色方块", "绿色三角", "黄色星星"]
     if source == "any-names":
         for index, caption in enumerate(captions):

@@ -7,12 +7,10 @@
 - the run's own epoch_latest.pt of another architecture is named, not 40 size mismatches;
 - --keep-checkpoints N; a split with zero rows is refused before a model is built.
 """
-import json
 import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from collections import OrderedDict
 

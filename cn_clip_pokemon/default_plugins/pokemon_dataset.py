@@ -9,7 +9,7 @@ The pictures are read by upstream's own LMDBDataset; only the order changes: see
 are grouped by Pokemon (dataset_info.json says which Pokemon each image shows), so two prompt
 templates of one name never meet in a batch either; without dataset_info.json, by text. A dataset of
 any captions (``build-dataset --any-names`` or ``--manifest``) stores its caption group as the
-picture's "number" (pictures sharing a caption, see captions.py), so neither a caption nor a picture
+picture's "number" (pictures sharing a caption, see builder/captions.py), so neither a caption nor a picture
 repeats in a batch.
 
 Pair values are upstream's pickles, and a pickle can run code: every pair is read with
