@@ -3,6 +3,7 @@
     python bench/bench_step_profile.py                          # sprites #1-200, 4 frames, 64 px
     python bench/bench_step_profile.py --dataset pokemon-demo/datasets/pokemon --rounds 5
     python bench/bench_step_profile.py --threads 1 2 --attention default sdpa --precision fp32 bf16
+    python bench/bench_step_profile.py --isa avx2   # an AVX-512 CPU running the kernels an AVX2-only CPU runs
 
 The step is the demo's (demo_recipes.TINY): upstream's CLIP built from the ViT-T-8-64 and RBT-Tiny-chinese
 configs as upstream's main builds it, batch 128 of 64 px pictures, context 12, --mask-ratio 0.5,
@@ -42,6 +43,9 @@ from bench_training import build_bench_dataset  # noqa: E402
 
 STAGES = ("data", "image_forward", "text_forward", "loss", "backward", "optimizer", "step")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# --isa avx2: the environment variables that cap each kernel library at AVX2
+ISA_CAPS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+ISA_MARKER = "BENCH_STEP_PROFILE_ISA"
 
 
 def cpu_description():
@@ -167,7 +171,14 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps per combination and round (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--isa", choices=["native", "avx2"], default="native",
+                        help="avx2: cap PyTorch's, oneDNN's and MKL's kernels at AVX2 (an AVX-512 CPU then runs the "
+                             "code an AVX2-only CPU runs, bf16 not measured); the clock and caches stay this CPU's")
     options = parser.parse_args(argv)
+    if options.isa != os.environ.get(ISA_MARKER, "native"):
+        # the caps are read when torch loads: start again with them set
+        os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)],
+                  dict(os.environ, **ISA_CAPS[options.isa], **{ISA_MARKER: options.isa}))
 
     import torch
 
@@ -177,7 +188,9 @@ def main(argv=None):
     from cn_clip_pokemon.launcher import cpu_worker_count
 
     model_name, flags = cpu_description()
-    native_bf16 = any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    native_bf16 = options.isa == "native" and any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    if options.isa != "native":
+        flags = [f"{flag} (capped: --isa {options.isa})" if flag != options.isa else flag for flag in flags]
     precisions = [p for p in options.precision if p == "fp32" or native_bf16 or options.force_bf16]
     skipped = [p for p in options.precision if p not in precisions]
     workers = cpu_worker_count() if options.num_workers is None else options.num_workers

@@ -212,6 +212,7 @@ def _run(args, recipe, work, ledger, started):
         if budget:
             started_training = time.time()
             plan = plan_training(recipe, args, dataset, epochs, budget, environment)
+            environment = plan["environment"]  # the thread count the probe found fastest
             if plan["steps"] < plan["planned_steps"]:
                 argv += ["--max-steps", str(plan["steps"])]
                 warmup = int(recipe_flag(recipe, "--warmup"))

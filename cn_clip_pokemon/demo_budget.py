@@ -2,6 +2,7 @@
 speed, then the real run is launched with the step count that fits, so that upstream's cosine
 schedule is planned for the steps that are actually trained; and what the report says of it."""
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from cn_clip_pokemon.demo_recipes import recipe_flag, train_argv
 from cn_clip_pokemon.demo_stages import run_stage
 
 
-PROBE_STEPS = 30
+PROBE_STEPS = 30  # in all: split between the thread counts tried
 MIN_STEPS = 10
 VALID_STEP_SHARE = 1 / 3  # a validation batch (forward only) against a training step, for the estimate
 PLAN_FILE = "training-plan.json"
@@ -56,39 +57,72 @@ def fit_steps(budget_seconds, spent_seconds, seconds_per_step, startup_seconds, 
     return max(min(MIN_STEPS, planned_steps), fitted)
 
 
-def plan_training(recipe, args, dataset, epochs, budget_minutes, environment):
-    """Probe this machine's speed with a short run of the recipe, then fit the steps to the budget.
-    Returns the plan (a dict, also written to the experiment's PLAN_FILE)."""
+def thread_candidates(environment):
+    """Intra-op thread counts the probe tries: one, and every core this process may use, unless the
+    user set OMP_NUM_THREADS (theirs is kept) or there is one core. One thread leaves a core to the data
+    loader and to anything else running; all cores is faster on an idle machine (1.27-1.33x measured on
+    2 cores, README's step profile) and several times slower on a busy one, so it is measured, not guessed."""
+    from cn_clip_pokemon.files import available_cores
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return [None]  # the user's own setting, passed on untouched
+    cores = available_cores()
+    return [1, cores] if cores > 1 else [1]
+
+
+def _probe(recipe, args, dataset, epochs, probe_steps, environment, threads):
+    """One probe run of ``probe_steps`` steps with ``threads`` intra-op threads (None: the environment's
+    as it is): (seconds per step, its wall-clock seconds, the start-up seconds)."""
     import tempfile
 
-    batch_size = int(recipe_flag(recipe, "--batch-size"))
-    steps_per_epoch = _split_batches(dataset, "train", batch_size)
-    valid_batches = _split_batches(dataset, "valid", int(recipe_flag(recipe, "--valid-batch-size")))
-    planned = steps_per_epoch * epochs
-    probe_steps = max(4, min(PROBE_STEPS, planned // 10))
-    started = time.time()
+    if threads is not None:
+        environment = {**environment, "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory(prefix="cn-clip-pokemon-probe-") as logs:
         argv = train_argv(recipe, args, dataset, Path(logs), epochs)
         cut = argv.index("--val-data")
         del argv[cut:cut + 2]  # the probe trains only
         argv[argv.index("--log-interval") + 1] = "1"
         argv += ["--max-steps", str(probe_steps), "--save-epoch-frequency", "1000000"]
-        _, probe_wall = run_stage(f"probe: {probe_steps} training steps to measure this machine's speed", argv, environment=environment)
+        what = f", {threads} thread{'s' if threads != 1 else ''}" if threads is not None else ""
+        _, wall = run_stage(f"probe: {probe_steps} training steps to measure this machine's speed{what}", argv, environment=environment)
         seconds_per_step, probed = probe_seconds_per_step(Path(logs) / recipe["name"] / "metrics.jsonl")
-    spent = time.time() - started
     if seconds_per_step is None:
-        seconds_per_step = probe_wall / max(1, probed or probe_steps)
-    startup = max(0.0, probe_wall - probe_steps * seconds_per_step)
+        seconds_per_step = wall / max(1, probed or probe_steps)
+    return seconds_per_step, wall, max(0.0, wall - probe_steps * seconds_per_step)
+
+
+def plan_training(recipe, args, dataset, epochs, budget_minutes, environment):
+    """Probe this machine's speed with short runs of the recipe (one per thread count worth trying),
+    keep the fastest thread count, then fit the steps to the budget. Returns the plan (a dict, also
+    written to the experiment's PLAN_FILE); its "environment" is what the real run is given."""
+    batch_size = int(recipe_flag(recipe, "--batch-size"))
+    steps_per_epoch = _split_batches(dataset, "train", batch_size)
+    valid_batches = _split_batches(dataset, "valid", int(recipe_flag(recipe, "--valid-batch-size")))
+    planned = steps_per_epoch * epochs
+    candidates = thread_candidates(environment)
+    probe_steps = max(4, min(PROBE_STEPS // len(candidates), planned // 10))
+    started = time.time()
+    probes = {threads: _probe(recipe, args, dataset, epochs, probe_steps, environment, threads) for threads in candidates}
+    threads = min(candidates, key=lambda count: probes[count][0])
+    seconds_per_step, _, startup = probes[threads]
+    spent = time.time() - started
     steps = fit_steps(budget_minutes * 60, spent, seconds_per_step, startup, planned, steps_per_epoch, valid_batches)
     plan = {
         "budget_minutes": budget_minutes,
         "planned_steps": planned,
         "steps": steps,
         "steps_per_epoch": steps_per_epoch,
-        "probe": {"steps": probe_steps, "seconds": round(spent, 1), "seconds_per_step": round(seconds_per_step, 4)},
+        "threads": threads,
+        "environment": {**environment, **({"OMP_NUM_THREADS": str(threads)} if threads is not None else {})},
+        "probe": {
+            "steps": probe_steps, "seconds": round(spent, 1), "seconds_per_step": round(seconds_per_step, 4),
+            **({"seconds_per_step_by_threads": {str(count): round(probes[count][0], 4) for count in candidates}}
+               if len(candidates) > 1 else {}),
+        },
     }
     fits = "the recipe's steps fit" if steps == planned else f"{steps} of the recipe's {planned} steps fit"
-    print(f"{seconds_per_step:.3f} s a step here: {fits} in the {budget_minutes:g}-minute training budget", flush=True)
+    with_threads = f" with {threads} thread{'s' if threads != 1 else ''}" if len(candidates) > 1 else ""
+    print(f"{seconds_per_step:.3f} s a step here{with_threads}: {fits} in the {budget_minutes:g}-minute training budget", flush=True)
     return plan
 
 
@@ -129,6 +163,7 @@ def training_summary(plan, checkpoint, metrics_file, train_seconds):
         "planned_steps": plan.get("planned_steps") if plan else None,
         "steps": done,
         "seconds_per_step": round(seconds_per_step, 4) if seconds_per_step else None,
+        "threads": plan.get("threads") if plan else None,
         "probe": plan.get("probe") if plan else None,
         "seconds": round(train_seconds, 1) if train_seconds else None,
     }

@@ -79,6 +79,8 @@ def print_report(report):
         budget = f"{training['budget_minutes']:g}-minute budget, " if training.get("budget_minutes") else ""
         planned = f" of the recipe's {training['planned_steps']}" if training.get("planned_steps") else ""
         speed = f", {training['seconds_per_step']:.3f} s a step" if training.get("seconds_per_step") else ""
+        if training.get("threads"):
+            speed += f" with {training['threads']} thread{'s' if training['threads'] != 1 else ''}"
         print(f"training: {budget}{training['steps']}{planned} steps{speed}")
     train = report["seconds"].get("train")
     print(f"training {train / 60:.1f} min, " if train else "", end="")

@@ -1,5 +1,6 @@
 """The demo's wall-clock training budget (--train-minutes): a timed probe, then the steps that fit."""
 import json
+import os
 import subprocess
 import sys
 
@@ -18,6 +19,17 @@ def test_fit_steps_takes_the_probe_startup_and_validation_off_the_budget():
     assert demo_budget.fit_steps(600, 30, 0.1, 10, 2000, 1000, 30) == 2000
     # a budget the probe already spent still trains a few steps
     assert demo_budget.fit_steps(5, 30, 0.5, 10, 2000, 1000, 30) == demo_budget.MIN_STEPS
+
+
+def test_the_probe_tries_one_thread_and_every_core_unless_the_user_set_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("cn_clip_pokemon.files.available_cores", lambda: 2)
+    assert demo_budget.thread_candidates({"OMP_NUM_THREADS": "1"}) == [1, 2]
+    monkeypatch.setattr("cn_clip_pokemon.files.available_cores", lambda: 1)
+    assert demo_budget.thread_candidates({}) == [1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr("cn_clip_pokemon.files.available_cores", lambda: 8)
+    assert demo_budget.thread_candidates({}) == [None]  # the user's own, passed on untouched
 
 
 def test_seconds_per_step_skips_the_time_between_epochs(tmp_path):
@@ -57,3 +69,14 @@ def test_a_tiny_budget_trains_fewer_steps_and_the_report_says_so(shared_datasets
     checkpoint = workdir / "experiments" / demo_recipes.TINY["name"] / "checkpoints" / "epoch_latest.pt"
     assert torch.load(checkpoint, map_location="cpu", weights_only=True)["step"] == training["steps"]
     assert f"0.05-minute budget, {training['steps']} of the recipe's {training['planned_steps']} steps" in run.stdout
+    # the probe timed each thread count worth trying and the real run got the fastest
+    from cn_clip_pokemon.files import available_cores
+
+    commands = [line[2:] for line in run.stdout.splitlines() if line.startswith("$ ")]
+    if "OMP_NUM_THREADS" not in os.environ and available_cores() > 1:
+        by_threads = training["probe"]["seconds_per_step_by_threads"]
+        assert set(by_threads) == {"1", str(available_cores())}, training
+        assert by_threads[str(training["threads"])] == min(by_threads.values())
+        trainings = [command for command in commands if command.startswith("OMP_NUM_THREADS=") and " cn-clip-pokemon train " in command]
+        assert len(trainings) == 1 + len(by_threads), commands  # a probe per thread count, then the run
+        assert trainings[-1].startswith(f"OMP_NUM_THREADS={training['threads']} cn-clip-pokemon train "), commands
