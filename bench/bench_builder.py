@@ -78,8 +78,7 @@ def floor_in_processes(paths, image_size, processes):
                          text=True, cwd=REPO)
         for _ in range(processes)
     ]
-    # Imports first (each child reads its list only once all are started), then the clock.
-    started = time.perf_counter()
+    # Imports first: each child reads its list only once all are started, and times its own loop.
     results = []
     for index, child in enumerate(children):
         child.stdin.write("\n".join(paths[index::processes]) + "\n")
@@ -128,16 +127,18 @@ print(json.dumps({key: summary.get(key) for key in ("pictures", "seconds", "work
 """
 
 
-def run_builder(pictures_dir, out_dir, image_size, workers, profile=True):
-    """Build in a child process; returns (summary, peak tree PSS in MiB, CPU seconds of the tree)."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", BUILD, str(pictures_dir), str(out_dir), str(image_size), str(workers or 0),
-         "1" if profile else "0"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )
-    peak = 0
-    cpu_seconds = {}
-    done = threading.Event()
+def run_sampled(command, stdin_text=None):
+    """Run ``command`` to its end while sampling its process tree every 50 ms from /proc.
+    Returns (completed process with text stdout/stderr, peak tree PSS in KiB, CPU seconds of the
+    tree: the larger of the sampled tree, which sees forkserver workers that are not waited-for
+    children, and the waited-for children's rusage, exact for one process whose last 50 ms the
+    sampling misses), and the wall-clock seconds."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    peak, cpu_seconds, done = 0, {}, threading.Event()
 
     def sample():
         nonlocal peak
@@ -147,12 +148,24 @@ def run_builder(pictures_dir, out_dir, image_size, workers, profile=True):
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    output, _ = child.communicate()
+    stdout, stderr = child.communicate(stdin_text)
+    wall = time.perf_counter() - started
     done.set()
     sampler.join()
-    if child.returncode != 0:
-        raise SystemExit(f"builder failed with exit code {child.returncode}")
-    return json.loads(output.strip().splitlines()[-1]), peak / 1024, sum(cpu_seconds.values())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    waited = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    finished = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
+    return finished, peak, max(sum(cpu_seconds.values()), waited), wall
+
+
+def run_builder(pictures_dir, out_dir, image_size, workers, profile=True):
+    """Build in a child process; returns (summary, peak tree PSS in MiB, CPU seconds of the tree)."""
+    finished, peak, cpu, _ = run_sampled(
+        [sys.executable, "-c", BUILD, str(pictures_dir), str(out_dir), str(image_size), str(workers or 0),
+         "1" if profile else "0"])
+    if finished.returncode != 0:
+        raise SystemExit(f"builder failed with exit code {finished.returncode}: {finished.stderr.strip()[-500:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1]), peak / 1024, cpu
 
 
 def breakdown_rows(profile, floor_stages, parallel_stages, tree_cpu):

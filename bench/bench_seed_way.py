@@ -27,16 +27,11 @@ and the load average, are printed at the top.
 """
 import argparse
 import json
-import os
-import random
 import re
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -44,11 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_builder import SHARED, tree_pss_kib  # noqa: E402
+from bench_builder import SHARED, run_sampled  # noqa: E402
+from machine import cpu_description, load_average  # noqa: E402
 
 from cn_clip_pokemon.dataset_format import SPLITS, lmdb_dir, lmdb_images, lmdb_pairs  # noqa: E402
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 # What each side does that the other does not, printed with the figures.
 DIFFERENCES = """\
@@ -140,63 +135,13 @@ stages["write"] += time.perf_counter() - marks[0]
 print(json.dumps({"pictures": image_id, "loop": time.perf_counter() - started, "stages": stages}))
 '''
 
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_description():
-    """(model name, the flags of CPU_FLAGS it has, threads per core) from /proc/cpuinfo and lscpu."""
-    model, flags, threads = "unknown CPU", set(), "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown CPU":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        threads = re.search(r"Thread\(s\) per core:\s*(\S+)", lscpu).group(1)
-    except (OSError, subprocess.SubprocessError, AttributeError):
-        pass
-    return model, [flag for flag in CPU_FLAGS if flag in flags], threads
-
-
-def load_average():
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def run_measured(command):
-    """Run ``command`` to its end: {"wall", "cpu" (its process tree's), "peak" (PSS MiB), "stdout"}.
-
-    CPU: the larger of the tree sampled every 50 ms from /proc (it sees forkserver workers, which
-    are not this process's waited-for children) and the waited-for children's rusage (exact for a
-    single process, whose last 50 ms the sampling misses).
-    """
-    clock_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    peak, cpu_seconds, done = 0, {}, threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, tree_pss_kib(child.pid, cpu_seconds))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = child.communicate()
-    wall = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    clock_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if child.returncode != 0:
-        last = (stderr.strip().splitlines() or ["no message"])[-1]
-        raise SystemExit(f"`{' '.join(map(str, command[:4]))} ...` failed with exit code {child.returncode}: {last}")
-    waited = (clock_after.ru_utime + clock_after.ru_stime) - (clock_before.ru_utime + clock_before.ru_stime)
-    return {"wall": wall, "cpu": max(sum(cpu_seconds.values()), waited), "peak": peak / 1024, "stdout": stdout}
+    """Run ``command`` to its end: {"wall", "cpu" (its process tree's), "peak" (PSS MiB), "stdout"}."""
+    finished, peak, cpu, wall = run_sampled(command)
+    if finished.returncode != 0:
+        last = (finished.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SystemExit(f"`{' '.join(map(str, command[:4]))} ...` failed with exit code {finished.returncode}: {last}")
+    return {"wall": wall, "cpu": cpu, "peak": peak / 1024, "stdout": finished.stdout}
 
 
 def disk_mib(folder):

@@ -40,34 +40,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_training import build_bench_dataset  # noqa: E402
+from machine import CPU_FLAGS, cpu_description, load_average  # noqa: E402
 
 STAGES = ("data", "image_forward", "text_forward", "loss", "backward", "optimizer", "step")
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 # --isa avx2: the environment variables that cap each kernel library at AVX2
 ISA_CAPS = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 ISA_MARKER = "BENCH_STEP_PROFILE_ISA"
-
-
-def cpu_description():
-    """(model name, the flags of CPU_FLAGS it has) from /proc/cpuinfo."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown CPU":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return model, [flag for flag in CPU_FLAGS if flag in flags]
-
-
-def load_average():
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def recipe_args(dataset, num_workers):
@@ -187,7 +165,7 @@ def main(argv=None):
     patching.install()
     from cn_clip_pokemon.launcher import cpu_worker_count
 
-    model_name, flags = cpu_description()
+    model_name, flags, _ = cpu_description()
     native_bf16 = options.isa == "native" and any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
     if options.isa != "native":
         flags = [f"{flag} (capped: --isa {options.isa})" if flag != options.isa else flag for flag in flags]

@@ -10,11 +10,12 @@ from cn_clip_pokemon import demo_budget, demo_recipes
 
 
 def test_fit_steps_takes_the_probe_startup_and_validation_off_the_budget():
+    assert demo_budget.VALID_STEP_SHARE == 1.0  # the figures below count a validation batch as a step
     # 600 s budget, 30 s spent probing, 10 s start-up, 0.5 s a step: 560 s left, of which 2 epochs
-    # of 30 validation batches at a third of a step (10 s) -> 550 s / 0.5 = 1,100 steps
-    assert demo_budget.fit_steps(600, 30, 0.5, 10, 2000, 1000, 30) == 1100
-    # a run that ends within its first epoch is validated once: 560 s - 10 s -> 550 steps of 1 s
-    assert demo_budget.fit_steps(600, 30, 1.0, 10, 2000, 1000, 30) == 550
+    # of 30 validation batches at a step each (30 s) -> 530 s / 0.5 = 1,060 steps
+    assert demo_budget.fit_steps(600, 30, 0.5, 10, 2000, 1000, 30) == 1060
+    # a run that ends within its first epoch is validated once: 560 s - 30 s -> 530 steps of 1 s
+    assert demo_budget.fit_steps(600, 30, 1.0, 10, 2000, 1000, 30) == 530
     # a fast machine trains the recipe's steps, never more
     assert demo_budget.fit_steps(600, 30, 0.1, 10, 2000, 1000, 30) == 2000
     # a budget the probe already spent still trains a few steps
