@@ -1,12 +1,12 @@
 """Where a training step's time goes on the CPU, per stage, for the demo's tiny recipe.
 
-    python bench/bench_step_profile.py                          # sprites #1-200, 4 frames, 64 px
+    python bench/bench_step_profile.py                          # sprites #1-200, 4 frames, the recipe's size
     python bench/bench_step_profile.py --dataset pokemon-demo/datasets/pokemon --rounds 5
     python bench/bench_step_profile.py --threads 1 2 --attention default sdpa --precision fp32 bf16
     python bench/bench_step_profile.py --isa avx2   # an AVX-512 CPU running the kernels an AVX2-only CPU runs
 
-The step is the demo's (demo_recipes.TINY): upstream's CLIP built from the ViT-T-8-64 and RBT-Tiny-chinese
-configs as upstream's main builds it, batch 128 of 64 px pictures, context 12, --mask-ratio 0.5,
+The step is the demo's (demo_recipes.TINY): upstream's CLIP built from its vision config (ViT-T-8-32) and
+RBT-Tiny-chinese as upstream's main builds it, batch 128 of its pictures (32 px), context 12, its --mask-ratio,
 AdamW with upstream's two parameter groups, the contrastive loss of upstream's get_loss, the
 pokemon-augmented training loader with the launcher's CPU worker count. Each step is timed per
 stage: data (waiting for the loader's next batch), image tower forward, text tower forward, loss,
@@ -138,7 +138,7 @@ def timed_step(model, optimizer, batches, args, precision):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default=None, help="a dataset folder made by build-dataset (default: sprites #1-200, 4 frames, 64 px)")
+    parser.add_argument("--dataset", default=None, help="a dataset folder made by build-dataset (default: sprites #1-200, 4 frames, the recipe's picture size)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op thread counts (default 1 2)")
     parser.add_argument("--attention", nargs="+", choices=["default", "sdpa"], default=["default", "sdpa"])
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
@@ -163,6 +163,7 @@ def main(argv=None):
     from cn_clip_pokemon import patching
 
     patching.install()
+    from cn_clip_pokemon.demo_recipes import TINY
     from cn_clip_pokemon.launcher import cpu_worker_count
 
     model_name, flags, _ = cpu_description()
@@ -176,8 +177,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         dataset = options.dataset
         if dataset is None:
-            print("building the profile dataset (sprites #1-200, 4 frames, 64 px)...", flush=True)
-            dataset = build_bench_dataset(Path(scratch), numbers=range(1, 201), frames=4, image_size=64, bench="bench_step_profile")
+            size = TINY["image_size"]
+            print(f"building the profile dataset (sprites #1-200, 4 frames, {size} px)...", flush=True)
+            dataset = build_bench_dataset(Path(scratch), numbers=range(1, 201), frames=4, image_size=size, bench="bench_step_profile")
         args = recipe_args(dataset, workers)
         combos = list(itertools.product(options.threads, options.attention, precisions))
         print(f"CPU: {model_name}; flags: {' '.join(flags) or 'none of ' + ' '.join(CPU_FLAGS)}; {os.cpu_count()} CPUs", flush=True)

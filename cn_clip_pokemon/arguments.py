@@ -67,6 +67,17 @@ def fraction(text):
     return value
 
 
+def minutes(text):
+    """An argparse type: a number of minutes, 0 or more (0: no limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not 0 <= value < float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more minutes, not {text}")
+    return value
+
+
 def prompt_template(text):
     """An argparse type: a template with one {} for the name (dataset_format's rule)."""
     from cn_clip_pokemon.dataset_format import check_template

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import EVAL_SPLIT, info_path, load_dataset_info
-from cn_clip_pokemon.demo_budget import PLAN_FILE, checkpoint_progress, plan_training, read_plan, training_summary
+from cn_clip_pokemon.demo_budget import PLAN_FILE, checkpoint_progress, plan_training, read_plan, thread_candidates, training_summary
 from cn_clip_pokemon.demo_recipes import CONFIGS, recipe_epochs, recipe_flag, train_argv
 from cn_clip_pokemon.demo_report import EVALUATIONS, plot_training_curve, print_report
 from cn_clip_pokemon.demo_stages import (
@@ -62,19 +62,20 @@ def _numbers_text(text):
 
 
 def demo_arguments(parser):
-    from cn_clip_pokemon.arguments import positive_int
+    from cn_clip_pokemon.arguments import minutes, positive_int
 
     parser.add_argument("--workdir", type=Path, default=Path("pokemon-demo"), help="where everything goes (default ./pokemon-demo)")
     parser.add_argument(
         "--train-minutes",
         "--minutes",
         dest="train_minutes",
-        type=float,
+        type=minutes,
         default=None,
-        help="wall-clock training budget in minutes (default: none, the recipe's 8 epochs, about 2,000 steps, "
-        "whatever they take): a short timed probe measures this machine's seconds per step, then training "
-        "runs the recipe's steps or as many as fit the budget, the learning-rate schedule planned for that "
-        "count. Fewer steps mean a weaker model: the README's figures are for the full recipe",
+        help=f"wall-clock training budget in minutes (default {CONFIGS['tiny']['minutes']:g} for the tiny recipe; 0: no budget, the "
+        "recipe's 8 epochs, about 2,000 steps, whatever they take): short timed probes measure this machine's "
+        "seconds per step with one thread and with every core, then training runs with the faster and for the "
+        "recipe's steps or as many as fit the budget, the learning-rate schedule planned for that count. Fewer "
+        "steps mean a weaker model: the README gives the accuracy of each per CPU kind measured",
     )
     parser.add_argument(
         "--fresh", action="store_true",
@@ -85,7 +86,7 @@ def demo_arguments(parser):
     parser.add_argument("--pretrained", type=Path, default=None, help="official weights for --config vit-b-16, e.g. ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt")
     parser.add_argument("--numbers", type=_numbers_text, default="1-649", help="which Pokemon, e.g. 1-40 or 1-9,25,150-151 (default 1-649, every one with sprites)")
     parser.add_argument("--frames", type=positive_int, default=None, help="animation frames per view (default: the recipe's)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="train exactly this many epochs (no budget, no probe)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="train exactly this many epochs (no budget, no probe: the recipe's one thread)")
     parser.add_argument(
         "--sprites-from",
         action="append",
@@ -195,21 +196,24 @@ def _run(args, recipe, work, ledger, started):
     # 4. training
     epochs = recipe_epochs(recipe, args)
     # the budget: --train-minutes, else the recipe's; none with --max-epochs
-    budget = None if args.max_epochs is not None else (args.train_minutes or recipe["minutes"])
+    budget = None if args.max_epochs is not None else (recipe["minutes"] if args.train_minutes is None else args.train_minutes) or None
+    # the probe: to fit a budget, and on the CPU to find the faster thread count
+    on_cpu = recipe_flag(recipe, "--device") == "cpu"
+    probing = args.max_epochs is None and (budget or (on_cpu and len(thread_candidates(recipe.get("environment", {}))) > 1))
     plan_file = experiments / name / PLAN_FILE
-    plan = read_plan(plan_file) if budget else None
+    plan = read_plan(plan_file) if probing else None
     done_epoch, done_step = checkpoint_progress(checkpoint) if checkpoint.exists() else (0, 0)
     if budget and plan and plan.get("budget_minutes") == budget and checkpoint.exists() and done_step >= plan.get("steps", 0):
         reuse("train", f"{checkpoint} (step {done_step}, {budget:g}-minute budget)")
     elif not budget and checkpoint.exists() and done_epoch >= epochs:
         reuse("train", f"{checkpoint} (epoch {done_epoch})")
-        plan = None
+        plan = plan if plan and plan.get("budget_minutes") is None else None
     else:
         # the user's own OMP_NUM_THREADS wins over the recipe's
         environment = {key: value for key, value in recipe.get("environment", {}).items() if key not in os.environ}
         argv = train_argv(recipe, args, dataset, experiments, epochs)
         plan = None
-        if budget:
+        if probing:
             started_training = time.time()
             plan = plan_training(recipe, args, dataset, epochs, budget, environment)
             environment = plan["environment"]  # the thread count the probe found fastest

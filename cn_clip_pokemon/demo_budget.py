@@ -97,21 +97,24 @@ def _probe(recipe, args, dataset, epochs, probe_steps, environment, threads):
 
 
 def plan_training(recipe, args, dataset, epochs, budget_minutes, environment):
-    """Probe this machine's speed with short runs of the recipe (one per thread count worth trying),
-    keep the fastest thread count, then fit the steps to the budget. Returns the plan (a dict, also
+    """Probe this machine's speed with short runs of the recipe (one per thread count worth trying on
+    the CPU), keep the fastest thread count, then fit the steps to the budget (``budget_minutes``
+    None: the recipe's steps). Returns the plan (a dict, also
     written to the experiment's PLAN_FILE); its "environment" is what the real run is given."""
     batch_size = int(recipe_flag(recipe, "--batch-size"))
     steps_per_epoch = _split_batches(dataset, "train", batch_size)
     valid_batches = _split_batches(dataset, "valid", int(recipe_flag(recipe, "--valid-batch-size")))
     planned = steps_per_epoch * epochs
-    candidates = thread_candidates(environment)
+    candidates = thread_candidates(environment) if recipe_flag(recipe, "--device") == "cpu" else [None]
     probe_steps = max(4, min(PROBE_STEPS // len(candidates), planned // 10))
     started = time.time()
     probes = {threads: _probe(recipe, args, dataset, epochs, probe_steps, environment, threads) for threads in candidates}
     threads = min(candidates, key=lambda count: probes[count][0])
     seconds_per_step, _, startup = probes[threads]
     spent = time.time() - started
-    steps = fit_steps(budget_minutes * 60, spent, seconds_per_step * STEP_MARGIN, startup, planned, steps_per_epoch, valid_batches)
+    steps = planned
+    if budget_minutes:
+        steps = fit_steps(budget_minutes * 60, spent, seconds_per_step * STEP_MARGIN, startup, planned, steps_per_epoch, valid_batches)
     plan = {
         "budget_minutes": budget_minutes,
         "planned_steps": planned,
@@ -125,9 +128,12 @@ def plan_training(recipe, args, dataset, epochs, budget_minutes, environment):
                if len(candidates) > 1 else {}),
         },
     }
-    fits = "the recipe's steps fit" if steps == planned else f"{steps} of the recipe's {planned} steps fit"
     with_threads = f" with {threads} thread{'s' if threads != 1 else ''}" if len(candidates) > 1 else ""
-    print(f"{seconds_per_step:.3f} s a step here{with_threads}: {fits} in the {budget_minutes:g}-minute training budget", flush=True)
+    if budget_minutes:
+        fits = "the recipe's steps fit" if steps == planned else f"{steps} of the recipe's {planned} steps fit"
+        print(f"{seconds_per_step:.3f} s a step here{with_threads}: {fits} in the {budget_minutes:g}-minute training budget", flush=True)
+    else:
+        print(f"{seconds_per_step:.3f} s a step here{with_threads}: no training budget, the recipe's {planned} steps", flush=True)
     return plan
 
 

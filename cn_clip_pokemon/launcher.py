@@ -34,7 +34,7 @@ def launcher_parser():
         ),
         epilog=(
             "Example (CPU, tiny model, a dataset made by `cn-clip-pokemon build-dataset`): "
-            "cn-clip-pokemon train --train-data DATASET/lmdb/train --vision-model ViT-T-8-64 "
+            "cn-clip-pokemon train --train-data DATASET/lmdb/train --vision-model ViT-T-8-32 "
             "--text-model RBT-Tiny-chinese --batch-size 64 --max-epochs 2 --logs experiments --name tiny"
         ),
     )

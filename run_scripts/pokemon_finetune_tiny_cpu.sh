@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Train tiny Chinese-CLIP towers (ViT-T-8-64 + RBT-Tiny-chinese) on the Pokemon dataset, on the CPU.
+# Train tiny Chinese-CLIP towers (ViT-T-8-32 + RBT-Tiny-chinese) on the Pokemon dataset, on the CPU.
 # From random initialisation: the whole path on a laptop in minutes, no weights to download.
 #
 #   bash run_scripts/pokemon_finetune_tiny_cpu.sh ${DATAPATH} [more `cn-clip-pokemon train` flags]
 #   cn-clip-pokemon run-script pokemon_finetune_tiny_cpu ${DATAPATH} [...]   (pip install, no clone)
 #
 # Needs ${DATAPATH}/datasets/pokemon/lmdb/{train,valid}, made by
-#   cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon --image-size 64
-# (pictures stored at 64-96 px keep the data loader ahead of training). `cn-clip-pokemon demo` builds
+#   cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon --image-size 32
+# (pictures stored at the model's 32 px keep the data loader far ahead of training). `cn-clip-pokemon demo` builds
 # it from the animations left after holding one per Pokemon out (datasets/pokemon-views, split by
 # animation), so that the model can be evaluated on views it never saw; see the README.
 # --dataset pokemon-augmented recolours or greys some training pictures (SpriteAugment).
@@ -23,7 +23,7 @@ shift
 dataset=${DATAPATH}/datasets/pokemon
 
 if [ ! -d "${dataset}/lmdb/train" ]; then
-    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset} --image-size 64" >&2
+    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset} --image-size 32" >&2
     exit 1
 fi
 
@@ -37,7 +37,7 @@ cn-clip-pokemon train \
     --val-data "${dataset}/lmdb/valid" \
     --logs "${DATAPATH}/experiments" \
     --name pokemon_tiny_cpu \
-    --vision-model ViT-T-8-64 \
+    --vision-model ViT-T-8-32 \
     --text-model RBT-Tiny-chinese \
     --context-length 12 \
     --batch-size 128 \
@@ -45,7 +45,7 @@ cn-clip-pokemon train \
     --lr 1e-3 \
     --wd 0.1 \
     --warmup 50 \
-    --mask-ratio 0.5 \
+    --mask-ratio 0 \
     --max-epochs 8 \
     --precision amp \
     --log-interval 10 \

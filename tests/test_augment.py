@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from cn_clip_pokemon.default_plugins.pokemon_dataset import SpriteAugment, pokemon_augmented_dataset
+from cn_clip_pokemon.photo_augment import Chain, PhotoAugment
 from cn_clip_pokemon.plugins import get_datasets
 
 
@@ -64,6 +65,10 @@ def test_the_augmented_dataset_is_registered_and_transforms_only_training_pictur
     assert get_datasets()["pokemon-augmented"] is pokemon_augmented_dataset
     assert isinstance(pokemon_augmented_dataset.augment, SpriteAugment)
     assert get_datasets()["pokemon"].augment is None
+    # pokemon-photo: the same sprite changes, then the user-picture changes
+    photo = get_datasets()["pokemon-photo"].augment
+    assert isinstance(photo, Chain) and isinstance(photo.transforms[0], SpriteAugment) and isinstance(photo.transforms[1], PhotoAugment)
+    assert photo.transforms[1].background > 0
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,21 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(augmented
     images, texts, _ = next(iter(train.dataloader))
     assert images.shape[1:] == (3, 64, 64) and images.dtype == torch.float32
     assert torch.isfinite(images).all()
+
+
+def test_the_photo_dataset_changes_training_pictures_through_upstreams_loader(augmented_loader):
+    from cn_clip_pokemon.default_plugins.pokemon_dataset import pokemon_dataset, pokemon_photo_dataset
+
+    args = augmented_loader
+    plain = pokemon_dataset.get_dataset(args, is_train=True, max_txt_length=12)
+    photo = pokemon_photo_dataset.get_dataset(args, is_train=True, max_txt_length=12)
+    assert photo.dataset.transform.transforms[0] is pokemon_photo_dataset.augment
+    torch.manual_seed(0)
+    plain_images = torch.stack([plain.dataset[index][0] for index in range(16)])
+    photo_images = torch.stack([photo.dataset[index][0] for index in range(16)])
+    assert photo_images.shape == plain_images.shape == (16, 3, 64, 64)
+    changed = [(p != q).any().item() for p, q in zip(plain_images, photo_images)]
+    assert any(changed) and torch.isfinite(photo_images).all()
 
 
 def test_hue_limits_how_far_colours_turn():

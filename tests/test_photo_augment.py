@@ -1,0 +1,52 @@
+"""PhotoAugment: training pictures made to look like users' pictures (background, crop, turn, canvas, quality)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from cn_clip_pokemon.photo_augment import Chain, PhotoAugment
+
+
+def ring_sprite(side=64):
+    """A stored training picture: a red ring on white, with white inside the ring (white of the Pokemon)."""
+    image = Image.new("RGB", (side, side), (255, 255, 255))
+    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), outline=(200, 30, 30), width=5)
+    return image
+
+
+def test_the_background_replaces_only_the_white_around_the_sprite():
+    sprite = ring_sprite()
+    before = np.asarray(sprite)
+    changed = 0
+    for seed in range(8):
+        after = np.asarray(PhotoAugment(background=1.0, generator=torch.Generator().manual_seed(seed))(sprite))
+        assert after.shape == before.shape and after.dtype == np.uint8
+        assert (after[32, 32] == 255).all(), "white inside the ring is the Pokemon's and stays"
+        assert (after[30:35, 18] == before[30:35, 18]).all(), "the ring itself stays"
+        changed += int((after[:4, :4] != 255).any())  # the corner is background: changed (unless drawn white)
+    assert changed >= 7
+
+
+def test_a_seed_gives_the_same_picture_and_geometry_keeps_the_size():
+    sprite = ring_sprite()
+    every = dict(background=0.5, crop=0.5, rotate=0.5, canvas=0.5, jpeg=0.5, low_resolution=0.5, blur=0.5)
+    first = [np.asarray(PhotoAugment(**every, generator=torch.Generator().manual_seed(seed))(sprite)) for seed in range(6)]
+    again = [np.asarray(PhotoAugment(**every, generator=torch.Generator().manual_seed(seed))(sprite)) for seed in range(6)]
+    assert all((a == b).all() for a, b in zip(first, again))
+    assert all(a.shape == (64, 64, 3) for a in first)
+    assert len({a.tobytes() for a in first}) > 1
+
+
+@pytest.mark.parametrize("change", ["crop", "rotate", "canvas", "jpeg", "low_resolution", "blur"])
+def test_each_change_changes_the_picture_and_nothing_is_changed_at_probability_zero(change):
+    sprite = ring_sprite()
+    generator = torch.Generator().manual_seed(0)
+    assert (np.asarray(PhotoAugment(generator=generator)(sprite)) == np.asarray(sprite)).all()
+    changed = np.asarray(PhotoAugment(**{change: 1.0}, generator=generator)(sprite))
+    assert changed.shape == (64, 64, 3) and (changed != np.asarray(sprite)).any()
+
+
+def test_chain_applies_each_in_turn():
+    sprite = ring_sprite()
+    grey = Chain(lambda image: image.convert("L"), lambda image: image.convert("RGB"))
+    assert grey(sprite).mode == "RGB" and np.ptp(np.asarray(grey(sprite)), axis=-1).max() == 0
