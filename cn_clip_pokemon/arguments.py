@@ -56,26 +56,26 @@ port_number = whole_number_between(1, 65535)
 port_number.__doc__ = "An argparse type: a TCP port, 1 to 65535."
 
 
-def fraction(text):
-    """An argparse type: a share from 0 up to (not including) 1, such as 0.1."""
+def _number_in(text, what, inside, rule):
+    """``text`` as a float that ``inside`` accepts (NaN never is), else an argparse error naming ``rule``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (a share such as 0.1)") from None
-    if not 0 <= value < 1:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be at least 0 and less than 1 (a share such as 0.1), not {text}")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not inside(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, not {text}")
     return value
+
+
+def fraction(text):
+    """An argparse type: a share from 0 up to (not including) 1, such as 0.1."""
+    return _number_in(text, "a number (a share such as 0.1)", lambda value: 0 <= value < 1,
+                      "at least 0 and less than 1 (a share such as 0.1)")
 
 
 def minutes(text):
     """An argparse type: a number of minutes, 0 or more (0: no limit)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
-    if not 0 <= value < float("inf"):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more minutes, not {text}")
-    return value
+    return _number_in(text, "a number of minutes", lambda value: 0 <= value < float("inf"), "0 (no limit) or more minutes")
 
 
 def prompt_template(text):

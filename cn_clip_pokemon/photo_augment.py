@@ -25,17 +25,17 @@ import io
 WHITE = (255, 255, 255)
 
 
-class PhotoAugment:
-    def __init__(self, background=0.0, crop=0.0, rotate=0.0, canvas=0.0, jpeg=0.0, low_resolution=0.0, blur=0.0,
-                 max_degrees=20.0, generator=None):
-        self.background, self.crop, self.rotate, self.canvas = background, crop, rotate, canvas
-        self.jpeg, self.low_resolution, self.blur = jpeg, low_resolution, blur
-        self.max_degrees = max_degrees
+class RandomChange:
+    """A training-time picture change drawing its random numbers from ``torch`` (seeded per DataLoader
+    worker by upstream's training) or from ``generator``; ``settings`` names what ``repr`` shows."""
+
+    settings = ()
+
+    def __init__(self, generator=None):
         self.generator = generator
 
     def __repr__(self):
-        return (f"PhotoAugment(background={self.background}, crop={self.crop}, rotate={self.rotate}, canvas={self.canvas}, "
-                f"jpeg={self.jpeg}, low_resolution={self.low_resolution}, blur={self.blur}, max_degrees={self.max_degrees})")
+        return f"{type(self).__name__}({', '.join(f'{name}={getattr(self, name)!r}' for name in self.settings)})"
 
     def _uniform(self, low=0.0, high=1.0):
         import torch
@@ -44,6 +44,17 @@ class PhotoAugment:
 
     def _chance(self, probability):
         return probability > 0 and self._uniform() < probability
+
+
+class PhotoAugment(RandomChange):
+    settings = ("background", "crop", "rotate", "canvas", "jpeg", "low_resolution", "blur", "max_degrees")
+
+    def __init__(self, background=0.0, crop=0.0, rotate=0.0, canvas=0.0, jpeg=0.0, low_resolution=0.0, blur=0.0,
+                 max_degrees=20.0, generator=None):
+        super().__init__(generator)
+        self.background, self.crop, self.rotate, self.canvas = background, crop, rotate, canvas
+        self.jpeg, self.low_resolution, self.blur = jpeg, low_resolution, blur
+        self.max_degrees = max_degrees
 
     def __call__(self, image):
         from PIL import Image, ImageFilter

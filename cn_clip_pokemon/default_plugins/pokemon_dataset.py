@@ -19,7 +19,7 @@ refused, never executed.
 """
 from cn_clip_pokemon.dataset_format import info_path_of_split, read_dataset_info, read_pairs
 from cn_clip_pokemon.hookspecs import hookimpl
-from cn_clip_pokemon.photo_augment import Chain, PhotoAugment
+from cn_clip_pokemon.photo_augment import Chain, PhotoAugment, RandomChange
 
 
 def pair_groups(lmdb_split_dir):
@@ -39,7 +39,7 @@ def pair_groups(lmdb_split_dir):
 WHITE = (255, 255, 255)
 
 
-class SpriteAugment:
+class SpriteAugment(RandomChange):
     """Training-time changes to a stored picture (PIL RGB on white) that match how a Pokemon's views differ.
 
     A shiny sprite is the same drawing in other colours, a back sprite another pose of the same
@@ -58,19 +58,12 @@ class SpriteAugment:
     recolouring cost it more than they gave in the same ten minutes, so they are off by default.
     """
 
+    settings = ("flip", "recolour", "grey", "scale", "shift", "hue")
+
     def __init__(self, flip=0.0, recolour=0.3, grey=0.05, scale=(1.0, 1.0), shift=0.0, hue=1.0, generator=None):
+        super().__init__(generator)
         self.flip, self.recolour, self.grey, self.hue = flip, recolour, grey, hue
         self.scale, self.shift = tuple(scale), shift
-        self.generator = generator
-
-    def __repr__(self):
-        return (f"SpriteAugment(flip={self.flip}, recolour={self.recolour}, grey={self.grey}, "
-                f"scale={self.scale}, shift={self.shift}, hue={self.hue})")
-
-    def _uniform(self, low=0.0, high=1.0):
-        import torch
-
-        return low + (high - low) * float(torch.rand((), generator=self.generator))
 
     def __call__(self, image):
         import numpy as np
