@@ -380,4 +380,6 @@ def test_tiny_cpu_script_trains_with_extra_flags_passed_through(sprite_dataset, 
     run_dir = datapath / "experiments" / "pokemon_tiny_cpu"
     latest = load_checkpoint(run_dir / "checkpoints" / "epoch_latest.pt")
     assert latest["step"] == 2
-    assert latest["model_config"]["vision_model"] == "ViT-T-8-64"
+    from cn_clip_pokemon.demo_recipes import TINY, recipe_flag
+
+    assert latest["model_config"]["vision_model"] == recipe_flag(TINY, "--vision-model")  # the script's, the demo's

@@ -161,7 +161,9 @@ def test_installed_tiny_cpu_script_trains(installed, sprite_dataset, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     latest = load_checkpoint(datapath / "experiments" / "pokemon_tiny_cpu" / "checkpoints" / "epoch_latest.pt")
     assert latest["step"] == 1
-    assert latest["model_config"]["vision_model"] == "ViT-T-8-64"
+    from cn_clip_pokemon.demo_recipes import TINY, recipe_flag
+
+    assert latest["model_config"]["vision_model"] == recipe_flag(TINY, "--vision-model")  # the script's, the demo's
     assert list(empty.iterdir()) == [], "the run wrote into the working folder"
 
 
