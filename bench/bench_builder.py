@@ -127,7 +127,7 @@ print(json.dumps({key: summary.get(key) for key in ("pictures", "seconds", "work
 """
 
 
-def run_sampled(command, stdin_text=None):
+def run_sampled(command):
     """Run ``command`` to its end while sampling its process tree every 50 ms from /proc.
     Returns (completed process with text stdout/stderr, peak tree PSS in KiB, CPU seconds of the
     tree: the larger of the sampled tree, which sees forkserver workers that are not waited-for
@@ -148,7 +148,7 @@ def run_sampled(command, stdin_text=None):
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    stdout, stderr = child.communicate(stdin_text)
+    stdout, stderr = child.communicate()
     wall = time.perf_counter() - started
     done.set()
     sampler.join()

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_builder import SHARED, run_sampled  # noqa: E402
 from machine import cpu_description, load_average  # noqa: E402
 
-from cn_clip_pokemon.dataset_format import SPLITS, lmdb_dir, lmdb_images, lmdb_pairs  # noqa: E402
+from cn_clip_pokemon.dataset_format import SPLITS, lmdb_dir, lmdb_pairs, read_pairs  # noqa: E402
 
 
 # What each side does that the other does not, printed with the figures.
@@ -150,24 +150,14 @@ def disk_mib(folder):
 
 
 def lmdb_counts(dataset_dir):
-    """(pictures, pairs) over every split of ``dataset_dir`` (upstream's layout, which ours is), read
-    from upstream's count keys."""
-    import lmdb
-
+    """(pictures, pairs) over every split of ``dataset_dir`` (upstream's layout, which ours is), read by
+    the package's own pair reader (dataset_format.read_pairs): pictures are the ids the pairs name."""
     pictures = pairs = 0
     for split in SPLITS:
-        for where, key in ((lmdb_images, b"num_images"), (lmdb_pairs, b"num_samples")):
-            path = where(lmdb_dir(dataset_dir, split))
-            if not Path(path).is_dir():
-                continue
-            env = lmdb.open(str(path), readonly=True, lock=False)
-            with env.begin() as txn:
-                count = int(txn.get(key) or 0)
-            env.close()
-            if key == b"num_images":
-                pictures += count
-            else:
-                pairs += count
+        if (lmdb_pairs(lmdb_dir(dataset_dir, split)) / "data.mdb").is_file():
+            split_pairs = read_pairs(lmdb_dir(dataset_dir, split))
+            pairs += len(split_pairs)
+            pictures += len({image_id for image_id, _text in split_pairs})
     return pictures, pairs
 
 

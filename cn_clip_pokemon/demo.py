@@ -197,9 +197,8 @@ def _run(args, recipe, work, ledger, started):
     epochs = recipe_epochs(recipe, args)
     # the budget: --train-minutes, else the recipe's; none with --max-epochs
     budget = None if args.max_epochs is not None else (recipe["minutes"] if args.train_minutes is None else args.train_minutes) or None
-    # the probe: to fit a budget, and on the CPU to find the faster thread count
-    on_cpu = recipe_flag(recipe, "--device") == "cpu"
-    probing = args.max_epochs is None and (budget or (on_cpu and len(thread_candidates(recipe.get("environment", {}))) > 1))
+    # the probe: to fit a budget, and to find the faster thread count where there is a choice
+    probing = args.max_epochs is None and (budget or len(thread_candidates(recipe)) > 1)
     plan_file = experiments / name / PLAN_FILE
     plan = read_plan(plan_file) if probing else None
     done_epoch, done_step = checkpoint_progress(checkpoint) if checkpoint.exists() else (0, 0)

@@ -14,8 +14,8 @@ from cn_clip_pokemon.demo_stages import run_stage
 PROBE_STEPS = 30  # in all: split between the thread counts tried
 MIN_STEPS = 10
 # What an epoch's end costs, in training steps per validation batch: the validation itself, the
-# checkpoint and the loaders' restart. Measured on 2 cores (AMD EPYC, AVX-512): 11-13 s between the last
-# step of an epoch and the next beyond the steps' own time, with 32 validation batches at 0.31 s a step.
+# checkpoint and the loaders' restart. Measured on 2 cores (AMD EPYC, AVX-512): 9-11 s between the last
+# step of an epoch and the next beyond the steps' own time, with 32 validation batches at 0.32 s a step.
 VALID_STEP_SHARE = 1.0
 # The probe runs in the first steps; the whole run's steps took 5% longer (0.310 -> 0.325 s, same machine)
 STEP_MARGIN = 1.05
@@ -62,15 +62,16 @@ def fit_steps(budget_seconds, spent_seconds, seconds_per_step, startup_seconds, 
     return max(min(MIN_STEPS, planned_steps), fitted)
 
 
-def thread_candidates(environment):
-    """Intra-op thread counts the probe tries: one, and every core this process may use, unless the
-    user set OMP_NUM_THREADS (theirs is kept) or there is one core. One thread leaves a core to the data
+def thread_candidates(recipe):
+    """Intra-op thread counts the probe tries for ``recipe``: one, and every core this process may use,
+    when it trains on the CPU and the user did not set OMP_NUM_THREADS (theirs is kept; ``[None]``, the
+    environment as it is, then and off the CPU); one core: ``[1]``. One thread leaves a core to the data
     loader and to anything else running; all cores is faster on an idle machine (1.27-1.33x measured on
     2 cores, README's step profile) and several times slower on a busy one, so it is measured, not guessed."""
     from cn_clip_pokemon.files import available_cores
 
-    if "OMP_NUM_THREADS" in os.environ:
-        return [None]  # the user's own setting, passed on untouched
+    if recipe_flag(recipe, "--device") != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return [None]
     cores = available_cores()
     return [1, cores] if cores > 1 else [1]
 
@@ -105,7 +106,7 @@ def plan_training(recipe, args, dataset, epochs, budget_minutes, environment):
     steps_per_epoch = _split_batches(dataset, "train", batch_size)
     valid_batches = _split_batches(dataset, "valid", int(recipe_flag(recipe, "--valid-batch-size")))
     planned = steps_per_epoch * epochs
-    candidates = thread_candidates(environment) if recipe_flag(recipe, "--device") == "cpu" else [None]
+    candidates = thread_candidates(recipe)
     probe_steps = max(4, min(PROBE_STEPS // len(candidates), planned // 10))
     started = time.time()
     probes = {threads: _probe(recipe, args, dataset, epochs, probe_steps, environment, threads) for threads in candidates}

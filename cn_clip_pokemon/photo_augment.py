@@ -9,7 +9,7 @@ gives a share of the training pictures such changes, each with its own probabili
   (``rotate``: up to ``max_degrees`` either way, the corners white), or the picture made smaller inside
   the square (``canvas``: 45-90% of the side, placed anywhere, white around it);
 - background (``background``): the white around the sprite (white connected to the picture's border,
-  found by a flood fill, so white inside the Pokemon stays) becomes one colour (any, grey and black
+  grown from it pixel by pixel, so white inside the Pokemon stays) becomes one colour (any, grey and black
   included) or a smooth field of random colours with pixel noise;
 - quality: JPEG at quality 15-75 (``jpeg``), shrunk to 25-75% of the side and back (``low_resolution``),
   or a Gaussian blur of 0.5-1.5 px (``blur``).
@@ -136,7 +136,9 @@ def border_white(pixels, threshold=245):
 
 
 class Chain:
-    """Picture transforms applied one after another (PIL to PIL)."""
+    """Picture transforms applied one after another (PIL to PIL): torchvision's ``Compose``, without
+    importing torchvision when the plugins load (every command loads them; training's loader then puts
+    the chain inside upstream's own ``Compose``)."""
 
     def __init__(self, *transforms):
         self.transforms = transforms

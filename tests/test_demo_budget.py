@@ -25,12 +25,14 @@ def test_fit_steps_takes_the_probe_startup_and_validation_off_the_budget():
 def test_the_probe_tries_one_thread_and_every_core_unless_the_user_set_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("cn_clip_pokemon.files.available_cores", lambda: 2)
-    assert demo_budget.thread_candidates({"OMP_NUM_THREADS": "1"}) == [1, 2]
+    tiny, gpu = demo_recipes.TINY, demo_recipes.VIT_B_16
+    assert demo_budget.thread_candidates(tiny) == [1, 2]
+    assert demo_budget.thread_candidates(gpu) == [None]  # not a CPU recipe: nothing to choose
     monkeypatch.setattr("cn_clip_pokemon.files.available_cores", lambda: 1)
-    assert demo_budget.thread_candidates({}) == [1]
+    assert demo_budget.thread_candidates(tiny) == [1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setattr("cn_clip_pokemon.files.available_cores", lambda: 8)
-    assert demo_budget.thread_candidates({}) == [None]  # the user's own, passed on untouched
+    assert demo_budget.thread_candidates(tiny) == [None]  # the user's own, passed on untouched
 
 
 def test_seconds_per_step_skips_the_time_between_epochs(tmp_path):
