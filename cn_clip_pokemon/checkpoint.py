@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cn_clip_pokemon.checkpoint_files import first_line
 from cn_clip_pokemon.checkpoint_sources import read_checkpoint, resolve_checkpoint_path
-from cn_clip_pokemon.dataset_format import CAPTIONS_KEY
+from cn_clip_pokemon.dataset_format import CAPTIONS_KEY, FRAMING_KEY, FRAMINGS, check_framing
 from cn_clip_pokemon.devices import pick_device
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.files import atomic_write
@@ -354,6 +354,8 @@ class LoadedCheckpoint:
     any mode -> the model's input tensor, transparency on white, padded square). ``captions``: the
     candidate captions of the dataset the checkpoint was trained on (the names ``classify`` ranks by
     default), a list of str, or None for a checkpoint that records none (upstream's, older ones).
+    ``framing``: how its training pictures were framed (``preprocess.framing``, "as-is" unless the
+    checkpoint records "subject").
     """
 
     def __init__(self, model, preprocess, model_config, path, captions=None):
@@ -362,6 +364,10 @@ class LoadedCheckpoint:
         self.model_config = model_config
         self.path = path
         self.captions = captions
+
+    @property
+    def framing(self):
+        return self.preprocess.framing
 
     @property
     def input_resolution(self):
@@ -385,6 +391,7 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
     saved = read_checkpoint(path)
     state_dict, saved_config = split_checkpoint(saved, path)
     captions = checkpoint_captions(saved, path)
+    framing = checkpoint_framing(saved, path)
     state_dict = normalize_state_dict(state_dict)
     check_tensor_kinds(state_dict, path)
 
@@ -464,7 +471,8 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
         resize_pos_embed(state_dict, model)
     load_state_dict_strictly(model, state_dict, path, source)
     model = model.float().to(device).eval()
-    return LoadedCheckpoint(model, PicturePreprocess(model_config["input_resolution"]), model_config, Path(path), captions)
+    preprocess = PicturePreprocess(model_config["input_resolution"], framing)
+    return LoadedCheckpoint(model, preprocess, model_config, Path(path), captions)
 
 
 def checkpoint_captions(checkpoint, path):
@@ -480,6 +488,20 @@ def checkpoint_captions(checkpoint, path):
         return list(dict.fromkeys(captions))
     print(f"cn-clip-pokemon: warning: {path}: its {CAPTIONS_KEY!r} entry is not a list of texts; ignored", file=sys.stderr)
     return None
+
+
+def checkpoint_framing(checkpoint, path):
+    """The ``"framing"`` a checkpoint records (training writes its dataset's there, next to
+    ``captions``): one of FRAMINGS; "as-is" when it records none (upstream's, older ones) or one this
+    version does not know, the latter with one warning line."""
+    import sys
+
+    framing = checkpoint.get(FRAMING_KEY) if isinstance(checkpoint, dict) else None
+    if framing is None or framing in FRAMINGS:
+        return framing or "as-is"
+    print(f"cn-clip-pokemon: warning: {path}: its {FRAMING_KEY!r} entry {str(framing)[:40]!r} is not one of "
+          f"{', '.join(FRAMINGS)}; pictures are taken as they are", file=sys.stderr)
+    return "as-is"
 
 
 def load_model(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None):
@@ -524,9 +546,11 @@ def atomic_torch_save(obj, path):
         torch.save(obj, f)
 
 
-def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_state=None, captions=None):
+def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_state=None, captions=None,
+               framing=None):
     """Write ``model`` in our checkpoint format (upstream's keys plus ``model_config``, and
-    ``captions`` when given: the names it tells apart), atomically.
+    ``captions`` when given: the names it tells apart; ``framing`` when given: how the pictures it
+    was trained on were framed), atomically.
 
     Keys get DDP's ``module.`` prefix like upstream's training writes them, so upstream's own
     ``load_from_name(path, vision_model_name=..., text_model_name=..., input_resolution=...)`` and
@@ -544,5 +568,7 @@ def save_model(model, path, model_config, epoch=0, step=0, name=None, optimizer_
         checkpoint["optimizer"] = optimizer_state
     if captions is not None:
         checkpoint[CAPTIONS_KEY] = [str(caption) for caption in captions]
+    if framing is not None:
+        checkpoint[FRAMING_KEY] = check_framing(framing)
     atomic_torch_save(checkpoint, path)
     return Path(path)

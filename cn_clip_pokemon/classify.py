@@ -1,6 +1,7 @@
 """`cn-clip-pokemon classify`: which Pokemon is this? Pictures ranked among names.
 
-Every picture is opened by ``images.open_picture`` (transparency composited on white) and padded to
+Every picture is opened by ``images.read_picture`` and goes through the checkpoint's preprocess
+(transparency composited on white, cropped to its subject for a checkpoint trained on framed pictures) and padded to
 a square with ``images.fit_square``, exactly as the dataset builder stores pictures, before
 upstream's own ``image_transform`` (``encoding`` encodes it). The names' embeddings are cached
 beside the checkpoint, so a second call encodes only the pictures.
@@ -102,26 +103,26 @@ class Classifier:
     def classify_and_open(self, paths, top_k=5, batch_size=32):
         """``(results, pictures)``: :meth:`classify_paths`' results, and for each the PIL picture
         that was classified (None where it could not be opened), for drawing them."""
-        from cn_clip_pokemon.images import open_picture
+        from cn_clip_pokemon.images import composite_on_white, read_picture
         from cn_clip_pokemon.pokedex import lookup_name
 
-        opened, results = [], []
+        read, results = [], []
         for path in paths:
             try:
-                opened.append(open_picture(path))
+                read.append(read_picture(path))  # transparency kept: the preprocess frames it
                 results.append({"picture": str(path)})
             except UserError as error:
-                opened.append(None)
+                read.append(None)
                 results.append({"picture": str(path), "error": str(error)})
-        images = [image for image in opened if image is not None]
+        images = [image for image in read if image is not None]
         ranked = iter(self.classify_images(images, top_k=top_k, batch_size=batch_size) if images else [])
-        for result, image in zip(results, opened):
+        for result, image in zip(results, read):
             if image is not None:
                 result["predictions"] = [
                     {"name": name, "number": lookup_name(name)[1], "probability": probability}
                     for name, probability in next(ranked)
                 ]
-        return results, opened
+        return results, [None if image is None else composite_on_white(image) for image in read]
 
 
 def expand_pictures(paths):

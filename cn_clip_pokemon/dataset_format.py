@@ -30,6 +30,12 @@ INFO_LIMIT = 4 << 30  # a dataset_info.json of ten million pictures is about 2 G
 _REBUILD_INFO = "rebuild the dataset with `cn-clip-pokemon build-dataset`"
 # A checkpoint's entry (next to "model_config") naming the candidate captions of its training set.
 CAPTIONS_KEY = "captions"
+# How a dataset's pictures were framed before they were padded square (dataset_info.json "framing",
+# and a checkpoint's entry of that name): "as-is", each picture's own frame on white; "subject", each
+# cropped to its subject on white (images.frame_subject). Every door frames a picture as its
+# checkpoint's training set was framed.
+FRAMING_KEY = "framing"
+FRAMINGS = ("as-is", "subject")
 
 PLACEHOLDER = "{}"
 TEMPLATE_EXAMPLE = "一张{}的图片"
@@ -151,6 +157,31 @@ def load_dataset_info(dataset_dir):
     if not path.is_file():
         raise UserError(f"{dataset_dir} has no {INFO_FILE}: build it with `cn-clip-pokemon build-dataset`")
     return read_dataset_info(path)
+
+
+def check_framing(framing):
+    """``framing`` if it is one of FRAMINGS, else a one-line UserError naming them."""
+    if framing not in FRAMINGS:
+        raise UserError(f"unknown framing {framing!r}: choose from {', '.join(FRAMINGS)}")
+    return framing
+
+
+def dataset_framing(info):
+    """The framing a dataset's info (a dict, or None for a dataset made elsewhere) records: "as-is"
+    when it records none (a dataset built before framing existed, or by upstream's scripts)."""
+    framing = info.get(FRAMING_KEY, "as-is") if isinstance(info, dict) else "as-is"
+    return framing if framing in FRAMINGS else "as-is"
+
+
+def training_framing(train_data):
+    """The framing a checkpoint trained on ``train_data`` (DATASET/lmdb/train) records: its dataset's."""
+    if not train_data:
+        return "as-is"
+    path = info_path_of_split(train_data)
+    try:
+        return dataset_framing(read_dataset_info(path, "") if path.is_file() else None)
+    except (OSError, UserError, AttributeError):
+        return "as-is"
 
 
 def training_captions(train_data):

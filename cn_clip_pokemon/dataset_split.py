@@ -99,6 +99,13 @@ class SplitPictures:
     def _read_texts(self, split):
         return read_split_texts(texts_jsonl(self.dataset_dir, split))
 
+    @property
+    def framing(self):
+        """How the stored pictures were framed (dataset_format.FRAMINGS; "as-is" without an info file)."""
+        from cn_clip_pokemon.dataset_format import dataset_framing
+
+        return dataset_framing(self.info)
+
     def _info_entry(self, image_id):
         entry = (self.info or {}).get("images", {}).get(str(image_id))
         return entry if isinstance(entry, dict) else None

@@ -32,7 +32,7 @@ import os
 import time
 from pathlib import Path
 
-from cn_clip_pokemon.dataset_format import EVAL_SPLIT, info_path, load_dataset_info
+from cn_clip_pokemon.dataset_format import EVAL_SPLIT, dataset_framing, info_path, load_dataset_info
 from cn_clip_pokemon.demo_budget import PLAN_FILE, checkpoint_progress, plan_training, read_plan, thread_candidates, training_summary
 from cn_clip_pokemon.demo_recipes import CONFIGS, recipe_epochs, recipe_flag, train_argv
 from cn_clip_pokemon.demo_report import EVALUATIONS, plot_training_curve, print_report
@@ -142,6 +142,14 @@ def _has_entries(folder):
         return any(entries)
 
 
+def _built_with(dataset, framing):
+    """Whether ``dataset`` is a build (of this work folder's pictures) with pictures framed ``framing``."""
+    try:
+        return info_path(dataset).exists() and dataset_framing(load_dataset_info(dataset)) == framing
+    except UserError:  # damaged: built again
+        return False
+
+
 def _run(args, recipe, work, ledger, started):
     """The demo's stages in ``work``; ``ledger`` lists what they write."""
     pictures = work / "pictures"
@@ -152,7 +160,7 @@ def _run(args, recipe, work, ledger, started):
     name = recipe["name"]
     checkpoint = experiments / name / "checkpoints" / "epoch_latest.pt"
     frames = args.frames or recipe["frames"]
-    size = recipe["image_size"]
+    size, framing = recipe["image_size"], recipe["framing"]
     seconds = {}
 
     # 1. pictures
@@ -167,19 +175,19 @@ def _run(args, recipe, work, ledger, started):
         fetched = True  # the datasets are rebuilt from the new pictures (build-dataset replaces its own)
 
     # 2. datasets: whole animations held out, then frames held out of the animations left
-    if not fetched and info_path(views).exists() and info_path(dataset).exists():
+    if not fetched and all(_built_with(built, framing) for built in (views, dataset)):
         reuse("build datasets", f"{views} and {dataset}")
     else:
         _, seconds["build-dataset views"] = run_stage(
             "build dataset: one whole animation per Pokemon held out (unseen views)",
-            ["build-dataset", "--images", pictures, "--out", views, "--image-size", size, *VIEWS_SPLIT],
+            ["build-dataset", "--images", pictures, "--out", views, "--image-size", size, "--framing", framing, *VIEWS_SPLIT],
         )
         print(f"\n== link the pictures of the animations left for training\n{seen}/: ", end="")
         linked = link_seen_views(load_dataset_info(views), pictures, seen, ledger)
         print(f"{linked} links to the train split of {views}", flush=True)
         _, seconds["build-dataset frames"] = run_stage(
             "build dataset: frames held out of the animations trained on (unseen frames)",
-            ["build-dataset", "--images", seen, "--out", dataset, "--image-size", size, *FRAMES_SPLIT],
+            ["build-dataset", "--images", seen, "--out", dataset, "--image-size", size, "--framing", framing, *FRAMES_SPLIT],
         )
 
     info = load_dataset_info(views)  # parsed once (dataset_format.read_dataset_info remembers it)

@@ -16,6 +16,9 @@ from cn_clip_pokemon.dataset_format import lmdb_dir
 TINY = {
     "name": "pokemon_tiny_cpu",
     "image_size": 32,
+    # every picture cropped to its Pokemon on white (build-dataset --framing subject), so a user's
+    # picture on one colour, inside a larger one or cut off is framed like the sprites trained on
+    "framing": "subject",
     "frames": 24,
     "train_flags": [
         "--device", "cpu",
@@ -48,6 +51,7 @@ TINY = {
 VIT_B_16 = {
     "name": "pokemon_finetune_vit-b-16",
     "image_size": 224,
+    "framing": "subject",
     "frames": 4,
     "train_flags": [
         "--vision-model", "ViT-B-16",

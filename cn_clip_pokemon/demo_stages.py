@@ -88,7 +88,7 @@ def save_initial_model(recipe, path, pretrained=None, seed=123):
 
         torch.manual_seed(seed)  # upstream's main seeds nothing before building; fix ours for a stable report
         model = CLIP(**config["model_info"])
-    save_model(model.float(), path, config, name=Path(path).stem)
+    save_model(model.float(), path, config, name=Path(path).stem, framing=recipe["framing"])
 
 
 def pick_question(info, pictures):

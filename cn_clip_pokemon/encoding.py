@@ -108,8 +108,11 @@ def zero_shot_probabilities(loaded, image_embeddings, name_embeddings):
 
 
 def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, description="encoding pictures",
-                    each_batch=None, lock=None):
+                    each_batch=None, lock=None, preprocess=None):
     """L2-normalized picture embeddings ``[n, embed_dim]`` for an iterable of PIL pictures.
+
+    ``preprocess``: ``loaded.preprocess`` unless given (a split's stored pictures, already framed
+    like the checkpoint's, use its ``as_stored()``).
 
     ``each_batch(done)``, when given, is called after each batch with the pictures encoded so far;
     ``lock``, when given, is held around each forward pass only (pictures are prepared outside it),
@@ -124,6 +127,7 @@ def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, de
     count = len(images) if count is None else count
     chunks, batch = [], []
     done = [0]
+    preprocess = preprocess or loaded.preprocess
 
     def flush():
         with lock or contextlib.nullcontext(), torch.inference_mode():
@@ -138,7 +142,7 @@ def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, de
     bar = _progress(None, batches, description, progress)
     for image in images:
         # loaded.preprocess: the one PicturePreprocess every door uses (on white, padded square, upstream's transform)
-        batch.append(loaded.preprocess(image))
+        batch.append(preprocess(image))
         if len(batch) == batch_size:
             flush()
             bar.update(1)
@@ -158,6 +162,9 @@ def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True,
     """
     from cn_clip_pokemon.checkpoint_files import file_digest
 
+    # pictures the builder already framed as the checkpoint frames them are not framed twice
+    preprocess = loaded.preprocess.as_stored() if pictures.framing == loaded.framing else loaded.preprocess
+
     def compute():
         return encode_pictures(
             loaded,
@@ -168,6 +175,7 @@ def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True,
             description=f"encoding {pictures.split} pictures",
             each_batch=each_batch,
             lock=lock,
+            preprocess=preprocess,
         )
 
     if not cache:
@@ -181,6 +189,7 @@ def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True,
         split=pictures.split,
         source_sha256=file_digest(pictures.storage, memo_dir=cache_dir),
         resolution=loaded.input_resolution,
+        framing=preprocess.framing,
     )
     path = cache_dir / f"pictures-{pictures.split}-{embedding_cache.cache_key(parts)}.pt"
     cached = embedding_cache.read_cache(path, parts)

@@ -226,6 +226,12 @@ def model_card(title, loaded, source, state_dict, captions, trained_on, evaluati
         "transformers' default torchvision backend shrinks with a slightly different filter). "
         "Texts: the tokenizer is upstream's vocabulary; cn_clip lower-cases texts and turns “ ” into \" first.",
         "",
+        *([
+            "Framing: this model was trained on pictures cropped to their subject, the background made white "
+            "(`build-dataset --framing subject`; `config.json` says so). Crop a picture to its subject first, or "
+            "use cn-clip-pokemon below, which frames every picture as it was trained.",
+            "",
+        ] if loaded.framing == "subject" else []),
         "Back to cn_clip: `cn-clip-pokemon classify --checkpoint THIS_FOLDER`, `load_model(\"THIS_FOLDER\")`, "
         "or fine-tune further with `cn-clip-pokemon train --pretrained THIS_FOLDER`.",
         "",
@@ -287,7 +293,7 @@ def export_hf(checkpoint, out, dataset=None, split=EVAL_SPLIT, trained_on=None, 
         cleaned = clean_export_leftovers(out)
         with staged_folder(out) as temporary:
             bar.set_postfix_str("writing")
-            write_hf_files(temporary, state_dict, info, loaded.context_length)
+            write_hf_files(temporary, state_dict, info, loaded.context_length, loaded.framing)
             bar.update(1)
             if captions:
                 (temporary / CAPTIONS_FILE).write_text(json.dumps(captions, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

@@ -26,6 +26,9 @@ from pathlib import Path
 from cn_clip_pokemon.errors import UserError, install_hint
 
 CONFIG_FILE = "config.json"
+# config.json's entry for a checkpoint's framing other than "as-is" (transformers keeps unknown
+# config entries as attributes; its image processor cannot frame, our loader reads it back)
+FRAMING_ENTRY = "cn_clip_pokemon_framing"
 SAFETENSORS_FILE = "model.safetensors"
 PICKLE_FILE = "pytorch_model.bin"
 # (single file, sharded index), best first: safetensors never run code
@@ -398,7 +401,7 @@ def read_captions(folder):
 def read_hf_folder(folder):
     """A transformers ChineseCLIP folder as our checkpoint shape: ``{"state_dict", "model_config"}``
     (plus ``"captions"`` when the folder has them), for :func:`cn_clip_pokemon.checkpoint.split_checkpoint`."""
-    from cn_clip_pokemon.dataset_format import CAPTIONS_KEY
+    from cn_clip_pokemon.dataset_format import CAPTIONS_KEY, FRAMING_KEY
     from cn_clip_pokemon.model_config_resolver import matching_config_name
     from cn_clip_pokemon.safe_reading import load_json_file
 
@@ -422,6 +425,8 @@ def read_hf_folder(folder):
     captions = read_captions(folder)
     if captions is not None:
         checkpoint[CAPTIONS_KEY] = captions
+    if config.get(FRAMING_ENTRY) is not None:
+        checkpoint[FRAMING_KEY] = config[FRAMING_ENTRY]  # checked by checkpoint.checkpoint_framing
     return checkpoint
 
 
@@ -473,8 +478,9 @@ def upstream_vocab_file():
     return Path(cn_clip.clip.__file__).parent / VOCAB_FILE
 
 
-def write_hf_files(folder, state_dict, model_info, context_length):
-    """config.json, model.safetensors, tokenizer and processor files of a ChineseCLIPModel in ``folder``."""
+def write_hf_files(folder, state_dict, model_info, context_length, framing="as-is"):
+    """config.json, model.safetensors, tokenizer and processor files of a ChineseCLIPModel in ``folder``;
+    a ``framing`` other than "as-is" is kept in config.json (FRAMING_ENTRY)."""
     import torch
     from safetensors.torch import save_file
     from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel, ChineseCLIPProcessor
@@ -485,6 +491,8 @@ def write_hf_files(folder, state_dict, model_info, context_length):
     except (ValueError, TypeError) as error:
         raise NotExpressible(f"transformers refuses the configuration: {str(error).splitlines()[0]}") from None
     config.architectures = ["ChineseCLIPModel"]
+    if framing != "as-is":
+        setattr(config, FRAMING_ENTRY, framing)
     hf_state = to_hf_state_dict(state_dict)
     with torch.device("meta"):
         expected = {key: tuple(value.shape) for key, value in ChineseCLIPModel(config).state_dict().items()}

@@ -5,6 +5,8 @@
 Pillow reads (RGBA, LA, P with transparency, CMYK, 16-bit, ...), any frame of an animation, and
 SVG when the optional renderer is installed (``pip install cn-clip-pokemon[svg]``, CairoSVG);
 ``read_picture`` is the same opening with transparency kept (``open_picture`` composites it on white).
+``frame_subject`` crops a picture to its subject on white (``build-dataset --framing subject``, and
+every door for a checkpoint trained on such pictures: ``framed_picture``).
 ``fit_square`` pads to a square on white and resizes; ``encode_picture`` gives exactly the urlsafe
 base64 PNG that upstream's ``LMDBDataset`` decodes. ``PicturePreprocess`` is the model's
 ``preprocess`` for every door (the Python API's ``load_model``, the commands, the page): these
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from cn_clip_pokemon.dataset_format import check_framing
 from cn_clip_pokemon.errors import UserError, install_hint
 from cn_clip_pokemon.safe_reading import open_regular
 
@@ -291,11 +294,113 @@ def fit_square(image, size, resample=None):
     return image.resize((size, size), Image.Resampling.BICUBIC)
 
 
-def square_picture(source, size):
+# Framing (dataset_format.FRAMINGS): "as-is" keeps the picture's own frame; "subject" crops it to
+# its subject and makes the background white (frame_subject).
+# A pixel is the border's colour when no channel differs from it by more than this (JPEG noise, a
+# flat background saved lossily); the border is a background when this share of it is that colour.
+BACKGROUND_TOLERANCE = 12
+UNIFORM_BORDER = 0.5
+# The subject's box holds the pixels that differ from the background by more than this: a JPEG's
+# ringing, a blur's halo or a resize's overshoot around the subject does not widen it.
+SUBJECT_CONTRAST = 48
+# The background is found on a copy at most this long (a 12-megapixel photo costs ~10 ms, not seconds).
+FRAMING_SIDE = 256
+
+
+def frame_subject(picture):
+    """``picture`` (as :func:`read_picture` gives it: any mode, transparency kept) as an RGB picture
+    of its subject alone on white, cropped to the subject's box.
+
+    The background is the transparent pixels when the picture has any (a sprite); else, when at
+    least UNIFORM_BORDER of the picture's outer pixels share one colour (a screenshot, a product
+    shot, a sprite pasted on grey or black, a picture inside a larger white canvas), the pixels of
+    that colour connected to the border. A picture with neither (a photo) keeps its frame and its
+    background: it is only put on white where it is transparent, as :func:`open_picture` does.
+    """
+    import numpy as np
+
+    image = _with_alpha_mode(picture)
+    if image.mode == "RGBA":
+        alpha = image.getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            box = alpha.point(lambda value: 255 if value >= 128 else 0).getbbox()
+            on_white = composite_on_white(image)
+            return on_white.crop(box) if box else on_white
+    rgb = composite_on_white(image)
+    pixels = np.asarray(rgb, dtype=np.int16)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    colour = np.median(border, axis=0)
+    if np.mean(np.abs(border - colour).max(axis=1) <= BACKGROUND_TOLERANCE) < UNIFORM_BORDER:
+        return rgb
+    close = np.abs(pixels - colour).max(axis=2) <= BACKGROUND_TOLERANCE
+    background = connected_to_border(close)
+    if background.all():
+        return rgb  # one flat colour: no subject to crop to
+    framed = pixels.astype(np.uint8).copy()
+    framed[background] = 255
+    subject = ~background & (np.abs(pixels - colour).max(axis=2) > SUBJECT_CONTRAST)
+    if not subject.any():
+        subject = ~background
+    rows, columns = np.nonzero(subject)
+    box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1)
+    return Image.fromarray(framed, "RGB").crop(box)
+
+
+def _with_alpha_mode(image):
+    """``image`` as RGBA when it has transparency of any kind (alpha, LA, a palette or RGB key), else as it is."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        image = _to_8bit_gray(image)
+    if image.mode in ("P", "LA", "La", "PA", "RGBa") or "transparency" in image.info:
+        return image.convert("RGBA")
+    return image
+
+
+def connected_to_border(close):
+    """The pixels of the boolean mask ``close`` connected (4-neighbours) to the picture's border
+    through ``close`` pixels. Found on a copy at most FRAMING_SIDE long, then taken back to full size
+    (and kept only where ``close`` is), so the cost does not grow with a photo's megapixels."""
+    import numpy as np
+
+    height, width = close.shape
+    scale = max(1, -(-max(height, width) // FRAMING_SIDE))
+    small = close[::scale, ::scale] if scale > 1 else close
+    reached = np.zeros_like(small)
+    reached[0], reached[-1], reached[:, 0], reached[:, -1] = small[0], small[-1], small[:, 0], small[:, -1]
+    while True:
+        grown = reached.copy()
+        grown[1:] |= reached[:-1]
+        grown[:-1] |= reached[1:]
+        grown[:, 1:] |= reached[:, :-1]
+        grown[:, :-1] |= reached[:, 1:]
+        grown &= small
+        if (grown == reached).all():
+            break
+        reached = grown
+    if scale > 1:
+        reached = np.repeat(np.repeat(reached, scale, axis=0), scale, axis=1)[:height, :width]
+    return reached & close
+
+
+def framed_picture(source, framing="as-is", marks=None):
+    """``source`` opened as every door and the builder open it: :func:`open_picture` (transparency on
+    white) for ``"as-is"``; for ``"subject"``, :func:`read_picture` then :func:`frame_subject`.
+    ``marks`` as for :func:`open_picture`."""
+    if check_framing(framing) == "subject":
+        try:
+            return frame_subject(read_picture(source, marks=marks))
+        except PictureError:
+            raise
+        except Exception as error:  # a mode that cannot become RGB
+            raise damaged_picture(_source_name(source), error) from None
+    return open_picture(source, marks=marks)
+
+
+def square_picture(source, size, framing="as-is"):
     """``source`` (a path, a binary file object or a PIL image, any mode) as the model sees it, before
-    its tensor: opened by :func:`open_picture` (transparency on white), padded to a square on white
-    and resized to ``size`` by :func:`fit_square`, exactly as the builder stores pictures."""
-    return fit_square(open_picture(source), size)
+    its tensor: opened by :func:`framed_picture` (transparency on white; with ``framing="subject"``
+    cropped to its subject on white), padded to a square on white and resized to ``size`` by
+    :func:`fit_square`, exactly as the builder stores pictures."""
+    return fit_square(framed_picture(source, framing), size)
 
 
 class PicturePreprocess:
@@ -303,20 +408,26 @@ class PicturePreprocess:
     page): ``preprocess(picture)`` gives the model's input tensor ``[3, R, R]`` for a path, a binary
     file object or a PIL image of any mode (RGBA, LA, P with transparency, 16-bit, CMYK, ...).
 
-    It is :func:`square_picture` (on white, padded square, ``R`` pixels), then upstream's own
-    ``cn_clip.clip.utils.image_transform(R)`` (kept as ``.transform``): upstream's transform alone
-    would show transparent pixels as they are stored, usually black, and squash a picture that is
-    not square. A picture that cannot be opened raises :class:`PictureError` naming it.
+    It is :func:`square_picture` (on white, padded square, ``R`` pixels; ``framing``: the checkpoint's,
+    "subject" when it was trained on pictures built with ``build-dataset --framing subject``), then
+    upstream's own ``cn_clip.clip.utils.image_transform(R)`` (kept as ``.transform``): upstream's
+    transform alone would show transparent pixels as they are stored, usually black, and squash a
+    picture that is not square. A picture that cannot be opened raises :class:`PictureError` naming it.
     """
 
-    def __init__(self, resolution):
+    def __init__(self, resolution, framing="as-is"):
         from cn_clip.clip.utils import image_transform
 
         self.resolution = int(resolution)
+        self.framing = check_framing(framing)
         self.transform = image_transform(self.resolution)
 
     def __call__(self, picture):
-        return self.transform(square_picture(picture, self.resolution))
+        return self.transform(square_picture(picture, self.resolution, self.framing))
+
+    def as_stored(self):
+        """The preprocess of pictures a dataset already stores framed: the same, framing "as-is"."""
+        return self if self.framing == "as-is" else PicturePreprocess(self.resolution)
 
     @property
     def transforms(self):
@@ -324,7 +435,8 @@ class PicturePreprocess:
         return self.transform.transforms
 
     def __repr__(self):
-        return f"PicturePreprocess({self.resolution}): open_picture (on white) -> fit_square -> {self.transform!r}"
+        opening = "frame_subject (its subject on white)" if self.framing == "subject" else "open_picture (on white)"
+        return f"PicturePreprocess({self.resolution}, framing={self.framing!r}): {opening} -> fit_square -> {self.transform!r}"
 
 
 def encode_picture(image):

@@ -2,7 +2,8 @@
 
 Each change is applied to the original picture file a test picture was built from (its transparency
 kept), and the result then goes through the one picture path every door uses
-(images.PicturePreprocess: on white, padded square, resized, upstream's transform). So a background
+(images.PicturePreprocess: on white, cropped to its subject when the checkpoint was trained on
+pictures built with --framing subject, padded square, resized, upstream's transform). So a background
 replaces white only where the sprite is transparent, and "clean" is the same original through the
 same path with no change. The changes (a picture's position in the split picks the side of a
 rotation and the photo-like background, so a run is repeatable):

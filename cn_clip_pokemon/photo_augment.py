@@ -14,6 +14,11 @@ gives a share of the training pictures such changes, each with its own probabili
 - quality: JPEG at quality 15-75 (``jpeg``), shrunk to 25-75% of the side and back (``low_resolution``),
   or a Gaussian blur of 0.5-1.5 px (``blur``).
 
+On a dataset built with ``--framing subject`` (``framed``; the dataset plugin sets it from the
+dataset's framing with :func:`for_framing`), a picture is framed again after a crop or a turn and on
+one colour, as every door frames a user's picture; only a busy background keeps its frame (the
+subject made smaller on it with ``canvas``), since no door can frame that.
+
 Random numbers come from ``torch`` (seeded per DataLoader worker by upstream's training) or from
 ``generator`` (a ``torch.Generator``), so a seed gives the same pictures. The generators of these
 changes are not those of ``evaluate --perturb`` (other background fields, crop and turn drawn from
@@ -47,35 +52,55 @@ class RandomChange:
 
 
 class PhotoAugment(RandomChange):
-    settings = ("background", "crop", "rotate", "canvas", "jpeg", "low_resolution", "blur", "max_degrees")
+    settings = ("background", "crop", "rotate", "canvas", "jpeg", "low_resolution", "blur", "max_degrees", "framed")
 
     def __init__(self, background=0.0, crop=0.0, rotate=0.0, canvas=0.0, jpeg=0.0, low_resolution=0.0, blur=0.0,
-                 max_degrees=20.0, generator=None):
+                 max_degrees=20.0, framed=None, generator=None):
         super().__init__(generator)
         self.background, self.crop, self.rotate, self.canvas = background, crop, rotate, canvas
         self.jpeg, self.low_resolution, self.blur = jpeg, low_resolution, blur
         self.max_degrees = max_degrees
+        self.framed = framed
 
     def __call__(self, image):
         from PIL import Image, ImageFilter
 
         image = image.convert("RGB")
         side = image.size
+        moved = False
         if self._chance(self.crop):
             share = self._uniform(0.7, 1.0)
             width, height = round(side[0] * share), round(side[1] * share)
             left, top = round(self._uniform(0, side[0] - width)), round(self._uniform(0, side[1] - height))
             image = image.crop((left, top, left + width, top + height)).resize(side, Image.BICUBIC)
+            moved = True
         if self._chance(self.rotate):
             degrees = self._uniform(-self.max_degrees, self.max_degrees)
             image = image.rotate(degrees, resample=Image.BICUBIC, fillcolor=WHITE)
-        if self._chance(self.canvas):
-            share = self._uniform(0.45, 0.9)
-            small = image.resize((max(1, round(side[0] * share)), max(1, round(side[1] * share))), Image.BICUBIC)
-            image = Image.new("RGB", side, WHITE)
-            image.paste(small, (round(self._uniform(0, side[0] - small.width)), round(self._uniform(0, side[1] - small.height))))
-        if self._chance(self.background):
-            image = self._on_background(image)
+            moved = True
+        if self.framed and moved:
+            # framed pictures (build-dataset --framing subject): every door frames the subject again
+            from cn_clip_pokemon.images import fit_square, frame_subject
+
+            image = fit_square(frame_subject(image), side[0])
+        if self.framed:
+            # every door frames a picture on one colour back to its subject (what the colour hides of
+            # it, such as a black outline on black, is lost), so that is what training sees; on a busy
+            # background a picture keeps its frame, the subject at any size and place on it
+            if self._chance(self.background):
+                if self._uniform() < 0.5:
+                    from cn_clip_pokemon.images import fit_square, frame_subject
+
+                    image = fit_square(frame_subject(self._on_background(image, fields=False)), side[0])
+                else:
+                    if self._chance(self.canvas):
+                        image = self._smaller(image)
+                    image = self._on_background(image, colours=False)
+        else:
+            if self._chance(self.canvas):
+                image = self._smaller(image)
+            if self._chance(self.background):
+                image = self._on_background(image)
         if self._chance(self.jpeg):
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=round(self._uniform(15, 75)))
@@ -89,8 +114,20 @@ class PhotoAugment(RandomChange):
             image = image.filter(ImageFilter.GaussianBlur(radius=self._uniform(0.5, 1.5)))
         return image
 
-    def _on_background(self, image):
-        """The white connected to the border replaced by a colour or a busy field."""
+    def _smaller(self, image):
+        """``image`` made 45-90% of its side, placed anywhere in the square, white around it."""
+        from PIL import Image
+
+        side = image.size
+        share = self._uniform(0.45, 0.9)
+        small = image.resize((max(1, round(side[0] * share)), max(1, round(side[1] * share))), Image.BICUBIC)
+        image = Image.new("RGB", side, WHITE)
+        image.paste(small, (round(self._uniform(0, side[0] - small.width)), round(self._uniform(0, side[1] - small.height))))
+        return image
+
+    def _on_background(self, image, colours=True, fields=True):
+        """The white connected to the border replaced by a colour or a busy field (half the time each;
+        one of them alone when ``colours`` or ``fields`` is False)."""
         import numpy as np
         from PIL import Image
 
@@ -98,7 +135,7 @@ class PhotoAugment(RandomChange):
         outside = border_white(pixels)
         if not outside.any():
             return image
-        if self._uniform() < 0.5:  # one colour
+        if not fields or (colours and self._uniform() < 0.5):  # one colour
             fill = np.array([round(self._uniform(0, 255)) for _ in range(3)], dtype=np.float32)
             background = np.broadcast_to(fill, pixels.shape)
         else:  # a smooth field of random colours, some noise on it
@@ -115,24 +152,26 @@ class PhotoAugment(RandomChange):
 
 def border_white(pixels, threshold=245):
     """Which pixels of an RGB array are white (every channel >= ``threshold``) and connected to the
-    picture's border through white, 4-neighbour: the white grown from the border one pixel a round, in
-    numpy: 0.6 ms for a 64 px sprite, against 5.4 ms for PIL's flood fill, which walks pixels in Python
+    picture's border through white, 4-neighbour (images.connected_to_border: grown from the border one pixel a round, in
+    numpy): 0.6 ms for a 64 px sprite, against 5.4 ms for PIL's flood fill, which walks pixels in Python
     (on 2 cores the loader's worker shares the machine with training, so its time is training's)."""
-    import numpy as np
+    from cn_clip_pokemon.images import connected_to_border
 
-    white = (pixels >= threshold).all(axis=-1)
-    reached = np.zeros_like(white)
-    reached[0, :], reached[-1, :], reached[:, 0], reached[:, -1] = white[0, :], white[-1, :], white[:, 0], white[:, -1]
-    while True:
-        grown = reached.copy()
-        grown[1:, :] |= reached[:-1, :]
-        grown[:-1, :] |= reached[1:, :]
-        grown[:, 1:] |= reached[:, :-1]
-        grown[:, :-1] |= reached[:, 1:]
-        grown &= white
-        if (grown == reached).all():
-            return reached
-        reached = grown
+    return connected_to_border((pixels >= threshold).all(axis=-1))
+
+
+def for_framing(transform, framing):
+    """``transform`` (a PhotoAugment, a Chain holding some, or any other) for a dataset whose pictures
+    were framed ``framing`` (dataset_format.FRAMINGS): a copy whose PhotoAugments have ``framed`` set
+    to whether it is "subject" (those given ``framed`` explicitly keep it); anything else as it is."""
+    import copy
+
+    if isinstance(transform, PhotoAugment) and transform.framed is None:
+        transform = copy.copy(transform)
+        transform.framed = framing == "subject"
+    elif isinstance(transform, Chain):
+        transform = Chain(*(for_framing(each, framing) for each in transform.transforms))
+    return transform
 
 
 class Chain:

@@ -65,9 +65,9 @@ def search(
         if query is not None:
             probe = encode_texts(loaded, [fill_templates(query, ["{}"])[0]], progress=False)
         else:
-            from cn_clip_pokemon.images import open_picture
+            from cn_clip_pokemon.images import read_picture
 
-            probe = encode_pictures(loaded, [open_picture(image)], progress=False)
+            probe = encode_pictures(loaded, [read_picture(image)], progress=False)
         scores = (probe @ embeddings.T)[0]
         top = scores.topk(min(top_k, len(pictures.image_ids)))
         results = []

@@ -6,7 +6,7 @@
 #   cn-clip-pokemon run-script pokemon_finetune_tiny_cpu ${DATAPATH} [...]   (pip install, no clone)
 #
 # Needs ${DATAPATH}/datasets/pokemon/lmdb/{train,valid}, made by
-#   cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon --image-size 32
+#   cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon --image-size 32 --framing subject
 # (pictures stored at the model's 32 px keep the data loader far ahead of training). `cn-clip-pokemon demo` builds
 # it from the animations left after holding one per Pokemon out (datasets/pokemon-views, split by
 # animation), so that the model can be evaluated on views it never saw; see the README.
@@ -23,7 +23,7 @@ shift
 dataset=${DATAPATH}/datasets/pokemon
 
 if [ ! -d "${dataset}/lmdb/train" ]; then
-    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset} --image-size 32" >&2
+    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset} --image-size 32 --framing subject" >&2
     exit 1
 fi
 

@@ -6,7 +6,7 @@
 #
 # Needs (upstream's DATAPATH layout):
 #   ${DATAPATH}/datasets/pokemon/lmdb/{train,valid}
-#       cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon
+#       cn-clip-pokemon build-dataset --images PICTURES --out ${DATAPATH}/datasets/pokemon --framing subject
 #   ${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt   (Chinese-CLIP's released ViT-B-16 weights)
 # Writes ${DATAPATH}/experiments/pokemon_finetune_vit-b-16/ (checkpoints/, metrics.jsonl, logs).
 # Run it again after an interruption: it continues from that run's epoch_latest.pt.
@@ -35,7 +35,7 @@ weights=${DATAPATH}/pretrained_weights/clip_cn_vit-b-16.pt
 name=pokemon_finetune_vit-b-16
 
 if [ ! -d "${dataset}/lmdb/train" ]; then
-    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset}" >&2
+    echo "error: ${dataset}/lmdb/train not found; make it with: cn-clip-pokemon build-dataset --images PICTURES --out ${dataset} --framing subject" >&2
     exit 1
 fi
 

@@ -320,6 +320,25 @@ def test_captions_travel_with_the_export(tmp_path):
     assert "3, in `captions.json`" in (out / "README.md").read_text(encoding="utf-8")
 
 
+def test_framing_travels_with_the_export(tmp_path):
+    """A checkpoint trained on subject-framed pictures exports its framing in config.json; transformers
+    reads the folder as before, and loading the folder back frames pictures as the checkpoint did."""
+    from cn_clip_pokemon.checkpoint import load_checkpoint
+
+    info = model_info_for("ViT-T-8-64", "RBT-Tiny-chinese")
+    framed = export(random_checkpoint(tmp_path / "f.pt", None, None, model_info=info, framing="subject"), tmp_path / "f-hf")
+    plain = export(random_checkpoint(tmp_path / "p.pt", None, None, model_info=info), tmp_path / "p-hf")
+    config = json.loads((framed / hf.CONFIG_FILE).read_text(encoding="utf-8"))
+    assert config[hf.FRAMING_ENTRY] == "subject"
+    assert hf.FRAMING_ENTRY not in json.loads((plain / hf.CONFIG_FILE).read_text(encoding="utf-8"))
+    assert load_checkpoint(framed, device="cpu").framing == "subject"
+    assert load_checkpoint(plain, device="cpu").framing == "as-is"
+    assert "Framing: this model was trained on pictures cropped to their subject" in (framed / "README.md").read_text(encoding="utf-8")
+    from transformers import ChineseCLIPModel
+
+    ChineseCLIPModel.from_pretrained(framed)  # the extra entry does not stop transformers
+
+
 # --------------------------------------------------------------------------- a trained model, both ways
 
 

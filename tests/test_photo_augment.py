@@ -50,3 +50,40 @@ def test_chain_applies_each_in_turn():
     sprite = ring_sprite()
     grey = Chain(lambda image: image.convert("L"), lambda image: image.convert("RGB"))
     assert grey(sprite).mode == "RGB" and np.ptp(np.asarray(grey(sprite)), axis=-1).max() == 0
+
+
+def test_framed_pictures_are_framed_again_as_every_door_would():
+    """framed=True (a dataset built with --framing subject): after a crop or a turn, and on one colour,
+    the picture is what the door gives for it: its subject framed on white, filling the square."""
+    from cn_clip_pokemon.images import fit_square, frame_subject
+
+    stored = fit_square(frame_subject(ring_sprite()), 64)  # as the builder stores it
+    for change in ("crop", "rotate"):
+        for seed in range(4):
+            changed = PhotoAugment(**{change: 1.0}, max_degrees=15, framed=True,
+                                   generator=torch.Generator().manual_seed(seed))(stored)
+            box = np.nonzero((np.asarray(changed) < 200).any(axis=-1))
+            spans = (box[0].max() - box[0].min() + 1, box[1].max() - box[1].min() + 1)
+            assert max(spans) >= 62, (change, seed, spans)  # the subject fills the square again
+    coloured = busy = 0
+    for seed in range(12):
+        changed = np.asarray(PhotoAugment(background=1.0, framed=True, generator=torch.Generator().manual_seed(seed))(stored))
+        if (changed[:2, :2] == 255).all():  # one colour, framed away: white around the ring, as the door shows it
+            coloured += 1
+            assert (changed[32, 32] == 255).all()
+        else:  # a busy field: the picture keeps its frame
+            busy += 1
+    assert coloured and busy
+
+
+def test_the_dataset_plugin_frames_again_where_its_dataset_is_framed():
+    from cn_clip_pokemon.default_plugins.pokemon_dataset import SpriteAugment
+    from cn_clip_pokemon.photo_augment import for_framing
+
+    chain = Chain(SpriteAugment(), PhotoAugment(crop=0.2))
+    framed, plain = for_framing(chain, "subject"), for_framing(chain, "as-is")
+    assert framed.transforms[1].framed is True and plain.transforms[1].framed is False
+    assert chain.transforms[1].framed is None  # the registered dataset's own object is left as it is
+    assert for_framing(PhotoAugment(framed=False), "subject").framed is False  # given explicitly: kept
+    sprite = SpriteAugment()
+    assert for_framing(sprite, "subject") is sprite

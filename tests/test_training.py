@@ -57,7 +57,8 @@ def test_training_learns_and_writes_upstream_checkpoints(runner, sprite_dataset,
         [f"epoch{i}.pt" for i in range(1, 6)] + ["epoch_latest.pt"]
     )  # and no half-written temporary file left behind
     latest = load_checkpoint(checkpoints / "epoch_latest.pt")
-    assert set(latest) == {"epoch", "step", "name", "state_dict", "optimizer", "model_config", "captions"}
+    assert set(latest) == {"epoch", "step", "name", "state_dict", "optimizer", "model_config", "captions", "framing"}
+    assert latest["framing"] == "as-is"  # the dataset was built with its pictures as they are
     # the captions of its dataset (every Pokemon of every split), the names classify ranks by default
     info = json.loads((sprite_dataset / "dataset_info.json").read_text(encoding="utf-8"))
     assert latest["captions"] == info["names"] and len(latest["captions"]) == 25

@@ -33,7 +33,7 @@ from cn_clip_pokemon.builder.scan import (
 from cn_clip_pokemon.builder.splits import SPLIT_BY, dealer
 from cn_clip_pokemon.builder.summary import NothingToBuild, dataset_info, write_info
 from cn_clip_pokemon.builder.writers import ImageWriter, captions_by_group, write_texts_and_pairs
-from cn_clip_pokemon.dataset_format import check_templates, info_path  # one template rule
+from cn_clip_pokemon.dataset_format import check_framing, check_templates, info_path  # one template rule
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.files import available_cores, staged_folder, write_failure
 from cn_clip_pokemon.owned_files import keep_additions
@@ -49,6 +49,7 @@ def build_dataset(
     out_dir,
     *,
     image_size=DEFAULT_IMAGE_SIZE,
+    framing="as-is",
     split_by="auto",
     valid_fraction=0.1,
     test_fraction=0.1,
@@ -70,6 +71,10 @@ def build_dataset(
     where the CPU went (seconds of this process per stage, of its pool threads, and of the workers
     per stage; see bench/bench_builder.py), at the price of a few clock reads per picture.
 
+    ``framing`` (images.FRAMINGS): "as-is" stores each picture's own frame on white; "subject" crops
+    each to its subject on white (images.frame_subject), and every door then frames a picture the
+    same way for a checkpoint trained on the dataset (dataset_info.json and the checkpoint record it).
+
     Any captions (see captions.py): ``any_names`` takes file and folder names as captions, without
     the Pokedex; ``manifest`` (with ``images_dir`` None) reads picture-caption rows from a CSV, TSV
     or JSONL file. Captions are converted to simplified Chinese unless ``t2s`` is False.
@@ -80,6 +85,7 @@ def build_dataset(
     clock = StageClock() if profile else NoClock()
     naming = _naming(images_dir, any_names, manifest, t2s)
     image_size, templates = _check_options(split_by, valid_fraction, test_fraction, image_size, templates)
+    check_framing(framing)
     pokedex = pokedex or Pokedex.load()
     workers = max(1, int(workers)) if workers else available_cores()
 
@@ -107,7 +113,7 @@ def build_dataset(
             wall = {"start, scan and names": time.perf_counter() - started}
             pool_started = time.perf_counter()
             images, worker_cpu, pool_threads_cpu = _write_pictures(
-                temp, pictures, skipped, deal, image_size, strict, workers, progress, profile, clock
+                temp, pictures, skipped, deal, (image_size, framing), strict, workers, progress, profile, clock
             )
             wall["pictures (workers, transfer, TSV, LMDB)"] = time.perf_counter() - pool_started
             if not images.count:
@@ -115,7 +121,7 @@ def build_dataset(
                                      naming)
             captions_of = captions_by_group(images)
             split_counts = write_texts_and_pairs(temp, images, captions_of, templates)
-            info = dataset_info(naming, captions_of, image_size, split_counts, skipped, split_by, seed, templates,
+            info = dataset_info(naming, captions_of, image_size, framing, split_counts, skipped, split_by, seed, templates,
                                 valid_fraction, test_fraction, report, images.count)
             clock.lap("texts and pairs")
             write_info(info_path(temp), info, images.fragment_path)
@@ -203,10 +209,10 @@ def _check_names(pictures, pokedex, templates, naming):
     return number_groups(pictures, report["identical"]), report
 
 
-def _write_pictures(folder, pictures, skipped, deal, image_size, strict, workers, progress, profile, clock):
+def _write_pictures(folder, pictures, skipped, deal, storing, strict, workers, progress, profile, clock):
     """Every picture through the workers (process.py), in order, each kept one written to its split as
     it comes; bad pictures and duplicates join ``skipped`` (with ``strict`` the first one stops the
-    build). Returns ``(images, worker_cpu, pool_threads_cpu)``: the closed ImageWriter, the workers'
+    build). ``storing``: ``(image_size, framing)``. Returns ``(images, worker_cpu, pool_threads_cpu)``: the closed ImageWriter, the workers'
     CPU (from their timings, when profiled) and that of the pool's threads in this process."""
     from cn_clip_pokemon.progress import progress_bar
 
@@ -216,7 +222,7 @@ def _write_pictures(folder, pictures, skipped, deal, image_size, strict, workers
     thread_cpu_started = time.thread_time()
     try:
         first_seen = {}
-        tasks = ((index, picture.source, image_size, profile) for index, picture in enumerate(pictures))
+        tasks = ((index, picture.source, *storing, profile) for index, picture in enumerate(pictures))
         bar = progress_bar(total=len(pictures), unit="picture", description="build-dataset", enabled=progress)
         with bar:
             for index, encoded, digest, error, timing in run_in_pool(process_picture, tasks, min(workers, len(pictures))):

@@ -5,6 +5,7 @@ from pathlib import Path
 from cn_clip_pokemon.builder.build import DEFAULT_IMAGE_SIZE, IMAGE_SIZES, build_dataset
 from cn_clip_pokemon.builder.splits import SPLIT_BY
 from cn_clip_pokemon.builder.summary import NothingToBuild, print_skipped, print_summary
+from cn_clip_pokemon.dataset_format import FRAMINGS
 from cn_clip_pokemon.safe_reading import is_utf8, printable
 
 
@@ -53,6 +54,13 @@ def build_dataset_arguments(parser):
         "the shiny back: VIEW_00, VIEW_01, ...) in valid/test, so test pictures are views never seen for that "
         "Pokemon, and every Pokemon keeps one in train; pokemon: unseen Pokemon; auto (default): view when most Pokemon have 2+ pictures. With any captions, a caption group "
         "(pictures sharing captions) stands for a Pokemon",
+    )
+    parser.add_argument(
+        "--framing", choices=FRAMINGS, default="as-is",
+        help="as-is (default): each picture keeps its own frame, put on white; subject: each is cropped to its "
+        "subject, its background made white (transparent pixels, or the one colour around it), so a model "
+        "trained on it sees a user's picture framed the same way by classify, search, evaluate and the page "
+        "(for sprites and product shots; a photo with a busy background keeps its frame)",
     )
     parser.add_argument("--valid-fraction", type=fraction, default=0.1, help="share of pictures (or Pokemon) for valid (default 0.1)")
     parser.add_argument("--test-fraction", type=fraction, default=0.1, help="share of pictures (or Pokemon) for test (default 0.1)")
@@ -106,6 +114,7 @@ def _build_from_args(args):
         args.images,
         args.out,
         image_size=args.image_size,
+        framing=args.framing,
         split_by=args.split_by,
         valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction,

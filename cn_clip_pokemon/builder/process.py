@@ -1,5 +1,5 @@
-"""The work done to each picture of a build, in worker processes: open, composite on white, fit to
-a square, encode, hash; and the clocks that say where the CPU went when a build is profiled."""
+"""The work done to each picture of a build, in worker processes: open, composite on white (or frame
+its subject on white), fit to a square, encode, hash; and the clocks that say where the CPU went when a build is profiled."""
 import hashlib
 import os
 import time
@@ -12,19 +12,19 @@ WORKER_STAGES = ("open", "composite", "resize", "encode", "hash")
 def process_picture(task):
     """Worker: open, composite on white, fit to a square, encode.
 
-    ``task`` is ``(index, path, image_size, profiled)``; returns ``(index, base64, digest, error,
+    ``task`` is ``(index, path, image_size, framing, profiled)`` (``framing``: images.FRAMINGS); returns ``(index, base64, digest, error,
     timing)``. The base64 text comes back as ASCII bytes: the parent only copies it into files and
     LMDB, and bytes go there without another encoding pass per write. ``timing`` is None unless
     ``profiled``: then ``(pid, CPU seconds of this process when the picture started and when it
     ended, CPU seconds of each of WORKER_STAGES)``.
     """
-    from cn_clip_pokemon.images import PictureError, encode_picture, fit_square, open_picture
+    from cn_clip_pokemon.images import PictureError, encode_picture, fit_square, framed_picture
 
-    index, path, image_size, profiled = task
+    index, path, image_size, framing, profiled = task
     clock = time.process_time
     marks = [clock()] if profiled else None
     try:
-        image = open_picture(path, marks=marks)  # adds the end of decoding, before compositing
+        image = framed_picture(path, framing, marks=marks)  # adds the end of decoding, before compositing
         if profiled:
             marks.append(clock())
         square = fit_square(image, image_size)

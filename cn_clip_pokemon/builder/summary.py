@@ -13,7 +13,7 @@ MESSAGE_ENTRIES = 20  # skipped entries named in a one-line error; the command p
 CONTEXT_LENGTH = 52  # upstream's default --context-length, for the tokenizer report
 
 
-def dataset_info(naming, captions_of, image_size, split_counts, skipped, split_by, seed, templates,
+def dataset_info(naming, captions_of, image_size, framing, split_counts, skipped, split_by, seed, templates,
                  valid_fraction, test_fraction, report, built):
     """The fields of dataset_info.json, its "images" left None (:func:`write_info` copies them in)."""
     return {
@@ -23,6 +23,7 @@ def dataset_info(naming, captions_of, image_size, split_counts, skipped, split_b
         "naming": naming,
         "groups": len(captions_of),
         "image_size": image_size,
+        "framing": framing,  # images.FRAMINGS: how each picture was framed before it was padded square
         "splits": split_counts,
         "images": None,  # written from the images fragment
         "skipped": skipped,

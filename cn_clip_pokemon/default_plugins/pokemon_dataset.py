@@ -134,7 +134,12 @@ class PokemonDataset:
         if is_train and self.augment is not None:
             from torchvision.transforms import Compose
 
-            dataset.transform = Compose([self.augment, *dataset.transform.transforms])
+            from cn_clip_pokemon.dataset_format import training_framing
+            from cn_clip_pokemon.photo_augment import for_framing
+
+            # a PhotoAugment frames its pictures again where the dataset's are framed (--framing subject)
+            augment = for_framing(self.augment, training_framing(db_path))
+            dataset.transform = Compose([augment, *dataset.transform.transforms])
         return unique_text_batches(dataset, groups, args, is_train, epoch_id)
 
 
