@@ -305,6 +305,10 @@ UNIFORM_BORDER = 0.5
 SUBJECT_CONTRAST = 48
 # The background is found on a copy at most this long (a 12-megapixel photo costs ~10 ms, not seconds).
 FRAMING_SIDE = 256
+# A picture longer than this is shrunk to it before it is framed, so framing's memory is bounded (about
+# 60 MB) whatever the picture's size; every upstream model's input, and any stored size up to this, keeps
+# its detail.
+FRAMING_LIMIT = 2048
 
 
 def frame_subject(picture):
@@ -316,10 +320,17 @@ def frame_subject(picture):
     shot, a sprite pasted on grey or black, a picture inside a larger white canvas), the pixels of
     that colour connected to the border. A picture with neither (a photo) keeps its frame and its
     background: it is only put on white where it is transparent, as :func:`open_picture` does.
+    A picture longer than FRAMING_LIMIT is shrunk to it first.
     """
     import numpy as np
 
     image = _with_alpha_mode(picture)
+    if max(image.size) > FRAMING_LIMIT:
+        if image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        scale = FRAMING_LIMIT / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS, reducing_gap=3.0)
     if image.mode == "RGBA":
         alpha = image.getchannel("A")
         if alpha.getextrema()[0] < 255:

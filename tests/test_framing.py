@@ -93,11 +93,22 @@ def test_white_inside_the_subject_stays():
 
 
 def test_a_large_photo_is_framed_on_a_small_copy():
-    """A 12-megapixel product shot: the background is found on a copy at most 256 px long."""
-    shot = Image.new("RGB", (4000, 3000), (240, 240, 240))
-    shot.paste((20, 60, 200), (1000, 500, 2600, 2900))
+    """A product shot: the background is found on a copy at most 256 px long, the crop at full size."""
+    shot = Image.new("RGB", (2000, 1500), (240, 240, 240))
+    shot.paste((20, 60, 200), (500, 250, 1300, 1450))
     framed = frame_subject(shot)
-    assert framed.size == (1600, 2400)
+    assert framed.size == (800, 1200) and framed.getpixel((400, 600)) == (20, 60, 200)
+
+
+def test_a_huge_picture_is_framed_at_a_bounded_size():
+    """Longer than FRAMING_LIMIT (2048): shrunk to it first, so memory does not grow with the picture."""
+    from cn_clip_pokemon.images import FRAMING_LIMIT
+
+    shot = Image.new("RGB", (8000, 4000), (240, 240, 240))
+    shot.paste((20, 60, 200), (2000, 1000, 5200, 3800))
+    framed = frame_subject(shot)
+    scale = FRAMING_LIMIT / 8000
+    assert abs(framed.width - 3200 * scale) <= 2 and abs(framed.height - 2800 * scale) <= 2, framed.size
 
 
 def test_every_door_frames_as_the_checkpoint_says(tmp_path):
