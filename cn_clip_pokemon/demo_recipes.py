@@ -18,6 +18,7 @@ TINY = {
     "image_size": 32,
     # every picture cropped to its Pokemon on white (build-dataset --framing subject), so a user's
     # picture on one colour, inside a larger one or cut off is framed like the sprites trained on
+    # (pokemon-augmented then moves and scales each picture slightly, for the box's pixel or two)
     "framing": "subject",
     "frames": 24,
     "train_flags": [

@@ -50,6 +50,11 @@ class RandomChange:
     def _chance(self, probability):
         return probability > 0 and self._uniform() < probability
 
+    def for_framing(self, framing):
+        """This change set for a dataset whose pictures were framed ``framing`` (a copy where that
+        sets anything; see :func:`for_framing`)."""
+        return self
+
 
 class PhotoAugment(RandomChange):
     settings = ("background", "crop", "rotate", "canvas", "jpeg", "low_resolution", "blur", "max_degrees", "framed")
@@ -61,6 +66,15 @@ class PhotoAugment(RandomChange):
         self.jpeg, self.low_resolution, self.blur = jpeg, low_resolution, blur
         self.max_degrees = max_degrees
         self.framed = framed
+
+    def for_framing(self, framing):
+        if self.framed is not None:
+            return self
+        import copy
+
+        changed = copy.copy(self)
+        changed.framed = framing == "subject"
+        return changed
 
     def __call__(self, image):
         from PIL import Image, ImageFilter
@@ -161,16 +175,14 @@ def border_white(pixels, threshold=245):
 
 
 def for_framing(transform, framing):
-    """``transform`` (a PhotoAugment, a Chain holding some, or any other) for a dataset whose pictures
-    were framed ``framing`` (dataset_format.FRAMINGS): a copy whose PhotoAugments have ``framed`` set
-    to whether it is "subject" (those given ``framed`` explicitly keep it); anything else as it is."""
-    import copy
-
-    if isinstance(transform, PhotoAugment) and transform.framed is None:
-        transform = copy.copy(transform)
-        transform.framed = framing == "subject"
-    elif isinstance(transform, Chain):
-        transform = Chain(*(for_framing(each, framing) for each in transform.transforms))
+    """``transform`` (a RandomChange, a Chain holding some, or any other) for a dataset whose pictures
+    were framed ``framing`` (dataset_format.FRAMINGS): each RandomChange's ``for_framing`` (a
+    PhotoAugment frames again, a SpriteAugment moves and scales slightly, where not given explicitly),
+    the registered objects left as they are; anything else as it is."""
+    if isinstance(transform, RandomChange):
+        return transform.for_framing(framing)
+    if isinstance(transform, Chain):
+        return Chain(*(for_framing(each, framing) for each in transform.transforms))
     return transform
 
 

@@ -100,7 +100,9 @@ def test_the_photo_dataset_changes_training_pictures_through_upstreams_loader(au
     args = augmented_loader
     plain = pokemon_dataset.get_dataset(args, is_train=True, max_txt_length=12)
     photo = pokemon_photo_dataset.get_dataset(args, is_train=True, max_txt_length=12)
-    assert photo.dataset.transform.transforms[0] is pokemon_photo_dataset.augment
+    # the registered chain, set for the dataset's framing (as-is here: no move, no second framing)
+    chain = photo.dataset.transform.transforms[0]
+    assert repr(chain).startswith("SpriteAugment(") and "framed=False" in repr(chain) and "shift=0.0" in repr(chain)
     torch.manual_seed(0)
     plain_images = torch.stack([plain.dataset[index][0] for index in range(16)])
     photo_images = torch.stack([photo.dataset[index][0] for index in range(16)])

@@ -86,4 +86,9 @@ def test_the_dataset_plugin_frames_again_where_its_dataset_is_framed():
     assert chain.transforms[1].framed is None  # the registered dataset's own object is left as it is
     assert for_framing(PhotoAugment(framed=False), "subject").framed is False  # given explicitly: kept
     sprite = SpriteAugment()
-    assert for_framing(sprite, "subject") is sprite
+    moved = for_framing(sprite, "subject")  # a framed dataset: moved and scaled slightly
+    assert (moved.scale, moved.shift) == ((0.9, 1.05), 0.03) and (sprite.scale, sprite.shift) == (None, None)
+    still = for_framing(sprite, "as-is")
+    assert (still.scale, still.shift) == ((1.0, 1.0), 0.0)
+    given = SpriteAugment(scale=(1, 1), shift=0)
+    assert for_framing(given, "subject") is given  # given explicitly: kept
