@@ -72,7 +72,7 @@ def demo_arguments(parser):
         type=minutes,
         default=None,
         help=f"wall-clock training budget in minutes (default {CONFIGS['tiny']['minutes']:g} for the tiny recipe; 0: no budget, the "
-        "recipe's 8 epochs, about 2,000 steps, whatever they take): short timed probes measure this machine's "
+        "recipe's 8 epochs, about 1,900 steps, whatever they take): short timed probes measure this machine's "
         "seconds per step with one thread and with every core, then training runs with the faster and for the "
         "recipe's steps or as many as fit the budget, the learning-rate schedule planned for that count. Fewer "
         "steps mean a weaker model: the README gives the accuracy of each per CPU kind measured",

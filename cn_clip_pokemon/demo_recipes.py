@@ -4,7 +4,7 @@ from cn_clip_pokemon.dataset_format import lmdb_dir
 
 
 # The tiny recipe, tuned to train within minutes on two CPU cores from random initialisation:
-# eight epochs of the 24 frames per animation left for training (about 2,000 steps of 128), with
+# eight epochs of the 24 frames per animation left for training (about 1,900 steps of 128), with
 # some pictures recoloured or greyed (the pokemon-augmented dataset), the pictures at 32 px, every
 # patch seen. What was measured is in the README ("The demo"): more steps helped unseen views most;
 # 32 px pictures with every patch were both faster and far better on unseen views than 64 px with

@@ -303,7 +303,9 @@ UNIFORM_BORDER = 0.5
 # The subject's box holds the pixels that differ from the background by more than this: a JPEG's
 # ringing, a blur's halo or a resize's overshoot around the subject does not widen it.
 SUBJECT_CONTRAST = 48
-# The background is found on a copy at most this long (a 12-megapixel photo costs ~10 ms, not seconds).
+# The background's flood runs on a copy at most this long, so its rounds stay few whatever the size (framing
+# a 96 px sprite took 0.06 ms, a 12-megapixel product shot 0.6-1.0 s, most of it shrinking the picture to
+# FRAMING_LIMIT and comparing its colours; AMD EPYC, 2 cores, other work running).
 FRAMING_SIDE = 256
 # A picture longer than this is shrunk to it before it is framed, so framing's memory is bounded (about
 # 60 MB) whatever the picture's size; every upstream model's input, and any stored size up to this, keeps
