@@ -173,15 +173,22 @@ def dataset_framing(info):
     return framing if framing in FRAMINGS else "as-is"
 
 
-def training_framing(train_data):
-    """The framing a checkpoint trained on ``train_data`` (DATASET/lmdb/train) records: its dataset's."""
+def _training_info(train_data):
+    """DATASET/dataset_info.json of ``train_data`` (DATASET/lmdb/train) as a dict, or None without a
+    readable one (a dataset made by upstream's own scripts): what a checkpoint records of its training set."""
     if not train_data:
-        return "as-is"
+        return None
     path = info_path_of_split(train_data)
     try:
-        return dataset_framing(read_dataset_info(path, "") if path.is_file() else None)
-    except (OSError, UserError, AttributeError):
-        return "as-is"
+        info = read_dataset_info(path, "") if path.is_file() else None
+    except (OSError, UserError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def training_framing(train_data):
+    """The framing a checkpoint trained on ``train_data`` (DATASET/lmdb/train) records: its dataset's."""
+    return dataset_framing(_training_info(train_data))
 
 
 def training_captions(train_data):
@@ -189,14 +196,7 @@ def training_captions(train_data):
     the ``names`` of DATASET/dataset_info.json, every Pokemon or caption of every split (a test split
     of unseen Pokemon is ranked among all of them). None without a readable info file, e.g. for a
     dataset made by upstream's own scripts; training then records none."""
-    if not train_data:
-        return None
-
-    path = info_path_of_split(train_data)
-    try:
-        names = read_dataset_info(path, "").get("names") if path.is_file() else None
-    except (OSError, UserError, AttributeError):
-        return None
+    names = (_training_info(train_data) or {}).get("names")
     if isinstance(names, list) and names and all(isinstance(name, str) and name for name in names):
         return list(dict.fromkeys(names))
     return None

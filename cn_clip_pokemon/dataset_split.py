@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import (
     EVAL_SPLIT,
+    dataset_framing,
     images_tsv,
     info_path,
     lmdb_dir,
@@ -102,8 +103,6 @@ class SplitPictures:
     @property
     def framing(self):
         """How the stored pictures were framed (dataset_format.FRAMINGS; "as-is" without an info file)."""
-        from cn_clip_pokemon.dataset_format import dataset_framing
-
         return dataset_framing(self.info)
 
     def _info_entry(self, image_id):

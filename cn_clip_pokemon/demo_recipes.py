@@ -42,7 +42,7 @@ TINY = {
     # three times slower when anything else runs beside them): with the loader's worker, two cores.
     "environment": {"OMP_NUM_THREADS": "1"},
     # the default wall-clock training budget (--train-minutes): with the stages around it, the whole
-    # demo took 8.2 minutes on 2 AVX-512 cores (9.5 with the installation); a machine too slow for the recipe's steps in it trains
+    # demo took 8.9 minutes on 2 AVX-512 cores (about 10.2 with the installation); a machine too slow for the recipe's steps in it trains
     # fewer (the README gives the accuracy per CPU kind measured); --train-minutes 0 for all of them
     "minutes": 8,
 }

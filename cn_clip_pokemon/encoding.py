@@ -141,7 +141,8 @@ def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, de
     batches = -(-count // batch_size) if count else None
     bar = _progress(None, batches, description, progress)
     for image in images:
-        # loaded.preprocess: the one PicturePreprocess every door uses (on white, padded square, upstream's transform)
+        # the one PicturePreprocess every door uses (on white, framed as the checkpoint says, padded square,
+        # upstream's transform); its as_stored() for a split's pictures the builder framed already
         batch.append(preprocess(image))
         if len(batch) == batch_size:
             flush()

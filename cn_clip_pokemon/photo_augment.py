@@ -55,6 +55,28 @@ class RandomChange:
         sets anything; see :func:`for_framing`)."""
         return self
 
+    def _with(self, **settings):
+        """A copy of this change with ``settings`` (the registered object stays as it is)."""
+        import copy
+
+        changed = copy.copy(self)
+        changed.__dict__.update(settings)
+        return changed
+
+
+def _scaled(image, share):
+    """``image`` resized (bicubic) to ``share`` of each side, at least 1 pixel."""
+    from PIL import Image
+
+    return image.resize((max(1, round(image.width * share)), max(1, round(image.height * share))), Image.BICUBIC)
+
+
+def _framed_again(image):
+    """``image`` (RGB on white) as every door frames it for a "subject" checkpoint, back at its size."""
+    from cn_clip_pokemon.images import fit_square, frame_subject
+
+    return fit_square(frame_subject(image), image.width)
+
 
 class PhotoAugment(RandomChange):
     settings = ("background", "crop", "rotate", "canvas", "jpeg", "low_resolution", "blur", "max_degrees", "framed")
@@ -68,13 +90,7 @@ class PhotoAugment(RandomChange):
         self.framed = framed
 
     def for_framing(self, framing):
-        if self.framed is not None:
-            return self
-        import copy
-
-        changed = copy.copy(self)
-        changed.framed = framing == "subject"
-        return changed
+        return self if self.framed is not None else self._with(framed=framing == "subject")
 
     def __call__(self, image):
         from PIL import Image, ImageFilter
@@ -94,18 +110,14 @@ class PhotoAugment(RandomChange):
             moved = True
         if self.framed and moved:
             # framed pictures (build-dataset --framing subject): every door frames the subject again
-            from cn_clip_pokemon.images import fit_square, frame_subject
-
-            image = fit_square(frame_subject(image), side[0])
+            image = _framed_again(image)
         if self.framed:
             # every door frames a picture on one colour back to its subject (what the colour hides of
             # it, such as a black outline on black, is lost), so that is what training sees; on a busy
             # background a picture keeps its frame, the subject at any size and place on it
             if self._chance(self.background):
                 if self._uniform() < 0.5:
-                    from cn_clip_pokemon.images import fit_square, frame_subject
-
-                    image = fit_square(frame_subject(self._on_background(image, fields=False)), side[0])
+                    image = _framed_again(self._on_background(image, fields=False))
                 else:
                     if self._chance(self.canvas):
                         image = self._smaller(image)
@@ -121,9 +133,7 @@ class PhotoAugment(RandomChange):
             buffer.seek(0)
             image = Image.open(buffer).convert("RGB")
         if self._chance(self.low_resolution):
-            share = self._uniform(0.25, 0.75)
-            small = image.resize((max(1, round(side[0] * share)), max(1, round(side[1] * share))), Image.BICUBIC)
-            image = small.resize(side, Image.BICUBIC)
+            image = _scaled(image, self._uniform(0.25, 0.75)).resize(side, Image.BICUBIC)
         if self._chance(self.blur):
             image = image.filter(ImageFilter.GaussianBlur(radius=self._uniform(0.5, 1.5)))
         return image
@@ -133,8 +143,7 @@ class PhotoAugment(RandomChange):
         from PIL import Image
 
         side = image.size
-        share = self._uniform(0.45, 0.9)
-        small = image.resize((max(1, round(side[0] * share)), max(1, round(side[1] * share))), Image.BICUBIC)
+        small = _scaled(image, self._uniform(0.45, 0.9))
         image = Image.new("RGB", side, WHITE)
         image.paste(small, (round(self._uniform(0, side[0] - small.width)), round(self._uniform(0, side[1] - small.height))))
         return image

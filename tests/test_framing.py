@@ -163,7 +163,7 @@ def test_the_builder_stores_framed_pictures_and_records_it(sprite_pictures, tmp_
         pictures.close()
 
 
-def test_framing_is_checked_everywhere(tmp_path):
+def test_framing_is_checked_everywhere():
     from cn_clip_pokemon.errors import UserError
 
     with pytest.raises(UserError, match="unknown framing 'tight': choose from as-is, subject"):

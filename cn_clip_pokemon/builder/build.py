@@ -71,7 +71,7 @@ def build_dataset(
     where the CPU went (seconds of this process per stage, of its pool threads, and of the workers
     per stage; see bench/bench_builder.py), at the price of a few clock reads per picture.
 
-    ``framing`` (images.FRAMINGS): "as-is" stores each picture's own frame on white; "subject" crops
+    ``framing`` (dataset_format.FRAMINGS): "as-is" stores each picture's own frame on white; "subject" crops
     each to its subject on white (images.frame_subject), and every door then frames a picture the
     same way for a checkpoint trained on the dataset (dataset_info.json and the checkpoint record it).
 

@@ -12,7 +12,7 @@ WORKER_STAGES = ("open", "composite", "resize", "encode", "hash")
 def process_picture(task):
     """Worker: open, composite on white, fit to a square, encode.
 
-    ``task`` is ``(index, path, image_size, framing, profiled)`` (``framing``: images.FRAMINGS); returns ``(index, base64, digest, error,
+    ``task`` is ``(index, path, image_size, framing, profiled)`` (``framing``: dataset_format.FRAMINGS); returns ``(index, base64, digest, error,
     timing)``. The base64 text comes back as ASCII bytes: the parent only copies it into files and
     LMDB, and bytes go there without another encoding pass per write. ``timing`` is None unless
     ``profiled``: then ``(pid, CPU seconds of this process when the picture started and when it

@@ -23,7 +23,7 @@ def dataset_info(naming, captions_of, image_size, framing, split_counts, skipped
         "naming": naming,
         "groups": len(captions_of),
         "image_size": image_size,
-        "framing": framing,  # images.FRAMINGS: how each picture was framed before it was padded square
+        "framing": framing,  # dataset_format.FRAMINGS: how each picture was framed before it was padded square
         "splits": split_counts,
         "images": None,  # written from the images fragment
         "skipped": skipped,

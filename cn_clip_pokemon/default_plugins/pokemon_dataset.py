@@ -17,9 +17,9 @@ Pair values are upstream's pickles, and a pickle can run code: every pair is rea
 when training reads a sample (upstream's LMDBDataset, patches/0018), so a crafted dataset is
 refused, never executed.
 """
-from cn_clip_pokemon.dataset_format import info_path_of_split, read_dataset_info, read_pairs
+from cn_clip_pokemon.dataset_format import info_path_of_split, read_dataset_info, read_pairs, training_framing
 from cn_clip_pokemon.hookspecs import hookimpl
-from cn_clip_pokemon.photo_augment import Chain, PhotoAugment, RandomChange
+from cn_clip_pokemon.photo_augment import Chain, PhotoAugment, RandomChange, for_framing
 
 
 def pair_groups(lmdb_split_dir):
@@ -74,17 +74,10 @@ class SpriteAugment(RandomChange):
         self.scale, self.shift = (None if scale is None else tuple(scale)), shift
 
     def for_framing(self, framing):
-        if self.scale is not None and self.shift is not None:
-            return self
-        import copy
-
         framed = framing == "subject"
-        changed = copy.copy(self)
-        if self.scale is None:
-            changed.scale = FRAMED_SCALE if framed else (1.0, 1.0)
-        if self.shift is None:
-            changed.shift = FRAMED_SHIFT if framed else 0.0
-        return changed
+        unset = {"scale": FRAMED_SCALE if framed else (1.0, 1.0), "shift": FRAMED_SHIFT if framed else 0.0}
+        unset = {name: value for name, value in unset.items() if getattr(self, name) is None}
+        return self._with(**unset) if unset else self
 
     def __call__(self, image):
         import numpy as np
@@ -156,10 +149,8 @@ class PokemonDataset:
         if is_train and self.augment is not None:
             from torchvision.transforms import Compose
 
-            from cn_clip_pokemon.dataset_format import training_framing
-            from cn_clip_pokemon.photo_augment import for_framing
-
-            # a PhotoAugment frames its pictures again where the dataset's are framed (--framing subject)
+            # where the dataset's pictures are framed (--framing subject), a PhotoAugment frames them
+            # again and a SpriteAugment moves and scales them slightly
             augment = for_framing(self.augment, training_framing(db_path))
             dataset.transform = Compose([augment, *dataset.transform.transforms])
         return unique_text_batches(dataset, groups, args, is_train, epoch_id)
