@@ -3,7 +3,8 @@ ${DATAPATH}` with the real ViT-B-16 + RoBERTa-wwm-ext-base-chinese, started from
 official release layout ({"state_dict"}, fp16, DDP's "module." keys; random weights made here, since
 the released ones cannot be downloaded), through upstream's main, for one step.
 
-About 188M parameters: ~4 GB of memory and ~5 GB of checkpoints in tmp_path, a minute or two on two
+About 188M parameters: ~4 GB of memory and ~5 GB of checkpoints in tmp_path (removed when the test
+passes: setup.cfg sets tmp_path_retention_policy = failed), a minute or two on two
 cores. It is the only test that builds the full-size model.
 """
 import torch
