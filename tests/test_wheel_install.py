@@ -28,8 +28,9 @@ from conftest import cpu_env, load_checkpoint, random_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PATH = "/usr/bin:/bin"
 SCRIPT_TO_EDIT = "pokemon_finetune_vit-b-16.sh"
-# files that `python -m build` adds to an sdist, beside what MANIFEST.in takes from the tree
-GENERATED = {"PKG-INFO", "setup.cfg"}
+# files that `python -m build` adds to an sdist, beside what MANIFEST.in takes from the tree (setup.cfg is
+# the clone's, pytest's settings, with the build's [egg_info] section added)
+GENERATED = {"PKG-INFO"}
 # what a user's clone may hold that is no part of the project (MANIFEST.in must leave it out)
 JUNK = ["tests/__pycache__/conftest.cpython-311.pyc", "examples/cn-clip-shapes/build/lib/cn_clip_shapes/__init__.py",
         "examples/cn-clip-shapes/cn_clip_shapes.egg-info/PKG-INFO", "cn_clip_pokemon/__pycache__/cli.cpython-311.pyc"]
