@@ -25,7 +25,7 @@ is refused by --fresh.
 
 This module is the command and the order of the stages; demo_stages.py runs each stage and holds
 what the demo does between them, demo_recipes.py the training recipes, demo_budget.py the
---train-minutes budget, demo_report.py the report.
+time budget (--minutes, --train-minutes), demo_report.py the report.
 """
 import json
 import os
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import EVAL_SPLIT, dataset_framing, info_path, load_dataset_info
-from cn_clip_pokemon.demo_budget import PLAN_FILE, checkpoint_progress, plan_training, read_plan, thread_candidates, training_summary
+from cn_clip_pokemon.demo_budget import PLAN_FILE, Budget, checkpoint_progress, plan_training, read_plan, thread_candidates, training_summary
 from cn_clip_pokemon.demo_recipes import CONFIGS, recipe_epochs, recipe_flag, train_argv
 from cn_clip_pokemon.demo_report import EVALUATIONS, plot_training_curve, print_report
 from cn_clip_pokemon.demo_stages import (
@@ -65,17 +65,24 @@ def demo_arguments(parser):
     from cn_clip_pokemon.arguments import minutes, positive_int
 
     parser.add_argument("--workdir", type=Path, default=Path("pokemon-demo"), help="where everything goes (default ./pokemon-demo)")
-    parser.add_argument(
-        "--train-minutes",
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
         "--minutes",
-        dest="train_minutes",
         type=minutes,
         default=None,
-        help=f"wall-clock training budget in minutes (default {CONFIGS['tiny']['minutes']:g} for the tiny recipe; 0: no budget, the "
-        "recipe's 8 epochs, about 1,900 steps, whatever they take): short timed probes measure this machine's "
-        "seconds per step with one thread and with every core, then training runs with the faster and for the "
-        "recipe's steps or as many as fit the budget, the learning-rate schedule planned for that count. Fewer "
-        "steps mean a weaker model: the README gives the accuracy of each per CPU kind measured",
+        help=f"wall-clock budget of the whole demo in minutes, from its start to the report (default {CONFIGS['tiny']['minutes']:g} for "
+        "the tiny recipe; 0: no budget, the recipe's 8 epochs, about 1,900 steps, whatever they take): short timed probes "
+        "measure this machine's seconds per step with one thread and with every core, then training runs with the faster "
+        "for the recipe's steps or as many as fit what fetching and building left of the budget, less the evaluations' "
+        "estimated time, the learning-rate schedule planned for that count; training's --max-minutes stops it at the "
+        "budget's edge if it runs slower than measured. A slower machine trains fewer steps, so a weaker model: the "
+        "README gives the accuracy per CPU kind measured",
+    )
+    budget.add_argument(
+        "--train-minutes",
+        type=minutes,
+        default=None,
+        help="a wall-clock budget for training alone instead (the probes included), however long the other stages take",
     )
     parser.add_argument(
         "--fresh", action="store_true",
@@ -150,6 +157,21 @@ def _built_with(dataset, framing):
         return False
 
 
+def training_budget(args, recipe, started, held_out):
+    """The demo's Budget: --train-minutes (training alone), else --minutes or the recipe's (the whole
+    demo, which ``started`` at that time.time(); the test splits of the ``held_out`` datasets are
+    evaluated after training); None without one (0, or --max-epochs)."""
+    if args.max_epochs is not None:
+        return None
+    if args.train_minutes is not None:
+        return Budget(args.train_minutes, whole_demo=False) if args.train_minutes else None
+    minutes = recipe["minutes"] if args.minutes is None else args.minutes
+    if not minutes:
+        return None
+    pictures = sum(load_dataset_info(folder).get("splits", {}).get(EVAL_SPLIT, {}).get("images", 0) for folder in held_out)
+    return Budget(minutes, whole_demo=True, started=started, after_pictures=pictures)
+
+
 def _run(args, recipe, work, ledger, started):
     """The demo's stages in ``work``; ``ledger`` lists what they write."""
     pictures = work / "pictures"
@@ -203,15 +225,14 @@ def _run(args, recipe, work, ledger, started):
 
     # 4. training
     epochs = recipe_epochs(recipe, args)
-    # the budget: --train-minutes, else the recipe's; none with --max-epochs
-    budget = None if args.max_epochs is not None else (recipe["minutes"] if args.train_minutes is None else args.train_minutes) or None
+    budget = training_budget(args, recipe, started, (views, dataset))
     # the probe: to fit a budget, and to find the faster thread count where there is a choice
     probing = args.max_epochs is None and (budget or len(thread_candidates(recipe)) > 1)
     plan_file = experiments / name / PLAN_FILE
     plan = read_plan(plan_file) if probing else None
     done_epoch, done_step = checkpoint_progress(checkpoint) if checkpoint.exists() else (0, 0)
-    if budget and plan and plan.get("budget_minutes") == budget and checkpoint.exists() and done_step >= plan.get("steps", 0):
-        reuse("train", f"{checkpoint} (step {done_step}, {budget:g}-minute budget)")
+    if budget and budget.same_as(plan) and checkpoint.exists() and done_step >= plan.get("steps", 0):
+        reuse("train", f"{checkpoint} (step {done_step}, {budget.minutes:g}-minute {'demo' if budget.whole_demo else 'training'} budget)")
     elif not budget and checkpoint.exists() and done_epoch >= epochs:
         reuse("train", f"{checkpoint} (epoch {done_epoch})")
         plan = plan if plan and plan.get("budget_minutes") is None else None
@@ -224,6 +245,8 @@ def _run(args, recipe, work, ledger, started):
             started_training = time.time()
             plan = plan_training(recipe, args, dataset, epochs, budget, environment)
             environment = plan["environment"]  # the thread count the probe found fastest
+            if plan.get("time_limit_minutes"):
+                argv += ["--max-minutes", f"{plan['time_limit_minutes']:g}"]  # the budget's hard edge (patches/0032)
             if plan["steps"] < plan["planned_steps"]:
                 argv += ["--max-steps", str(plan["steps"])]
                 warmup = int(recipe_flag(recipe, "--warmup"))
@@ -235,6 +258,7 @@ def _run(args, recipe, work, ledger, started):
             plan_file.parent.mkdir(parents=True, exist_ok=True)
             plan_file.write_text(json.dumps(plan, indent=1), encoding="utf-8")
 
+    trained = time.time()  # what follows is what --minutes keeps time for after training
     # 5. evaluation on both kinds of unseen pictures, predictions, curve; the grids' captions need a
     # CJK font: the machine's, else Noto Sans SC fetched once (pinned, checked, cached)
     from cn_clip_pokemon.grids import ensure_cjk_font
@@ -260,6 +284,7 @@ def _run(args, recipe, work, ledger, started):
     if metrics.exists():
         plot_training_curve(metrics, curve)
 
+    seconds["after training"] = time.time() - trained
     seconds["total"] = time.time() - started
     previous = work / "report.json"
     if previous.exists():  # a rerun keeps the timings of the stages it reused

@@ -1,6 +1,11 @@
-"""The demo's training budget (--train-minutes): a probe of a few steps measures this machine's
-speed, then the real run is launched with the step count that fits, so that upstream's cosine
-schedule is planned for the steps that are actually trained; and what the report says of it."""
+"""The demo's time budget: --minutes for the whole demo (the default), --train-minutes for training
+alone. A probe of a few steps measures this machine's speed, then the real run is launched with the
+step count that fits, so that upstream's cosine schedule is planned for the steps that are actually
+trained; and what the report says of it.
+
+With --minutes, training gets what the stages before it (fetching, building) left of the budget, less
+an estimate of the stages after it made from the same probe (after_training_seconds), so the whole demo
+ends within its minutes on a slower machine too: there every stage is slower, and training gives way."""
 import json
 import os
 import time
@@ -14,13 +19,30 @@ from cn_clip_pokemon.demo_stages import run_stage
 PROBE_STEPS = 30  # in all: split between the thread counts tried
 MIN_STEPS = 10
 # What an epoch's end costs, in training steps per validation batch: the validation itself, the
-# checkpoint and the loaders' restart. Measured on 2 cores (AMD EPYC, AVX-512): 9-11 s between the last
-# step of an epoch and the next beyond the steps' own time, with 32 validation batches at 0.32 s a step.
-VALID_STEP_SHARE = 1.0
-# The probe runs in the first steps; the whole run's steps took up to 13% longer than its probe on the same
-# machine (0.310 -> 0.325 s; with framing's move and scale in the loader, 0.2085 -> 0.2363 s on 2 threads)
-STEP_MARGIN = 1.15
+# checkpoint and the loaders' restart. Measured on 2 cores (AMD EPYC, AVX-512, this recipe): 3 s from an
+# epoch's last step to its validation's result and 0-2 s more to the next epoch's steps, with 31
+# validation batches at 0.25 s a step (earlier recipes: 9-11 s with 32 batches at 0.32 s).
+VALID_STEP_SHARE = 0.5
+# The probe runs in the first steps; the whole run's steps took from 8% less to 13% longer than its probe
+# on the same machine (0.229 -> 0.210 s; 0.2085 -> 0.2363 s with framing's move and scale on 2 threads).
+# The run's --max-minutes (patches/0032) is the hard edge, so the steps are planned for the probe's speed
+# and a small margin: a slower run stops a few steps before its schedule's end (at a learning rate a few
+# hundredths of its peak), a faster one ends early.
+STEP_MARGIN = 1.03
+# From the limit to the end of the training process: importing before main's clock starts, the
+# checkpoint's write, the exit (besides the final validation, counted from the probe's speed).
+END_SECONDS = 5.0
 PLAN_FILE = "training-plan.json"
+# The stages after training (two evaluations, the grid of predictions, the question asked again) are
+# four processes that each start about as the probe's run did (Python, torch, the model, the loader) and
+# encode the held-out pictures once: a forward pass of the image tower, a fraction of a training step's
+# time per batch (README's step profile: 45-82 of 186-264 ms). FORWARD_SHARE is set from measured runs
+# ("The demo's time budget" in README_En.md gives the estimate against the measured seconds).
+AFTER_STAGES = 4
+FORWARD_SHARE = 0.3
+# When fetching and building took most of a --minutes budget (a slow network, a busy machine), training
+# still gets this share of it, and the demo says it will run over.
+MIN_TRAINING_SHARE = 0.5
 
 
 def _split_batches(dataset, split, batch_size):
@@ -63,6 +85,19 @@ def fit_steps(budget_seconds, spent_seconds, seconds_per_step, startup_seconds, 
     return max(min(MIN_STEPS, planned_steps), fitted)
 
 
+def after_training_seconds(pictures, batch_size, seconds_per_step, startup_seconds):
+    """An estimate of the demo's stages after training: AFTER_STAGES process starts (``startup_seconds``
+    each, as the probe measured) and ``pictures`` held-out pictures encoded at ``batch_size``."""
+    return AFTER_STAGES * startup_seconds + pictures / max(1, batch_size) * seconds_per_step * FORWARD_SHARE
+
+
+def training_seconds(demo_seconds, spent_before, after_seconds):
+    """What the whole demo's budget (``demo_seconds``) leaves to training, from the probe's start, once
+    ``spent_before`` seconds went to the stages before it and ``after_seconds`` are kept for those after
+    it; at least MIN_TRAINING_SHARE of the budget."""
+    return max(MIN_TRAINING_SHARE * demo_seconds, demo_seconds - spent_before - after_seconds)
+
+
 def thread_candidates(recipe):
     """Intra-op thread counts the probe tries for ``recipe``: one, and every core this process may use,
     when it trains on the CPU and the user did not set OMP_NUM_THREADS (theirs is kept; ``[None]``, the
@@ -98,11 +133,11 @@ def _probe(recipe, args, dataset, epochs, probe_steps, environment, threads):
     return seconds_per_step, wall, max(0.0, wall - probe_steps * seconds_per_step)
 
 
-def plan_training(recipe, args, dataset, epochs, budget_minutes, environment):
+def plan_training(recipe, args, dataset, epochs, budget, environment):
     """Probe this machine's speed with short runs of the recipe (one per thread count worth trying on
-    the CPU), keep the fastest thread count, then fit the steps to the budget (``budget_minutes``
-    None: the recipe's steps). Returns the plan (a dict, also
-    written to the experiment's PLAN_FILE); its "environment" is what the real run is given."""
+    the CPU), keep the fastest thread count, then fit the steps to ``budget`` (a Budget; None: the
+    recipe's steps). Returns the plan (a dict, also written to the experiment's PLAN_FILE); its
+    "environment" is what the real run is given."""
     batch_size = int(recipe_flag(recipe, "--batch-size"))
     steps_per_epoch = _split_batches(dataset, "train", batch_size)
     valid_batches = _split_batches(dataset, "valid", int(recipe_flag(recipe, "--valid-batch-size")))
@@ -115,28 +150,67 @@ def plan_training(recipe, args, dataset, epochs, budget_minutes, environment):
     seconds_per_step, _, startup = probes[threads]
     spent = time.time() - started
     steps = planned
-    if budget_minutes:
-        steps = fit_steps(budget_minutes * 60, spent, seconds_per_step * STEP_MARGIN, startup, planned, steps_per_epoch, valid_batches)
+    train_seconds = after = limit = None
+    if budget:
+        train_seconds = budget.minutes * 60
+        if budget.whole_demo:
+            after = after_training_seconds(budget.after_pictures, batch_size, seconds_per_step, startup)
+            train_seconds = training_seconds(budget.minutes * 60, started - budget.started, after)
+        steps = fit_steps(train_seconds, spent, seconds_per_step * STEP_MARGIN, startup, planned, steps_per_epoch, valid_batches)
+        # the hard edge: what is left once the final validation and the process's end are kept
+        # (never below the time MIN_STEPS take, twice over, after the start-up: the fewest steps a run trains)
+        limit = max(startup + 2 * MIN_STEPS * seconds_per_step,
+                    train_seconds - spent - valid_batches * VALID_STEP_SHARE * seconds_per_step - END_SECONDS)
     plan = {
-        "budget_minutes": budget_minutes,
+        "budget_minutes": budget.minutes if budget else None,
+        "budget_of": ("demo" if budget.whole_demo else "training") if budget else None,
         "planned_steps": planned,
         "steps": steps,
+        "time_limit_minutes": round(limit / 60, 3) if budget else None,  # the run's --max-minutes
         "steps_per_epoch": steps_per_epoch,
         "threads": threads,
         "environment": {**environment, **({"OMP_NUM_THREADS": str(threads)} if threads is not None else {})},
         "probe": {
             "steps": probe_steps, "seconds": round(spent, 1), "seconds_per_step": round(seconds_per_step, 4),
+            "startup_seconds": round(startup, 1),
             **({"seconds_per_step_by_threads": {str(count): round(probes[count][0], 4) for count in candidates}}
                if len(candidates) > 1 else {}),
         },
+        **({"before_training_seconds": round(started - budget.started, 1), "training_budget_seconds": round(train_seconds, 1),
+            "after_training_estimate_seconds": round(after, 1)} if budget and budget.whole_demo else {}),
     }
     with_threads = f" with {threads} thread{'s' if threads != 1 else ''}" if len(candidates) > 1 else ""
-    if budget_minutes:
-        fits = "the recipe's steps fit" if steps == planned else f"{steps} of the recipe's {planned} steps fit"
-        print(f"{seconds_per_step:.3f} s a step here{with_threads}: {fits} in the {budget_minutes:g}-minute training budget", flush=True)
+    if not budget:
+        print(f"{seconds_per_step:.3f} s a step here{with_threads}: no time budget, the recipe's {planned} steps", flush=True)
+        return plan
+    fits = "the recipe's steps fit" if steps == planned else f"{steps} of the recipe's {planned} steps fit"
+    if budget.whole_demo:
+        before = started - budget.started
+        over = before + train_seconds + after > budget.minutes * 60 + 1
+        print(
+            f"{seconds_per_step:.3f} s a step here{with_threads}: {fits} in {train_seconds / 60:.1f} minutes of training "
+            f"(the {budget.minutes:g}-minute demo budget, less {before / 60:.1f} minutes spent before training and about "
+            f"{after / 60:.1f} for the evaluations after it)"
+            + (f"; the stages before training took most of the budget, so training keeps {MIN_TRAINING_SHARE:.0%} of it "
+               "and the demo will run over" if over else ""),
+            flush=True,
+        )
     else:
-        print(f"{seconds_per_step:.3f} s a step here{with_threads}: no training budget, the recipe's {planned} steps", flush=True)
+        print(f"{seconds_per_step:.3f} s a step here{with_threads}: {fits} in the {budget.minutes:g}-minute training budget", flush=True)
     return plan
+
+
+class Budget:
+    """The demo's time budget: ``minutes`` for the whole demo (``whole_demo``; it started at ``started``,
+    a time.time(), and ``after_pictures`` held-out pictures are encoded after training) or for training alone."""
+
+    def __init__(self, minutes, whole_demo, started=None, after_pictures=0):
+        self.minutes, self.whole_demo, self.started, self.after_pictures = minutes, whole_demo, started, after_pictures
+
+    def same_as(self, plan):
+        """Whether ``plan`` (a PLAN_FILE's dict) was made for a budget like this one."""
+        return bool(plan) and plan.get("budget_minutes") == self.minutes and plan.get("budget_of", "training") == (
+            "demo" if self.whole_demo else "training")
 
 
 def _training_seconds_per_step(metrics_file):
@@ -173,6 +247,9 @@ def training_summary(plan, checkpoint, metrics_file, train_seconds):
     seconds_per_step = _training_seconds_per_step(metrics_file) or (plan or {}).get("probe", {}).get("seconds_per_step")
     return {
         "budget_minutes": plan.get("budget_minutes") if plan else None,
+        "budget_of": plan.get("budget_of") if plan else None,
+        **{key: plan[key] for key in ("training_budget_seconds", "after_training_estimate_seconds", "time_limit_minutes") if plan and key in plan},
+        "budget_steps": plan.get("steps") if plan else None,  # what the plan fitted; fewer done: the time limit stopped the run
         "planned_steps": plan.get("planned_steps") if plan else None,
         "steps": done,
         "seconds_per_step": round(seconds_per_step, 4) if seconds_per_step else None,

@@ -76,13 +76,20 @@ def print_report(report):
         print(f"  {name}: {path}")
     training = report.get("training") or {}
     if training.get("steps"):
-        budget = f"{training['budget_minutes']:g}-minute budget, " if training.get("budget_minutes") else ""
+        budget = ""
+        if training.get("budget_minutes") and training.get("budget_of") == "demo":
+            budget = f"{training['budget_minutes']:g}-minute demo budget ({training['training_budget_seconds'] / 60:.1f} min of it for training), "
+        elif training.get("budget_minutes"):
+            budget = f"{training['budget_minutes']:g}-minute training budget, "
         planned = f" of the recipe's {training['planned_steps']}" if training.get("planned_steps") else ""
+        if training.get("time_limit_minutes") and training.get("budget_steps") and training["steps"] < training["budget_steps"]:
+            planned += f" ({training['budget_steps']} planned: the {training['time_limit_minutes']:g}-minute time limit stopped the run)"
         speed = f", {training['seconds_per_step']:.3f} s a step" if training.get("seconds_per_step") else ""
         if training.get("threads"):
             speed += f" with {training['threads']} thread{'s' if training['threads'] != 1 else ''}"
         print(f"training: {budget}{training['steps']}{planned} steps{speed}")
     train = report["seconds"].get("train")
     print(f"training {train / 60:.1f} min, " if train else "", end="")
-    print(f"total {report['seconds']['total'] / 60:.1f} min")
+    demo_budget = f" (budget {training['budget_minutes']:g})" if training.get("budget_of") == "demo" else ""
+    print(f"total {report['seconds']['total'] / 60:.1f} min{demo_budget}")
     print(f"serve it as a web page ({install_hint('web')}): cn-clip-pokemon serve --checkpoint {shlex.quote(report['files']['checkpoint'])} --dataset {shlex.quote(report['files']['dataset'])}")

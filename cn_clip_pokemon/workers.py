@@ -14,8 +14,10 @@ def run_in_pool(function, tasks, workers, window=None, chunksize=8):
     At most ``window`` tasks are in flight, which keeps memory flat however many there are:
     the task reader cannot run ahead of the workers, nor the workers ahead of the consumer.
 
-    Each worker has its own pipe; this thread sends it chunks of tasks, receives each result as it
-    is done and puts them back in order. No helper thread: multiprocessing.Pool's worker-handler
+    Each worker has its own pipe; this thread sends it chunks of tasks, receives each chunk's results
+    in one message when the chunk is done and puts them back in order (one message a chunk, not one a
+    task: the parent wakes, polls and unpickles once for ``chunksize`` results, on two cores the CPU it
+    takes is the workers'). No helper thread: multiprocessing.Pool's worker-handler
     thread also waits on the result pipe, so it wakes and spins for as long as a result sits there
     unread, and with its task and result threads it contends for the GIL with the thread that writes
     the dataset. On a busy or hyperthreaded machine that cost up to a tenth of the build's CPU.
@@ -66,13 +68,14 @@ def run_in_pool(function, tasks, workers, window=None, chunksize=8):
         while received < sent:
             for connection in wait([connection for connection in connections if in_flight[connection]]):
                 try:
-                    position, failed, result = connection.recv()
+                    results = connection.recv()
                 except (EOFError, OSError):
                     _worker_died(processes)
-                if failed:
-                    raise result
-                in_flight[connection] -= 1
-                done[position] = result
+                for position, failed, result in results:
+                    if failed:
+                        raise result
+                    in_flight[connection] -= 1
+                    done[position] = result
             while received in done:
                 yield done.pop(received)
                 received += 1
@@ -101,7 +104,7 @@ def _worker_died(processes):
 
 
 def _pool_worker(function, connection):
-    """A worker of run_in_pool: chunks of (position, task) in, one (position, failed, result) out per task."""
+    """A worker of run_in_pool: chunks of (position, task) in, one list of (position, failed, result) out per chunk."""
     _ignore_interrupts()
     while True:
         try:
@@ -110,17 +113,33 @@ def _pool_worker(function, connection):
             return
         if chunk is None:
             return
+        results = []
         for position, task in chunk:
             try:
-                message = (position, False, function(task))
+                results.append((position, False, function(task)))
             except Exception as error:
-                message = (position, True, error)
+                results.append((position, True, error))
+        try:
+            connection.send(results)
+        except OSError:  # the parent is gone
+            return
+        except Exception:  # a result or an exception that does not pickle (send pickles before it writes)
             try:
-                connection.send(message)
-            except OSError:  # the parent is gone
+                connection.send([_picklable(message) for message in results])
+            except OSError:
                 return
-            except Exception as error:  # a result or an exception that does not pickle
-                connection.send((position, True, RuntimeError(f"{type(error).__name__}: {error}")))
+
+
+def _picklable(message):
+    """``message`` as it is when it pickles, else its position with the pickling error."""
+    import pickle
+
+    position = message[0]
+    try:
+        pickle.dumps(message)
+        return message
+    except Exception as error:
+        return position, True, RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def _ignore_interrupts():

@@ -505,7 +505,8 @@ def test_a_full_disk_during_a_rebuild_is_one_line_and_the_old_dataset_survives(t
     assert sorted(p.name for p in small_disk.iterdir()) == ["pokemon"]  # no temporary folder left
 
 
-@pytest.mark.parametrize("flags", [["--numbers", "abc"], ["--frames", "-1"], ["--frames", "0"], ["--numbers", "0-5"], ["--train-minutes", "-1"], ["--train-minutes", "nan"]])
+@pytest.mark.parametrize("flags", [["--numbers", "abc"], ["--frames", "-1"], ["--frames", "0"], ["--numbers", "0-5"], ["--train-minutes", "-1"], ["--train-minutes", "nan"],
+                                   ["--minutes", "-1"], ["--minutes", "1", "--train-minutes", "1"]])
 def test_demo_arguments_are_usage_errors_before_any_work(tmp_path, flags):
     workdir = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "cn_clip_pokemon", "demo", "--workdir", str(workdir), *flags],

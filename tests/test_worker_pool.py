@@ -49,3 +49,12 @@ def test_an_exception_in_a_task_reaches_the_consumer():
 def test_a_worker_that_dies_is_an_error_not_a_hang():
     with pytest.raises(RuntimeError, match="worker process died"):
         list(run_in_pool(die_on_five, iter(range(20)), 2, chunksize=2))
+
+
+def unpicklable_on_three(number):
+    return (lambda: number) if number == 3 else number
+
+
+def test_a_result_that_does_not_pickle_is_an_error_that_names_it_not_a_hang():
+    with pytest.raises(RuntimeError, match="(?i)pickle.*lambda"):
+        list(run_in_pool(unpicklable_on_three, iter(range(8)), 2, chunksize=4))
