@@ -37,9 +37,9 @@ PLAN_FILE = "training-plan.json"
 # The stages after training (two evaluations, the grid of predictions, the question asked again) are
 # four processes that each start about as the probe's run did (Python, torch, the model, the loader) and
 # encode the held-out pictures once: a forward pass of the image tower, a fraction of a training step's
-# time per batch (README's step profile: 45-82 of 186-264 ms). FORWARD_SHARE is set from measured runs
-# ("The demo's time budget" in README_En.md gives the estimate against the measured seconds).
-AFTER_STAGES = 4
+# time per batch (README's step profile: 45-82 of 186-264 ms). Counted as five starts: with four the
+# estimate was 29-37 s against 28-38 s measured in four runs (AMD EPYC, 2 cores), 9 s short in one of them.
+AFTER_STAGES = 5
 FORWARD_SHARE = 0.3
 # When fetching and building took most of a --minutes budget (a slow network, a busy machine), training
 # still gets this share of it, and the demo says it will run over.
