@@ -232,7 +232,7 @@ def _run(args, recipe, work, ledger, started):
     plan = read_plan(plan_file) if probing else None
     done_epoch, done_step = checkpoint_progress(checkpoint) if checkpoint.exists() else (0, 0)
     if budget and budget.same_as(plan) and checkpoint.exists() and done_step >= plan.get("steps", 0):
-        reuse("train", f"{checkpoint} (step {done_step}, {budget.minutes:g}-minute {'demo' if budget.whole_demo else 'training'} budget)")
+        reuse("train", f"{checkpoint} (step {done_step}, {budget.minutes:g}-minute {budget.kind} budget)")
     elif not budget and checkpoint.exists() and done_epoch >= epochs:
         reuse("train", f"{checkpoint} (epoch {done_epoch})")
         plan = plan if plan and plan.get("budget_minutes") is None else None

@@ -9,6 +9,7 @@ ends within its minutes on a slower machine too: there every stage is slower, an
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cn_clip_pokemon.dataset_format import lmdb_dir
@@ -38,7 +39,7 @@ PLAN_FILE = "training-plan.json"
 # four processes that each start about as the probe's run did (Python, torch, the model, the loader) and
 # encode the held-out pictures once: a forward pass of the image tower, a fraction of a training step's
 # time per batch (README's step profile: 45-82 of 186-264 ms). Counted as five starts: with four the
-# estimate was 29-37 s against 28-38 s measured in four runs (AMD EPYC, 2 cores), 9 s short in one of them.
+# estimate was 29-48 s against 28-40 s measured in five runs (AMD EPYC, 2 cores), 9 s short in one of them.
 AFTER_STAGES = 5
 FORWARD_SHARE = 0.3
 # When fetching and building took most of a --minutes budget (a slow network, a busy machine), training
@@ -155,8 +156,9 @@ def plan_training(recipe, args, dataset, epochs, budget, environment):
     if budget:
         train_seconds = budget.minutes * 60
         if budget.whole_demo:
+            before = started - budget.started  # fetching, building, the question before training
             after = after_training_seconds(budget.after_pictures, batch_size, seconds_per_step, startup)
-            train_seconds = training_seconds(budget.minutes * 60, started - budget.started, after)
+            train_seconds = training_seconds(budget.minutes * 60, before, after)
         steps = fit_steps(train_seconds, spent, seconds_per_step * STEP_MARGIN, startup, planned, steps_per_epoch, valid_batches)
         # the hard edge: what is left once the final validation and the process's end are kept
         # (never below the time MIN_STEPS take, twice over, after the start-up: the fewest steps a run trains)
@@ -164,7 +166,7 @@ def plan_training(recipe, args, dataset, epochs, budget, environment):
                     train_seconds - spent - valid_batches * VALID_STEP_SHARE * seconds_per_step - END_SECONDS)
     plan = {
         "budget_minutes": budget.minutes if budget else None,
-        "budget_of": ("demo" if budget.whole_demo else "training") if budget else None,
+        "budget_of": budget.kind if budget else None,
         "planned_steps": planned,
         "steps": steps,
         "time_limit_minutes": round(limit / 60, 3) if budget else None,  # the run's --max-minutes
@@ -177,7 +179,7 @@ def plan_training(recipe, args, dataset, epochs, budget, environment):
             **({"seconds_per_step_by_threads": {str(count): round(probes[count][0], 4) for count in candidates}}
                if len(candidates) > 1 else {}),
         },
-        **({"before_training_seconds": round(started - budget.started, 1), "training_budget_seconds": round(train_seconds, 1),
+        **({"before_training_seconds": round(before, 1), "training_budget_seconds": round(train_seconds, 1),
             "after_training_estimate_seconds": round(after, 1)} if budget and budget.whole_demo else {}),
     }
     with_threads = f" with {threads} thread{'s' if threads != 1 else ''}" if len(candidates) > 1 else ""
@@ -186,8 +188,7 @@ def plan_training(recipe, args, dataset, epochs, budget, environment):
         return plan
     fits = "the recipe's steps fit" if steps == planned else f"{steps} of the recipe's {planned} steps fit"
     if budget.whole_demo:
-        before = started - budget.started
-        over = before + train_seconds + after > budget.minutes * 60 + 1
+        over = before + train_seconds + after > budget.minutes * 60 + 1  # training kept MIN_TRAINING_SHARE
         print(
             f"{seconds_per_step:.3f} s a step here{with_threads}: {fits} in {train_seconds / 60:.1f} minutes of training "
             f"(the {budget.minutes:g}-minute demo budget, less {before / 60:.1f} minutes spent before training and about "
@@ -201,17 +202,24 @@ def plan_training(recipe, args, dataset, epochs, budget, environment):
     return plan
 
 
+@dataclass(frozen=True)
 class Budget:
     """The demo's time budget: ``minutes`` for the whole demo (``whole_demo``; it started at ``started``,
     a time.time(), and ``after_pictures`` held-out pictures are encoded after training) or for training alone."""
 
-    def __init__(self, minutes, whole_demo, started=None, after_pictures=0):
-        self.minutes, self.whole_demo, self.started, self.after_pictures = minutes, whole_demo, started, after_pictures
+    minutes: float
+    whole_demo: bool
+    started: float = None
+    after_pictures: int = 0
+
+    @property
+    def kind(self):
+        """"demo" or "training": what the minutes cover (a plan's "budget_of")."""
+        return "demo" if self.whole_demo else "training"
 
     def same_as(self, plan):
         """Whether ``plan`` (a PLAN_FILE's dict) was made for a budget like this one."""
-        return bool(plan) and plan.get("budget_minutes") == self.minutes and plan.get("budget_of", "training") == (
-            "demo" if self.whole_demo else "training")
+        return bool(plan) and plan.get("budget_minutes") == self.minutes and plan.get("budget_of", "training") == self.kind
 
 
 def _training_seconds_per_step(metrics_file):

@@ -40,8 +40,10 @@ def test_upstreams_main_stops_at_the_limit_validates_and_saves(runner, sprite_da
     assert len([r for r in records if r.get("split") == "valid"]) == 1  # validated once, at the end
 
 
-def test_without_a_limit_the_run_is_upstreams(runner, sprite_dataset, tmp_path):
+@pytest.mark.parametrize("limit", [[], ["--max-minutes", "10"]])
+def test_without_a_limit_or_before_it_the_run_is_upstreams(runner, sprite_dataset, tmp_path, limit):
+    """No limit, or one far off (minutes, not seconds): every planned step is trained."""
     logs = tmp_path / "logs"
-    result = run(train_command(runner, sprite_dataset / "lmdb" / "train", logs, "--max-steps", "3"))
-    assert "--max-minutes" not in result.stdout + result.stderr
+    result = run(train_command(runner, sprite_dataset / "lmdb" / "train", logs, "--max-steps", "3", *limit))
+    assert "--max-minutes" not in result.stdout + result.stderr  # the limit's stop message never came
     assert load_checkpoint(logs / "run" / "checkpoints" / "epoch_latest.pt")["step"] == 3
