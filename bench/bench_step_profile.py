@@ -4,6 +4,7 @@
     python bench/bench_step_profile.py --dataset pokemon-demo/datasets/pokemon --rounds 5
     python bench/bench_step_profile.py --threads 1 2 --attention default sdpa --precision fp32 bf16
     python bench/bench_step_profile.py --isa avx2   # an AVX-512 CPU running the kernels an AVX2-only CPU runs
+    python bench/bench_step_profile.py --threads 1 --attention default --precision fp32 --compile none inductor
 
 The step is the demo's (demo_recipes.TINY): upstream's CLIP built from its vision config (ViT-T-8-32) and
 RBT-Tiny-chinese as upstream's main builds it, batch 128 of its pictures (32 px), context 12, its --mask-ratio,
@@ -21,6 +22,10 @@ combination in turn (the order rotating), so load from other programs falls on a
 Printed: ms per stage, median over rounds (of each round's median step) with the spread (min-max),
 and each combination's step time against the first one (the demo's: 1 thread, default attention,
 fp32 here). The CPU model, its vector/bf16 flags and the load average are printed with the table.
+
+--compile inductor adds combinations whose image and text towers are torch.compile'd (the default
+inductor backend, which builds C++ kernels with the machine's compiler); the seconds their untimed first
+steps took (the compilation) are printed beside the table, since a run pays them once before it gains.
 """
 import argparse
 import itertools
@@ -64,8 +69,9 @@ def recipe_args(dataset, num_workers):
     return args
 
 
-def build_model(args, sdpa):
-    """Upstream's CLIP as main builds it (the merged vision and text configs), with its optimizer."""
+def build_model(args, sdpa, compiled=False):
+    """Upstream's CLIP as main builds it (the merged vision and text configs), with its optimizer;
+    ``compiled``: its two towers torch.compile'd."""
     import torch
     from cn_clip.clip.model import CLIP
 
@@ -75,6 +81,8 @@ def build_model(args, sdpa):
     info.pop("use_flash_attention", None)
     torch.manual_seed(0)
     model = CLIP(**info, use_flash_attention=sdpa).train()
+    if compiled:
+        model.visual, model.bert = torch.compile(model.visual), torch.compile(model.bert)
     from bench_training import upstream_adamw
 
     optimizer = upstream_adamw(model, args)
@@ -144,6 +152,8 @@ def main(argv=None):
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
                         help="bf16 (autocast) is measured only where the CPU has native bf16, unless --force-bf16")
     parser.add_argument("--force-bf16", action="store_true", help="measure bf16 autocast even without avx512_bf16/amx_bf16")
+    parser.add_argument("--compile", nargs="+", choices=["none", "inductor"], default=["none"],
+                        help="inductor: also measure the towers torch.compile'd (default none)")
     parser.add_argument("--num-workers", type=int, default=None, help="data workers (default: the launcher's CPU default)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per combination first (default 2)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per combination and round (default 3)")
@@ -181,7 +191,7 @@ def main(argv=None):
             print(f"building the profile dataset (sprites #1-200, 4 frames, {size} px)...", flush=True)
             dataset = build_bench_dataset(Path(scratch), numbers=range(1, 201), frames=4, image_size=size, bench="bench_step_profile")
         args = recipe_args(dataset, workers)
-        combos = list(itertools.product(options.threads, options.attention, precisions))
+        combos = list(itertools.product(options.threads, options.attention, precisions, options.compile))
         print(f"CPU: {model_name}; flags: {' '.join(flags) or 'none of ' + ' '.join(CPU_FLAGS)}; {os.cpu_count()} CPUs", flush=True)
         if skipped:
             print(f"  {', '.join(skipped)} not measured: no native bf16 on this CPU (there --precision amp trains fp32; --force-bf16 measures it anyway)")
@@ -193,11 +203,14 @@ def main(argv=None):
         )
         print(f"load average before: {load_average()}", flush=True)
         batches = Batches(args)
-        models = {combo: build_model(args, combo[1] == "sdpa") for combo in combos}
+        models = {combo: build_model(args, combo[1] == "sdpa", combo[3] == "inductor") for combo in combos}
+        first_steps = {}  # the untimed first steps' seconds: with --compile inductor, the compilation
         for combo in combos:
             torch.set_num_threads(combo[0])
-            for _ in range(options.warmup):
+            started = time.perf_counter()
+            for _ in range(max(1, options.warmup)):
                 timed_step(*models[combo], batches, args, combo[2])
+            first_steps[combo] = time.perf_counter() - started
         times = {combo: {stage: [] for stage in STAGES} for combo in combos}
         for round_number in range(options.rounds):
             shift = round_number % len(combos)
@@ -209,7 +222,7 @@ def main(argv=None):
             print(f"  round {round_number + 1}/{options.rounds} done, load average {load_average()}", flush=True)
 
     def name(combo):
-        return f"{combo[0]} thr {combo[1]} {combo[2]}"
+        return f"{combo[0]} thr {combo[1]} {combo[2]}" + (" compiled" if combo[3] == "inductor" else "")
 
     def cell(values):
         return f"{statistics.median(values) * 1000:.0f} ({min(values) * 1000:.0f}-{max(values) * 1000:.0f})"
@@ -223,10 +236,13 @@ def main(argv=None):
         ratio = base / statistics.median(times[combo]["step"])
         print(f"{name(combo):{width}s}" + "".join(f"{cell(times[combo][stage]):>19s}" for stage in STAGES) + f"{ratio:9.2f}x")
     print("(vs first: the first row's step time / this row's; above 1 is faster)")
+    print("untimed first steps (with --compile inductor: the compilation), s: "
+          + ", ".join(f"{name(c)} {first_steps[c]:.1f}" for c in combos))
     if options.json:
         options.json.write_text(json.dumps({
             "cpu": model_name, "flags": flags, "load_average_after": load_average(),
             "rows": {name(c): {s: [round(v * 1000, 1) for v in times[c][s]] for s in STAGES} for c in combos},
+            "first_steps_seconds": {name(c): round(first_steps[c], 1) for c in combos},
         }, indent=1))
     return 0
 
