@@ -26,6 +26,7 @@ ranges rather than its fixed 80% and 15 degrees), so the table it prints measure
 did not make.
 """
 import io
+import os
 
 WHITE = (255, 255, 255)
 
@@ -42,10 +43,18 @@ class RandomChange:
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{name}={getattr(self, name)!r}' for name in self.settings)})"
 
+    # numbers drawn from torch at a time: one torch.rand call per picture cost about as much as the
+    # change itself at 32 px (seven calls a picture were an eighth of the data loader's time)
+    DRAWS = 64
+
     def _uniform(self, low=0.0, high=1.0):
         import torch
 
-        return low + (high - low) * float(torch.rand((), generator=self.generator))
+        draws = self.__dict__.get("_draws")
+        # a process of its own (a DataLoader worker, forked or spawned) draws its own numbers
+        if draws is None or draws[0] != os.getpid() or not draws[1]:
+            draws = self._draws = (os.getpid(), torch.rand(self.DRAWS, generator=self.generator).tolist()[::-1])
+        return low + (high - low) * draws[1].pop()
 
     def _chance(self, probability):
         return probability > 0 and self._uniform() < probability
@@ -60,6 +69,7 @@ class RandomChange:
         import copy
 
         changed = copy.copy(self)
+        changed.__dict__.pop("_draws", None)  # its own numbers, not a share of this one's
         changed.__dict__.update(settings)
         return changed
 

@@ -88,7 +88,8 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(augmented
     train = pokemon_augmented_dataset.get_dataset(args, is_train=True, max_txt_length=12)
     valid = pokemon_augmented_dataset.get_dataset(args, is_train=False, max_txt_length=12)
     assert isinstance(train.dataset.transform.transforms[0], SpriteAugment)
-    assert not any(isinstance(t, SpriteAugment) for t in valid.dataset.transform.transforms)
+    assert not isinstance(valid.dataset.transform, type(train.dataset.transform))  # no Compose with an augmentation
+    assert not any(isinstance(t, SpriteAugment) for t in valid.dataset.transform.upstream.transforms)
     images, texts, _ = next(iter(train.dataloader))
     assert images.shape[1:] == (3, 64, 64) and images.dtype == torch.float32
     assert torch.isfinite(images).all()
