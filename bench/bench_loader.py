@@ -145,7 +145,9 @@ def main(argv=None):
         return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
     print()
-    print(f"ms of CPU per batch of {loaders[VARIANTS[0]][0].dataloader.batch_size or 'the sampler'}, median over "
+    from cn_clip_pokemon.demo_recipes import TINY, recipe_flag
+
+    print(f"ms of CPU per batch of {recipe_flag(TINY, '--batch-size')} pictures, median over "
           f"{options.rounds} rounds of {options.batches} batches (min-max); CPU {model_name}; load average after {load_average()}")
     print(f"{'':14s}" + "".join(f"{stage:>22s}" for stage in STAGES))
     for variant in VARIANTS:

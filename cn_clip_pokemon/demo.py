@@ -157,10 +157,11 @@ def _built_with(dataset, framing):
         return False
 
 
-def training_budget(args, recipe, started, held_out):
+def training_budget(args, recipe, started, held_out, process_seconds=None):
     """The demo's Budget: --train-minutes (training alone), else --minutes or the recipe's (the whole
     demo, which ``started`` at that time.time(); the test splits of the ``held_out`` datasets are
-    evaluated after training); None without one (0, or --max-epochs)."""
+    evaluated after training, in processes that start as the one that took ``process_seconds`` did);
+    None without one (0, or --max-epochs)."""
     if args.max_epochs is not None:
         return None
     if args.train_minutes is not None:
@@ -169,7 +170,7 @@ def training_budget(args, recipe, started, held_out):
     if not minutes:
         return None
     pictures = sum(load_dataset_info(folder).get("splits", {}).get(EVAL_SPLIT, {}).get("images", 0) for folder in held_out)
-    return Budget(minutes, whole_demo=True, started=started, after_pictures=pictures)
+    return Budget(minutes, whole_demo=True, started=started, after_pictures=pictures, process_seconds=process_seconds)
 
 
 def _run(args, recipe, work, ledger, started):
@@ -221,11 +222,11 @@ def _run(args, recipe, work, ledger, started):
     initial = experiments / f"{name}-initial.pt"
     if not initial.exists():
         save_initial_model(recipe, initial, args.pretrained)
-    before = ask_the_question(question, initial, "before training")
+    before, question_seconds = ask_the_question(question, initial, "before training")
 
     # 4. training
     epochs = recipe_epochs(recipe, args)
-    budget = training_budget(args, recipe, started, (views, dataset))
+    budget = training_budget(args, recipe, started, (views, dataset), question_seconds)
     # the probe: to fit a budget, and to find the faster thread count where there is a choice
     probing = args.max_epochs is None and (budget or len(thread_candidates(recipe)) > 1)
     plan_file = experiments / name / PLAN_FILE
@@ -278,7 +279,7 @@ def _run(args, recipe, work, ledger, started):
         ["classify", *unseen_view_sample(info, pictures), "--checkpoint", checkpoint, "--names-file", names_file, "--top-k", 3, "--json", "--out", predictions],
         capture_json=True,
     )
-    after = ask_the_question(question, checkpoint, "after training")
+    after, _ = ask_the_question(question, checkpoint, "after training")
     curve = work / "training_curve.png"
     metrics = experiments / name / "metrics.jsonl"
     if metrics.exists():

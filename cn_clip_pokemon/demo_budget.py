@@ -37,10 +37,12 @@ STEP_MARGIN = 0.9
 END_SECONDS = 8.0
 PLAN_FILE = "training-plan.json"
 # The stages after training (two evaluations, the grid of predictions, the question asked again) are
-# four processes that each start about as the probe's run did (Python, torch, the model, the loader) and
-# encode the held-out pictures once: a forward pass of the image tower, a fraction of a training step's
-# time per batch (README's step profile: 45-82 of 186-264 ms). Counted as five starts: with four the
-# estimate was 29-48 s against 28-40 s measured in five runs (AMD EPYC, 2 cores), 9 s short in one of them.
+# four processes that each start about as the question's `classify` before training did (Python, torch,
+# the model, one picture; the probe's start-up, which also builds the training loader, where there was no
+# question, or when it was shorter) and encode the held-out pictures once: a forward pass of the image
+# tower, a fraction of a training step's time per batch (README's step profile: 45-82 of 186-264 ms).
+# Counted as five starts: with four probe start-ups the estimate was 29-48 s against 28-40 s measured in
+# five runs (AMD EPYC, 2 cores), 9 s short in one of them; with five on one core 61 s against 34 s.
 AFTER_STAGES = 5
 FORWARD_SHARE = 0.3
 # When fetching and building took most of a --minutes budget (a slow network, a busy machine), training
@@ -158,7 +160,8 @@ def plan_training(recipe, args, dataset, epochs, budget, environment):
         train_seconds = budget.minutes * 60
         if budget.whole_demo:
             before = started - budget.started  # fetching, building, the question before training
-            after = after_training_seconds(budget.after_pictures, batch_size, seconds_per_step, startup)
+            process = min(startup, budget.process_seconds) if budget.process_seconds else startup
+            after = after_training_seconds(budget.after_pictures, batch_size, seconds_per_step, process)
             train_seconds = training_seconds(budget.minutes * 60, before, after)
         steps = fit_steps(train_seconds, spent, seconds_per_step * STEP_MARGIN, startup, planned, steps_per_epoch, valid_batches)
         # the hard edge: what is left once the final validation and the process's end are kept
@@ -181,7 +184,8 @@ def plan_training(recipe, args, dataset, epochs, budget, environment):
                if len(candidates) > 1 else {}),
         },
         **({"before_training_seconds": round(before, 1), "training_budget_seconds": round(train_seconds, 1),
-            "after_training_estimate_seconds": round(after, 1)} if budget and budget.whole_demo else {}),
+            "after_training_estimate_seconds": round(after, 1), "process_seconds": round(process, 1)}
+           if budget and budget.whole_demo else {}),
     }
     with_threads = f" with {threads} thread{'s' if threads != 1 else ''}" if len(candidates) > 1 else ""
     if not budget:
@@ -206,12 +210,14 @@ def plan_training(recipe, args, dataset, epochs, budget, environment):
 @dataclass(frozen=True)
 class Budget:
     """The demo's time budget: ``minutes`` for the whole demo (``whole_demo``; it started at ``started``,
-    a time.time(), and ``after_pictures`` held-out pictures are encoded after training) or for training alone."""
+    a time.time(), and ``after_pictures`` held-out pictures are encoded after training by processes that
+    start as one that took ``process_seconds`` did) or for training alone."""
 
     minutes: float
     whole_demo: bool
     started: float = None
     after_pictures: int = 0
+    process_seconds: float = None
 
     @property
     def kind(self):
@@ -258,7 +264,8 @@ def training_summary(plan, checkpoint, metrics_file, train_seconds):
     return {
         "budget_minutes": plan.get("budget_minutes") if plan else None,
         "budget_of": plan.get("budget_of") if plan else None,
-        **{key: plan[key] for key in ("training_budget_seconds", "after_training_estimate_seconds", "time_limit_minutes") if plan and key in plan},
+        **{key: plan[key] for key in ("training_budget_seconds", "after_training_estimate_seconds", "process_seconds", "time_limit_minutes")
+           if plan and key in plan},
         "budget_steps": plan.get("steps") if plan else None,  # what the plan fitted; fewer done: the time limit stopped the run
         "planned_steps": plan.get("planned_steps") if plan else None,
         "steps": done,

@@ -153,14 +153,16 @@ def link_seen_views(info, pictures, seen, ledger):
 
 
 def ask_the_question(question, checkpoint, when):
-    """`classify` the question's picture among its candidate names -> {name: probability}."""
+    """`classify` the question's picture among its candidate names -> ({name: probability}, the stage's
+    seconds: a process start, the model loaded, one picture; the demo's budget counts the stages after
+    training in these); (None, None) without a question."""
     if question is None:
-        return None
+        return None, None
     candidates = question["candidates"]
-    result, _ = run_stage(
+    result, seconds = run_stage(
         f"{when}: {question['name']} among {len(candidates)} names",
         ["classify", question["picture"], "--checkpoint", checkpoint, "--names", *candidates, "--top-k", len(candidates), "--json"],
         capture_json=True,
     )
     (item,) = result["results"]
-    return {entry["name"]: round(float(entry["probability"]), 4) for entry in item["predictions"]}
+    return {entry["name"]: round(float(entry["probability"]), 4) for entry in item["predictions"]}, seconds

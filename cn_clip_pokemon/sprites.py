@@ -196,6 +196,8 @@ def extract_animation(task):
     """Worker: decode one GIF, keep its distinct frames, write the picked ones as RGBA PNGs."""
     from PIL import Image
 
+    from cn_clip_pokemon.images import PNG_COMPRESS_LEVEL
+
     folder, view, data, wanted = task
     distinct = []
     seen = set()
@@ -212,16 +214,17 @@ def extract_animation(task):
                 distinct.append(frame)
     picked = pick_frames(len(distinct), wanted)
     for position, index in enumerate(picked):
-        distinct[index].save(Path(folder) / f"{view}_{position:02d}.png", format="PNG")
+        # zlib level 1, as the builder stores pictures: half the encoding time of the default, 13% larger files
+        distinct[index].save(Path(folder) / f"{view}_{position:02d}.png", format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return view, total, len(distinct), len(picked)
 
 
 def render_dream_world(task):
     """Worker: render one dream-world SVG to a PNG (the optional SVG renderer is required)."""
-    from cn_clip_pokemon.images import render_svg
+    from cn_clip_pokemon.images import PNG_COMPRESS_LEVEL, render_svg
 
     folder, view, data, size = task
-    render_svg(io.BytesIO(data), size).save(Path(folder) / f"{view}.png", format="PNG")
+    render_svg(io.BytesIO(data), size).save(Path(folder) / f"{view}.png", format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return view, 1, 1, 1
 
 

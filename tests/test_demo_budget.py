@@ -96,6 +96,9 @@ def test_a_tiny_budget_trains_fewer_steps_and_the_report_says_so(shared_datasets
     assert training["budget_minutes"] == 0.05 and training["budget_of"] == "demo"
     assert training["training_budget_seconds"] == demo_budget.MIN_TRAINING_SHARE * 3
     assert training["after_training_estimate_seconds"] > 0 and report["seconds"]["after training"] > 0
+    # the stages after training counted in process starts like the question's before training (a
+    # classify), or the probe's start-up where that was shorter
+    assert 0 < training["process_seconds"] <= training["probe"]["startup_seconds"] + 0.1
     assert training["steps"] < training["planned_steps"], training
     assert training["steps"] == demo_budget.MIN_STEPS  # the budget was spent before training
     assert training["seconds_per_step"] > 0 and training["probe"]["seconds_per_step"] > 0
