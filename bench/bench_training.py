@@ -46,9 +46,9 @@ def shared_datasets_dir():
     return Path(override) if override else REPO.parent / "shared" / "datasets"
 
 
-def build_bench_dataset(folder, numbers=range(1, 401), frames=2, image_size=96, bench="bench_training"):
+def build_bench_dataset(folder, numbers=range(1, 401), frames=2, image_size=96, bench="bench_training", framing="as-is"):
     """A sprite dataset in ``folder``/pokemon built from the pinned tarballs: Pokemon ``numbers``,
-    ``frames`` per animation, stored at ``image_size`` px (split by view, seed 0)."""
+    ``frames`` per animation, stored at ``image_size`` px, framed ``framing`` (split by view, seed 0)."""
     from cn_clip_pokemon.builder.build import build_dataset
     from cn_clip_pokemon.sprites import fetch_sprites
 
@@ -60,7 +60,7 @@ def build_bench_dataset(folder, numbers=range(1, 401), frames=2, image_size=96, 
     pictures = folder / "pictures"
     fetch_sprites(pictures, from_files=tarballs, cache=folder / "npm-cache", numbers=numbers, frames=frames, progress=False)
     dataset = folder / "pokemon"
-    build_dataset(pictures, dataset, image_size=image_size, split_by="view", seed=0, progress=False)
+    build_dataset(pictures, dataset, image_size=image_size, framing=framing, split_by="view", seed=0, progress=False)
     return dataset
 
 

@@ -27,7 +27,7 @@ VALID_STEP_SHARE = 0.5
 # The probe runs in the first steps; the whole run's steps took from 8% less to 24% longer than its probe
 # on the same machine (0.229 -> 0.210 s; 0.2085 -> 0.2363 s with framing's move and scale on 2 threads;
 # 0.217 -> 0.256 s in a 9-minute demo). The run's --max-minutes (patches/0032) is the hard edge and its
-# learning-rate schedule follows the clock when the clock is further along (patches/0032), so the steps
+# learning-rate schedule follows the clock when the clock is further along, so the steps
 # are planned for a speed 10% faster than the probe's: a run as fast as its probe or slower is ended by the
 # limit with its schedule done, one up to 10% faster uses its time too; only a faster one ends early.
 STEP_MARGIN = 0.9
