@@ -38,6 +38,7 @@ setup(
         "unidiff>=0.7",  # parses patches/ for the in-memory patch hook
         "tqdm",
         "matplotlib",  # the demo's training curve
+        "opencv-python-headless",  # GrabCut: a busy background cut away for --framing subject (images.cut_out_subject)
     ],
     extras_require={
         # dream-world SVG art (fetch-sprites --dream-world); needs the system's libcairo2

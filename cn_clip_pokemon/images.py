@@ -331,7 +331,14 @@ def frame_subject(picture):
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     colour = np.round(np.median(border, axis=0)).astype(np.int16)  # int16 arithmetic, not float64's
     if np.mean(np.abs(border - colour).max(axis=1) <= BACKGROUND_TOLERANCE) < UNIFORM_BORDER:
-        return rgb
+        subject = cut_out_subject(rgb)  # a busy background: cut out, or None (the frame kept)
+        if subject is None:
+            return rgb
+        framed = pixels.astype(np.uint8).copy()
+        framed[~subject] = 255
+        rows, columns = np.nonzero(subject)
+        box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1)
+        return Image.fromarray(framed, "RGB").crop(box)
     distance = np.abs(pixels - colour).max(axis=2)  # from the border's colour, per pixel
     background = connected_to_border(distance <= BACKGROUND_TOLERANCE)
     if background.all():
@@ -344,6 +351,55 @@ def frame_subject(picture):
     rows, columns = np.nonzero(subject)
     box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1)
     return Image.fromarray(framed, "RGB").crop(box)
+
+
+# A busy background (a photo: a toy on a desk, a sprite on a patterned field) is cut away with OpenCV's
+# GrabCut (colour models of the subject and of the background, a graph cut between them), seeded with
+# the picture less a thin frame as "maybe subject" and the frame as background. It runs on a copy
+# CUTOUT_SIDE long (a 96 px sprite is cut at twice its size: at its own size the cut's smoothing took
+# whole sprites for background; bigger photos are cut on a shrunk copy, so the cost stays ~0.1 s), for
+# CUTOUT_ROUNDS rounds, and is kept only when it looks like one subject: its largest piece holds
+# CUTOUT_WHOLE of what was cut out, which covers CUTOUT_SHARE of the picture. Otherwise (noise, a
+# texture, a scene with no one subject) the picture keeps its frame, as before.
+CUTOUT_SIDE = 192
+CUTOUT_INSET = 0.02
+CUTOUT_ROUNDS = 3
+CUTOUT_SHARE = (0.02, 0.85)
+CUTOUT_WHOLE = 0.9
+
+
+def cut_out_subject(rgb):
+    """The subject of ``rgb`` (a PIL RGB picture on a busy background) as a boolean array of its
+    pixels, or None when no single subject stands out (see CUTOUT_SIDE). The same picture always gives
+    the same cut (OpenCV's random numbers are seeded before each cut)."""
+    import numpy as np
+
+    try:
+        import cv2
+    except ImportError:  # a broken install: the frame is kept, as before cutting out existed
+        return None
+    width, height = rgb.size
+    if min(width, height) < 8:
+        return None
+    scale = CUTOUT_SIDE / max(width, height)
+    size = (max(8, round(width * scale)), max(8, round(height * scale)))
+    work = np.ascontiguousarray(np.asarray(rgb.resize(size, Image.Resampling.BICUBIC))[..., ::-1])  # BGR
+    inset = max(1, round(min(size) * CUTOUT_INSET))
+    mask = np.zeros(work.shape[:2], np.uint8)
+    cv2.setRNGSeed(0)
+    cv2.grabCut(work, mask, (inset, inset, size[0] - 2 * inset, size[1] - 2 * inset), np.zeros((1, 65)),
+                np.zeros((1, 65)), CUTOUT_ROUNDS, cv2.GC_INIT_WITH_RECT)
+    cut = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+    total = int(cut.sum())
+    if not CUTOUT_SHARE[0] <= total / cut.size <= CUTOUT_SHARE[1]:
+        return None
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=8)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[largest, cv2.CC_STAT_AREA] < CUTOUT_WHOLE * total:
+        return None
+    piece = Image.fromarray(((labels == largest) * 255).astype(np.uint8), "L")
+    subject = np.asarray(piece.resize((width, height), Image.Resampling.BILINEAR)) >= 128
+    return subject if subject.any() else None
 
 
 def connected_to_border(close):

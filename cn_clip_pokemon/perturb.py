@@ -146,12 +146,22 @@ def _changed(original, name, index):
     return PERTURBATIONS[name](original, index) if name != "clean" else original
 
 
+def sampled_positions(count, sample=None):
+    """Positions of ``sample`` pictures out of ``count``, evenly spaced (the first included), the same
+    every run; all of them when ``sample`` is None or not smaller than ``count``."""
+    if sample is None or sample >= count:
+        return list(range(count))
+    return [position * count // sample for position in range(sample)]
+
+
 def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split=EVAL_SPLIT, device=None, batch_size=32,
-                       progress=True, loaded=None, cache=True, **load_options):
+                       progress=True, loaded=None, cache=True, sample=None, **load_options):
     """Zero-shot top-1/top-5 of ``split`` (the names and hits of ``evaluate``), clean and under each
     change of ``names``, the changes applied to the original pictures in ``images_dir`` (the folder
     the dataset was built from). Returns ``{"pictures", "names", "rows": {"clean": {"top1", "top5"},
-    name: {"top1", "top5", "top1_drop", "top5_drop"}}}`` (drops in points against clean)."""
+    name: {"top1", "top5", "top1_drop", "top5_drop"}}}`` (drops in points against clean). ``sample``: only
+    that many pictures of the split, evenly spaced (:func:`sampled_positions`); each keeps the change it
+    gets in a run over the whole split (a change's side and background follow the picture's position)."""
     from pathlib import Path
 
     from cn_clip_pokemon.checkpoint import load_checkpoint
@@ -179,6 +189,9 @@ def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split=EVAL_SP
         texts = name_embeddings(loaded, names_list, templates, cache=cache, progress=progress)
     finally:
         pictures.close()
+    in_split = len(files)
+    positions = sampled_positions(in_split, sample)
+    files, labels = [files[p] for p in positions], [labels[p] for p in positions]
     changes = ["clean", *names]
     embedded = {name: [] for name in changes}
     bar = progress_bar(total=len(files), description=f"encoding {split} pictures: {', '.join(changes)}",
@@ -187,7 +200,7 @@ def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split=EVAL_SP
         # each original decoded once, every change built from it; one batch per change, as before
         originals = [_rgba(f) for f in files[start:start + batch_size]]
         for name in changes:
-            changed = [_changed(original, name, start + i) for i, original in enumerate(originals)]
+            changed = [_changed(original, name, positions[start + i]) for i, original in enumerate(originals)]
             embedded[name].append(encode_pictures(loaded, changed, batch_size=batch_size, progress=False))
         bar.update(len(originals))
     bar.close()
@@ -197,13 +210,15 @@ def evaluate_perturbed(checkpoint, dataset_dir, images_dir, names, split=EVAL_SP
         if name != "clean":
             for key in ("top1", "top5"):
                 rows[name][f"{key}_drop"] = round(rows["clean"][key] - rows[name][key], 2)
-    return {"checkpoint": str(loaded.path), "dataset": str(dataset_dir), "split": split, "pictures": len(files),
+    return {"checkpoint": str(loaded.path), "dataset": str(dataset_dir), "split": split, "pictures": len(files), "pictures_in_split": in_split,
             "names": len(names_list), "rows": rows}
 
 
 def print_table(result):
-    print(f"{result['checkpoint']} on {result['dataset']} ({result['split']}: {result['pictures']} pictures, {result['names']} names)")
+    sampled = result.get("pictures_in_split", result["pictures"])
+    pictures = f"{result['pictures']} of {sampled} pictures" if sampled != result["pictures"] else f"{result['pictures']} pictures"
+    print(f"{result['checkpoint']} on {result['dataset']} ({result['split']}: {pictures}, {result['names']} names)")
     print(f"  {'change':10s} {'top-1':>7s} {'top-5':>7s} {'top-1 vs clean':>15s} {'top-5 vs clean':>15s}")
     for name, row in result["rows"].items():
-        drops = ("", "") if name == "clean" else (f"{-row['top1_drop']:+.2f}", f"{-row['top5_drop']:+.2f}")
+        drops = ("", "") if name == "clean" else (f"{0.0 - row['top1_drop']:+.2f}", f"{0.0 - row['top5_drop']:+.2f}")
         print(f"  {name:10s} {row['top1']:7.2f} {row['top5']:7.2f} {drops[0]:>15s} {drops[1]:>15s}")

@@ -16,8 +16,10 @@ gives a share of the training pictures such changes, each with its own probabili
 
 On a dataset built with ``--framing subject`` (``framed``; the dataset plugin sets it from the
 dataset's framing with :func:`for_framing`), a picture is framed again after a crop or a turn and on
-one colour, as every door frames a user's picture; only a busy background keeps its frame (the
-subject made smaller on it with ``canvas``), since no door can frame that.
+one colour, as every door frames a user's picture. On a busy background every door cuts the subject
+out (images.cut_out_subject, GrabCut, about 0.1 s a picture: too slow for the training loader), so
+there training keeps the frame (the subject made smaller on it with ``canvas``): what a door shows the
+model when no single subject stands out and the cut is not taken.
 
 Random numbers come from ``torch`` (seeded per DataLoader worker by upstream's training) or from
 ``generator`` (a ``torch.Generator``), so a seed gives the same pictures. The generators of these
@@ -124,7 +126,8 @@ class PhotoAugment(RandomChange):
         if self.framed:
             # every door frames a picture on one colour back to its subject (what the colour hides of
             # it, such as a black outline on black, is lost), so that is what training sees; on a busy
-            # background a picture keeps its frame, the subject at any size and place on it
+            # background a picture keeps its frame, the subject at any size and place on it (a door cuts
+            # a busy background away; what it shows when the cut is not taken)
             if self._chance(self.background):
                 if self._uniform() < 0.5:
                     image = _framed_again(self._on_background(image, fields=False))

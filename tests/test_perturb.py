@@ -144,3 +144,32 @@ def test_images_without_perturb_is_a_usage_error(tiny_checkpoint, sprite_dataset
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--images goes with --perturb" in err[0]
+
+
+def test_sample_measures_evenly_spaced_pictures_each_with_its_own_change(tiny_checkpoint, sprite_dataset, sprite_pictures,
+                                                                         capsys, monkeypatch):
+    from cn_clip_pokemon import perturb
+
+    assert perturb.sampled_positions(10, 4) == [0, 2, 5, 7]
+    assert perturb.sampled_positions(3, 5) == perturb.sampled_positions(3) == [0, 1, 2]
+    seen = []
+    change = perturb.PERTURBATIONS["rotate15"]
+    monkeypatch.setitem(perturb.PERTURBATIONS, "rotate15", lambda image, index: seen.append(index) or change(image, index))
+    base = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--images", str(sprite_pictures),
+            "--device", "cpu", "--perturb", "rotate15", "--sample", "2"]
+    assert main(base + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    total = result["pictures_in_split"]
+    assert total > 2 and result["pictures"] == 2
+    # a sampled picture is turned the way it is in a run over the whole split: by its position there
+    assert seen == perturb.sampled_positions(total, 2)
+    assert main(base) == 0
+    assert f"2 of {total} pictures" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_sample_without_perturb_is_a_usage_error(tiny_checkpoint, sprite_dataset, capsys):
+    code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", str(sprite_dataset), "--device", "cpu",
+                 "--sample", "5"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sample goes with --perturb" in err[0]

@@ -58,9 +58,10 @@ def build_dataset_arguments(parser):
     parser.add_argument(
         "--framing", choices=FRAMINGS, default="as-is",
         help="as-is (default): each picture keeps its own frame, put on white; subject: each is cropped to its "
-        "subject, its background made white (transparent pixels, or the one colour around it), so a model "
-        "trained on it sees a user's picture framed the same way by classify, search, evaluate and the page "
-        "(for sprites and product shots; a photo with a busy background keeps its frame)",
+        "subject, its background made white (transparent pixels, the one colour around it, or a busy background "
+        "cut away with GrabCut, about 0.1 s a picture), so a model trained on it sees a user's picture framed the "
+        "same way by classify, search, evaluate and the page (for sprites, product shots and photos of one thing; "
+        "a photo with no one subject keeps its frame)",
     )
     parser.add_argument("--valid-fraction", type=fraction, default=0.1, help="share of pictures (or Pokemon) for valid (default 0.1)")
     parser.add_argument("--test-fraction", type=fraction, default=0.1, help="share of pictures (or Pokemon) for test (default 0.1)")
