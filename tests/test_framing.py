@@ -105,6 +105,8 @@ def test_a_busy_background_is_cut_away(seed):
     assert np.abs(clean - cut).mean() < 12, np.abs(clean - cut).mean()
     # the same picture gives the same cut (OpenCV's random numbers are seeded each time)
     assert (pixels(frame_subject(busy)) == pixels(framed)).all()
+    # cut_out=False (the training loader's crops): the frame is kept, as it was before cutting out existed
+    assert (pixels(frame_subject(busy, cut_out=False)) == pixels(busy)).all()
 
 
 def test_white_inside_the_subject_stays():

@@ -76,6 +76,21 @@ def test_framed_pictures_are_framed_again_as_every_door_would():
     assert coloured and busy
 
 
+def test_a_crop_into_the_subject_keeps_its_frame_in_training(monkeypatch):
+    """A door cuts a picture with no one-colour border out with GrabCut (0.1 s); training's crops leave such
+    borders, and there the frame is kept instead (0.4 ms), so the loader never runs GrabCut."""
+    import cn_clip_pokemon.images as images
+
+    def no_grabcut(rgb):
+        raise AssertionError("the training loader ran GrabCut")
+
+    monkeypatch.setattr(images, "cut_out_subject", no_grabcut)
+    stored = images.fit_square(images.frame_subject(ring_sprite()), 64)
+    for seed in range(8):
+        changed = PhotoAugment(crop=1.0, framed=True, generator=torch.Generator().manual_seed(seed))(stored)
+        assert changed.size == (64, 64)
+
+
 def test_the_dataset_plugin_frames_again_where_its_dataset_is_framed():
     from cn_clip_pokemon.default_plugins.pokemon_dataset import SpriteAugment
     from cn_clip_pokemon.photo_augment import for_framing
