@@ -266,7 +266,7 @@ def evaluate_arguments(parser):
         type=positive_int,
         metavar="N",
         help="with --perturb: only N pictures of the split, evenly spaced, the same every run (default: all; a busy "
-        "background is cut away at about 0.1 s a picture, so photo-bg on 13,000 pictures takes half an hour)",
+        "background is cut away at about 0.1 s a picture, so photo-bg on 13,000 pictures takes about 25 minutes)",
     )
 
 

@@ -313,14 +313,12 @@ def frame_subject(picture, cut_out=True):
     The background is the transparent pixels when the picture has any (a sprite); else, when at
     least UNIFORM_BORDER of the picture's outer pixels share one colour (a screenshot, a product
     shot, a sprite pasted on grey or black, a picture inside a larger white canvas), the pixels of
-    that colour connected to the border. A picture with neither (a photo) keeps its frame and its
-    background: it is only put on white where it is transparent, as :func:`open_picture` does.
+    that colour connected to the border; with neither (a photo), what :func:`cut_out_subject` cuts
+    out (GrabCut, about 0.1 s) when one subject stands out. Otherwise the picture keeps its frame and
+    its background: it is only put on white where it is transparent, as :func:`open_picture` does.
+    ``cut_out=False`` keeps a photo's frame without trying (the training loader's PhotoAugment: a crop
+    cutting into the subject leaves such a border, and 0.1 s a picture would stall training).
     A picture longer than FRAMING_LIMIT is shrunk to it first.
-
-    A picture whose border is neither transparent nor one colour has its subject cut out
-    (:func:`cut_out_subject`, GrabCut, about 0.1 s) when one subject stands out, else it keeps its
-    frame; ``cut_out=False`` keeps the frame without trying (the training loader's PhotoAugment: a
-    crop cutting into the subject leaves such a border, and 0.1 s a picture would stall training).
     """
     import numpy as np
 
@@ -337,22 +335,22 @@ def frame_subject(picture, cut_out=True):
     colour = np.round(np.median(border, axis=0)).astype(np.int16)  # int16 arithmetic, not float64's
     if np.mean(np.abs(border - colour).max(axis=1) <= BACKGROUND_TOLERANCE) < UNIFORM_BORDER:
         subject = cut_out_subject(rgb) if cut_out else None  # a busy background: cut out, or the frame kept
-        if subject is None:
-            return rgb
-        framed = pixels.astype(np.uint8).copy()
-        framed[~subject] = 255
-        rows, columns = np.nonzero(subject)
-        box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1)
-        return Image.fromarray(framed, "RGB").crop(box)
+        return rgb if subject is None else _subject_on_white(pixels, ~subject, subject)
     distance = np.abs(pixels - colour).max(axis=2)  # from the border's colour, per pixel
     background = connected_to_border(distance <= BACKGROUND_TOLERANCE)
     if background.all():
         return rgb  # one flat colour: no subject to crop to
+    subject = ~background & (distance > SUBJECT_CONTRAST)
+    return _subject_on_white(pixels, background, subject if subject.any() else ~background)
+
+
+def _subject_on_white(pixels, background, subject):
+    """The RGB array ``pixels`` with its ``background`` made white, cropped to the box of ``subject``
+    (boolean arrays of its shape; ``subject`` has a pixel)."""
+    import numpy as np
+
     framed = pixels.astype(np.uint8).copy()
     framed[background] = 255
-    subject = ~background & (distance > SUBJECT_CONTRAST)
-    if not subject.any():
-        subject = ~background
     rows, columns = np.nonzero(subject)
     box = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1)
     return Image.fromarray(framed, "RGB").crop(box)
@@ -398,7 +396,7 @@ def cut_out_subject(rgb):
     total = int(cut.sum())
     if not CUTOUT_SHARE[0] <= total / cut.size <= CUTOUT_SHARE[1]:
         return None
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(cut, connectivity=8)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     if stats[largest, cv2.CC_STAT_AREA] < CUTOUT_WHOLE * total:
         return None

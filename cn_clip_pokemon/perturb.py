@@ -220,5 +220,6 @@ def print_table(result):
     print(f"{result['checkpoint']} on {result['dataset']} ({result['split']}: {pictures}, {result['names']} names)")
     print(f"  {'change':10s} {'top-1':>7s} {'top-5':>7s} {'top-1 vs clean':>15s} {'top-5 vs clean':>15s}")
     for name, row in result["rows"].items():
+        # 0.0 - drop, not -drop: no drop prints +0.00, not -0.00
         drops = ("", "") if name == "clean" else (f"{0.0 - row['top1_drop']:+.2f}", f"{0.0 - row['top5_drop']:+.2f}")
         print(f"  {name:10s} {row['top1']:7.2f} {row['top5']:7.2f} {drops[0]:>15s} {drops[1]:>15s}")
