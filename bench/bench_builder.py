@@ -13,16 +13,20 @@ Measured side by side in one run, on the same pictures:
   vCPUs that are hyperthreads of one core, or a busy neighbour, make each picture cost more CPU
   when both run, and no builder can beat that;
 - builder: build_dataset(profile=True) with every core, in a child process whose whole process tree
-  is sampled for memory (PSS, Linux /proc) and CPU: the per-stage breakdown (worker open/composite/
+  is sampled for CPU (Linux /proc/PID/stat): the per-stage breakdown (worker open/composite/
   resize/encode/hash, transfer to the parent on both sides, spool, TSV write, LMDB write, info,
-  texts and pairs, start-up) comes from the builder's own clocks;
-- the builder again on half the Pokemon: peak memory at N and 2N pictures.
+  texts and pairs, start-up) comes from the builder's own clocks. Its memory is not sampled in this
+  run: reading a process's PSS (smaps_rollup) every 50 ms took ~1 s of CPU in a 12 s build and made
+  the build about a tenth slower (12.0-12.2 s against 10.8-11.0 s, AMD EPYC avx512f, 2 cores);
+- the builder again, unprofiled, on all and on half the Pokemon, its tree's PSS sampled: peak
+  memory at N and 2N pictures.
 Target: builder >= 1.4x the floor on 2 cores; peak memory about the same at N and 2N. On a shared
 machine the wall-clock ratio moves with what else runs; the CPU per picture says where the time went.
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,8 +97,10 @@ def floor_in_processes(paths, image_size, processes):
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def tree_pss_kib(pid, cpu_seconds):
-    """PSS of a process and all its descendants, in KiB (shared pages counted once overall).
+def tree_pss_kib(pid, cpu_seconds, memory=True):
+    """PSS of a process and all its descendants, in KiB (shared pages counted once overall); 0 without
+    ``memory`` (then only the CPU is read: /proc/PID/stat costs ~0.02 ms, smaps_rollup ~10 ms of CPU for a
+    large process, and sampling every 50 ms slowed the builder it measured by about a tenth).
 
     Also records each process's CPU seconds so far into ``cpu_seconds`` (pid -> seconds).
     """
@@ -102,11 +108,12 @@ def tree_pss_kib(pid, cpu_seconds):
     while stack:
         current = stack.pop()
         try:
-            with open(f"/proc/{current}/smaps_rollup") as file:
-                for line in file:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
+            if memory:
+                with open(f"/proc/{current}/smaps_rollup") as file:
+                    for line in file:
+                        if line.startswith("Pss:"):
+                            total += int(line.split()[1])
+                            break
             with open(f"/proc/{current}/stat") as file:
                 fields = file.read().rsplit(")", 1)[1].split()
             cpu_seconds[current] = (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
@@ -127,12 +134,13 @@ print(json.dumps({key: summary.get(key) for key in ("pictures", "seconds", "work
 """
 
 
-def run_sampled(command):
-    """Run ``command`` to its end while sampling its process tree every 50 ms from /proc.
-    Returns (completed process with text stdout/stderr, peak tree PSS in KiB, CPU seconds of the
-    tree: the larger of the sampled tree, which sees forkserver workers that are not waited-for
-    children, and the waited-for children's rusage, exact for one process whose last 50 ms the
-    sampling misses), and the wall-clock seconds."""
+def run_sampled(command, memory=True):
+    """Run ``command`` to its end while sampling its process tree every 50 ms from /proc (its memory
+    too unless ``memory`` is False: see tree_pss_kib for what that costs the measured run).
+    Returns (completed process with text stdout/stderr, peak tree PSS in KiB (0 without ``memory``), CPU
+    seconds of the tree: the larger of the sampled tree, which sees forkserver workers that are not
+    waited-for children, and the waited-for children's rusage, exact for one process whose last 50 ms
+    the sampling misses), and the wall-clock seconds."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -143,7 +151,7 @@ def run_sampled(command):
     def sample():
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_pss_kib(child.pid, cpu_seconds))
+            peak = max(peak, tree_pss_kib(child.pid, cpu_seconds, memory))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -159,10 +167,11 @@ def run_sampled(command):
 
 
 def run_builder(pictures_dir, out_dir, image_size, workers, profile=True):
-    """Build in a child process; returns (summary, peak tree PSS in MiB, CPU seconds of the tree)."""
+    """Build in a child process; returns (summary, peak tree PSS in MiB, CPU seconds of the tree). A
+    profiled build is timed, so its memory is not sampled (peak 0); an unprofiled one's is."""
     finished, peak, cpu, _ = run_sampled(
         [sys.executable, "-c", BUILD, str(pictures_dir), str(out_dir), str(image_size), str(workers or 0),
-         "1" if profile else "0"])
+         "1" if profile else "0"], memory=not profile)
     if finished.returncode != 0:
         raise SystemExit(f"builder failed with exit code {finished.returncode}: {finished.stderr.strip()[-500:]}")
     return json.loads(finished.stdout.strip().splitlines()[-1]), peak / 1024, cpu
@@ -253,6 +262,9 @@ def main(argv=None):
             single = floor(paths, args.image_size)
             floor_rate = len(paths) / single["seconds"]
             parallel_rate, parallel = floor_in_processes(paths, args.image_size, processes)
+            # a new folder each run, the last one removed first: replacing a dataset deletes the old one
+            # (0.2 s for these 10,384 pictures), which the floor does not do either
+            shutil.rmtree(scratch / "out-full", ignore_errors=True)
             full, _, tree_cpu = run_builder(pictures_dir, scratch / "out-full", args.image_size, args.workers)
             rate = full["pictures"] / full["seconds"]
             with open("/proc/loadavg") as file:
@@ -298,6 +310,7 @@ def main(argv=None):
 
         if not args.no_memory:
             half, half_peak, _ = run_builder(half_dir, scratch / "out-half", args.image_size, args.workers, profile=False)
+            shutil.rmtree(scratch / "out-full", ignore_errors=True)
             full, full_peak, _ = run_builder(pictures_dir, scratch / "out-full", args.image_size, args.workers, profile=False)
             print(f"\npeak memory (PSS of the builder's process tree): {half['pictures']} pictures {half_peak:.0f} MiB, "
                   f"{full['pictures']} pictures {full_peak:.0f} MiB")

@@ -508,9 +508,15 @@ class PicturePreprocess:
 
 def encode_picture(image):
     """urlsafe base64 of a PNG of ``image``: the string upstream's LMDBDataset decodes."""
+    return base64.urlsafe_b64encode(png_bytes(image)).decode("ascii")
+
+
+def png_bytes(image):
+    """The PNG of ``image`` that :func:`encode_picture` encodes (the builder's workers take its base64 as
+    bytes, which the files and LMDB take as they are, with no text made in between)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return base64.urlsafe_b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
 
 
 def decode_picture(text):

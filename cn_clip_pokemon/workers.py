@@ -8,10 +8,28 @@ def _pool_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
 
 
+def start_workers_early(modules=()):
+    """Start the process the workers are forked from now, with ``modules`` imported in it once: it boots
+    while this process does other work (build-dataset scans the folder meanwhile), and each worker
+    starts with them loaded instead of importing them itself. Nothing to do where workers are not
+    forked from a server (no forkserver on this system) or the server already runs (the preload
+    then does not change)."""
+    context = _pool_context()
+    if context.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    context.set_forkserver_preload(["__main__", *modules])  # "__main__": what the server loads by default
+    forkserver.ensure_running()
+
+
+QUEUED = 4  # chunks a worker may hold at once: it never waits for its next one
+
+
 def run_in_pool(function, tasks, workers, window=None, chunksize=8):
     """Yield ``function(task)`` for each task, in order, from ``workers`` processes.
 
-    At most ``window`` tasks are in flight, which keeps memory flat however many there are:
+    At most ``window`` tasks are in flight or waiting to be yielded in order, which keeps memory flat however many there are:
     the task reader cannot run ahead of the workers, nor the workers ahead of the consumer.
 
     Each worker has its own pipe; this thread sends it chunks of tasks, receives each chunk's results
@@ -28,7 +46,13 @@ def run_in_pool(function, tasks, workers, window=None, chunksize=8):
         return
     from multiprocessing.connection import wait
 
-    window = max(window or workers * chunksize * 4, workers * chunksize)
+    # Each worker has up to QUEUED chunks in flight; the window (tasks sent and not yet yielded) is twice
+    # what they hold together, so the results one worker finishes ahead of a slower one's can wait in
+    # order without that worker running dry: with the window equal to what the workers hold, the worker
+    # holding the oldest tasks was refilled first every time and the other one stood idle a chunk's
+    # time now and then (a twentieth of a 2-process build).
+    window = max(window or 2 * workers * chunksize * QUEUED, workers * chunksize)
+    per_worker = max(chunksize, min(chunksize * QUEUED, window // workers))
     context = _pool_context()
     connections, processes = [], []
     try:
@@ -47,7 +71,7 @@ def run_in_pool(function, tasks, workers, window=None, chunksize=8):
 
         def feed(connection):
             nonlocal sent, exhausted
-            while not exhausted and in_flight[connection] < window // workers and sent - received < window:
+            while not exhausted and in_flight[connection] < per_worker and sent - received < window:
                 chunk = []
                 for position, task in tasks:
                     chunk.append((position, task))

@@ -38,7 +38,7 @@ from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.files import available_cores, staged_folder, write_failure
 from cn_clip_pokemon.owned_files import keep_additions
 from cn_clip_pokemon.safe_reading import is_utf8, printable
-from cn_clip_pokemon.workers import run_in_pool
+from cn_clip_pokemon.workers import run_in_pool, start_workers_early
 
 DEFAULT_IMAGE_SIZE = 224
 IMAGE_SIZES = (8, 4096)  # stored picture sizes the builder takes, in pixels
@@ -88,6 +88,8 @@ def build_dataset(
     check_framing(framing)
     pokedex = pokedex or Pokedex.load()
     workers = max(1, int(workers)) if workers else available_cores()
+    if workers > 1:
+        start_workers_early(("cn_clip_pokemon.builder.process", "cn_clip_pokemon.images"))
 
     if not is_utf8(str(out_dir)):
         raise UserError(f"--out {printable(str(out_dir))} is not valid UTF-8, and training opens the dataset by a "

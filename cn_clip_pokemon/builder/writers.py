@@ -12,6 +12,7 @@ from cn_clip_pokemon.dataset_format import SPLITS, fill_template, images_tsv, lm
 
 INITIAL_MAP_SIZE = 32 << 20
 GROUP_MEMORY = 64 << 20  # one Pokemon's encoded pictures held in memory before spilling to disk
+TSV_BUFFER = 1 << 20
 IMAGES_FRAGMENT = "images.json.part"  # each picture's dataset_info entry, in the temporary folder only
 
 
@@ -79,6 +80,7 @@ class ImageWriter:
 
     Pictures arrive grouped by Pokemon; a group is held (in memory up to ``GROUP_MEMORY``, then in a
     temporary file) until its last picture is in, then ``deal(group)`` gives each picture's split.
+    The TSV files write through a buffer of TSV_BUFFER bytes: one system call for dozens of pictures.
     Image ids run 0..N-1 over all splits. Each picture's dataset_info entry goes to a side file.
     """
 
@@ -90,7 +92,7 @@ class ImageWriter:
             lmdb_dir(folder, split).mkdir(parents=True)
             # The map starts small and doubles when full, so it ends within 2x of the data.
             self.writers[split] = LmdbWriter(lmdb_images(lmdb_dir(folder, split)), INITIAL_MAP_SIZE)
-            self.tsv_files[split] = open(images_tsv(folder, split), "wb")
+            self.tsv_files[split] = open(images_tsv(folder, split), "wb", buffering=TSV_BUFFER)
         self.fragment_path = folder / IMAGES_FRAGMENT
         self.fragment = open(self.fragment_path, "w", encoding="utf-8", errors="backslashreplace")
         self.folder = folder
@@ -99,28 +101,44 @@ class ImageWriter:
         self.captions = {}  # number -> {caption: None}, in first-seen order (a Pokemon: its name)
         self.caption_images = {split: {} for split in SPLITS}  # split -> (number, caption) -> [image ids]
         self.count = 0
-        self.group, self.spool = [], None
+        # the group being read: its pictures, their encoded texts while they fit in GROUP_MEMORY
+        # (held), then all of them in a temporary file, one a line (spool)
+        self.group, self.held, self.held_bytes, self.spool = [], [], 0, None
 
     def add(self, picture, encoded):
         if self.group and picture.number != self.group[0].number:
             self._write_group()
-        if self.spool is None:
-            self.spool = tempfile.SpooledTemporaryFile(max_size=GROUP_MEMORY, dir=self.folder)
         self.group.append(picture)
-        self.spool.write(encoded + b"\n")
+        if self.spool is not None:
+            self.spool.write(encoded + b"\n")
+        else:
+            self.held.append(encoded)
+            self.held_bytes += len(encoded)
+            if self.held_bytes > GROUP_MEMORY:  # a group too large to hold: on disk from here on
+                self.spool = tempfile.TemporaryFile(dir=self.folder)
+                self.spool.writelines(line + b"\n" for line in self.held)
+                self.held, self.held_bytes = [], 0
         self.clock.lap("spool")
+
+    def _held_lines(self):
+        """The group's encoded texts, in order, without line ends."""
+        if self.spool is None:
+            yield from self.held
+            return
+        self.spool.seek(0)
+        for line in self.spool:
+            yield line[:-1]
 
     def _write_group(self):
         clock = self.clock
         splits = self.deal(self.group)
-        self.spool.seek(0)
         clock.lap("spool")
-        for picture, split, line in zip(self.group, splits, self.spool):
+        for picture, split, encoded in zip(self.group, splits, self._held_lines()):
             key = str(self.count).encode("ascii")
             clock.lap("spool")
-            self.tsv_files[split].write(key + b"\t" + line)
+            self.tsv_files[split].write(key + b"\t" + encoded + b"\n")
             clock.lap("TSV write")
-            self.writers[split].put(key, line[:-1])
+            self.writers[split].put(key, encoded)
             clock.lap("LMDB write")
             self.split_images[split].setdefault(picture.number, []).append(self.count)
             self.names[picture.number] = picture.name
@@ -136,8 +154,9 @@ class ImageWriter:
                                 + json.dumps(entry, ensure_ascii=False))
             self.count += 1
             clock.lap("info")
-        self.spool.close()
-        self.group, self.spool = [], None
+        if self.spool is not None:
+            self.spool.close()
+        self.group, self.held, self.held_bytes, self.spool = [], [], 0, None
         clock.lap("spool")
 
     def finish(self):
