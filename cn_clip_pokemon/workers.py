@@ -69,9 +69,14 @@ def run_in_pool(function, tasks, workers, window=None, chunksize=8):
         sent = received = 0
         exhausted = False
 
-        def feed(connection):
+        def feed():
+            """Send chunks while there is room, one a worker in turn, the emptiest first (a small
+            build's pictures are shared out evenly, not all queued at the first worker)."""
             nonlocal sent, exhausted
-            while not exhausted and in_flight[connection] < per_worker and sent - received < window:
+            while not exhausted and sent - received < window:
+                connection = min(connections, key=in_flight.get)
+                if in_flight[connection] >= per_worker:
+                    return
                 chunk = []
                 for position, task in tasks:
                     chunk.append((position, task))
@@ -87,8 +92,7 @@ def run_in_pool(function, tasks, workers, window=None, chunksize=8):
                     in_flight[connection] += len(chunk)
                     sent += len(chunk)
 
-        for connection in connections:
-            feed(connection)
+        feed()
         while received < sent:
             for connection in wait([connection for connection in connections if in_flight[connection]]):
                 try:
@@ -103,8 +107,7 @@ def run_in_pool(function, tasks, workers, window=None, chunksize=8):
             while received in done:
                 yield done.pop(received)
                 received += 1
-            for connection in connections:
-                feed(connection)
+            feed()
     finally:
         for connection in connections:
             try:

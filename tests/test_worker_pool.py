@@ -27,6 +27,18 @@ def test_results_come_in_task_order(workers, chunksize):
     assert list(run_in_pool(square, iter(range(203)), workers, chunksize=chunksize)) == [n * n for n in range(203)]
 
 
+def pid_of(number):
+    return os.getpid()
+
+
+def test_a_small_job_is_shared_out_chunk_by_chunk_not_queued_at_the_first_worker():
+    pids = list(run_in_pool(pid_of, iter(range(32)), 2, chunksize=4))
+    chunks = [set(pids[start:start + 4]) for start in range(0, 32, 4)]
+    assert all(len(chunk) == 1 for chunk in chunks)  # a chunk runs in one worker
+    owners = [chunk.pop() for chunk in chunks]
+    assert len(set(owners)) == 2 and all(owners[k] != owners[k + 1] for k in range(7))  # in turn
+
+
 def test_the_task_reader_never_runs_far_ahead_of_the_consumer():
     pulled = []
 

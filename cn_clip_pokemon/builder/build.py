@@ -227,7 +227,7 @@ def _write_pictures(folder, pictures, skipped, deal, storing, strict, workers, p
         tasks = ((index, picture.source, *storing, profile) for index, picture in enumerate(pictures))
         bar = progress_bar(total=len(pictures), unit="picture", description="build-dataset", enabled=progress)
         with bar:
-            for index, encoded, digest, error, timing in run_in_pool(process_picture, tasks, min(workers, len(pictures))):
+            for index, encoded, digest, error, timing in run_in_pool(process_picture, tasks, min(workers, len(pictures)), chunksize=16):
                 clock.lap("transfer: parent, waiting for results")
                 if timing is not None:
                     worker_cpu.add(timing)
