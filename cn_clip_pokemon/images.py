@@ -508,12 +508,17 @@ class PicturePreprocess:
 
 def encode_picture(image):
     """urlsafe base64 of a PNG of ``image``: the string upstream's LMDBDataset decodes."""
-    return base64.urlsafe_b64encode(png_bytes(image)).decode("ascii")
+    return png_text(png_bytes(image)).decode("ascii")
+
+
+def png_text(png):
+    """:func:`encode_picture`'s text of the PNG bytes ``png``, as ASCII bytes (the builder's workers send
+    these: the TSV and LMDB take them as they are, with no str made in between)."""
+    return base64.urlsafe_b64encode(png)
 
 
 def png_bytes(image):
-    """The PNG of ``image`` that :func:`encode_picture` encodes (the builder's workers take its base64 as
-    bytes, which the files and LMDB take as they are, with no text made in between)."""
+    """The PNG of ``image`` that :func:`encode_picture` encodes."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()

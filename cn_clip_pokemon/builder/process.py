@@ -1,6 +1,5 @@
 """The work done to each picture of a build, in worker processes: open, composite on white (or frame
 its subject on white), fit to a square, encode, hash; and the clocks that say where the CPU went when a build is profiled."""
-import base64
 import hashlib
 import os
 import time
@@ -19,7 +18,7 @@ def process_picture(task):
     ``profiled``: then ``(pid, CPU seconds of this process when the picture started and when it
     ended, CPU seconds of each of WORKER_STAGES)``.
     """
-    from cn_clip_pokemon.images import PictureError, fit_square, framed_picture, png_bytes
+    from cn_clip_pokemon.images import PictureError, fit_square, framed_picture, png_bytes, png_text
 
     index, path, image_size, framing, profiled = task
     clock = time.process_time
@@ -32,11 +31,12 @@ def process_picture(task):
         if profiled:
             marks.append(clock())
         png = png_bytes(square)
-        encoded = base64.urlsafe_b64encode(png)  # images.encode_picture's text, as bytes
+        encoded = png_text(png)
         if profiled:
             marks.append(clock())
         # Same pixels give the same PNG (same encoder, same settings) and different pixels a
-        # different one, so the PNG identifies the picture; it is 5x smaller to hash than the pixels.
+        # different one, so the PNG identifies the picture; it is about a ninth of the pixels' size
+        # to hash (15.8 KiB against 147 KiB for sprites at 224 px, mean of 960).
         digest = hashlib.sha1(png).digest()
         timing = None
         if profiled:

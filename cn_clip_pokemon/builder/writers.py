@@ -101,6 +101,9 @@ class ImageWriter:
         self.captions = {}  # number -> {caption: None}, in first-seen order (a Pokemon: its name)
         self.caption_images = {split: {} for split in SPLITS}  # split -> (number, caption) -> [image ids]
         self.count = 0
+        self._new_group()
+
+    def _new_group(self):
         # the group being read: its pictures, their encoded texts while they fit in GROUP_MEMORY
         # (held), then all of them in a temporary file, one a line (spool)
         self.group, self.held, self.held_bytes, self.spool = [], [], 0, None
@@ -136,7 +139,7 @@ class ImageWriter:
         for picture, split, encoded in zip(self.group, splits, self._held_lines()):
             key = str(self.count).encode("ascii")
             clock.lap("spool")
-            self.tsv_files[split].write(key + b"\t" + encoded + b"\n")
+            self.tsv_files[split].write(b"".join((key, b"\t", encoded, b"\n")))  # one copy of the text
             clock.lap("TSV write")
             self.writers[split].put(key, encoded)
             clock.lap("LMDB write")
@@ -156,7 +159,7 @@ class ImageWriter:
             clock.lap("info")
         if self.spool is not None:
             self.spool.close()
-        self.group, self.held, self.held_bytes, self.spool = [], [], 0, None
+        self._new_group()
         clock.lap("spool")
 
     def finish(self):
