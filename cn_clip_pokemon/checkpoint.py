@@ -379,13 +379,15 @@ class LoadedCheckpoint:
         return min(52, int(self.model_config["model_info"]["text_max_position_embeddings"]))
 
 
-def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None):
+def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None,
+                    views="one"):
     """Like :func:`load_model`, but returns a :class:`LoadedCheckpoint` (config and path too)."""
     from cn_clip.clip.model import CLIP, resize_pos_embed
     from cn_clip.clip.utils import _MODEL_INFO, _MODELS
 
-    from cn_clip_pokemon.images import PicturePreprocess
+    from cn_clip_pokemon.images import PicturePreprocess, check_views
 
+    check_views(views)  # a bad choice is said before any weights are read
     device = pick_device(device)  # a device it cannot use is said before any weights are read
     path = resolve_checkpoint_path(path_or_name, download_root=download_root)
     saved = read_checkpoint(path)
@@ -471,7 +473,7 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
         resize_pos_embed(state_dict, model)
     load_state_dict_strictly(model, state_dict, path, source)
     model = model.float().to(device).eval()
-    preprocess = PicturePreprocess(model_config["input_resolution"], framing)
+    preprocess = PicturePreprocess(model_config["input_resolution"], framing, views)
     return LoadedCheckpoint(model, preprocess, model_config, Path(path), captions)
 
 
@@ -504,7 +506,8 @@ def checkpoint_framing(checkpoint, path):
     return "as-is"
 
 
-def load_model(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None):
+def load_model(path_or_name, device=None, vision_model=None, text_model=None, input_resolution=None, download_root=None,
+               views="one"):
     """Load any Chinese-CLIP checkpoint or pretrained name; returns ``(model, preprocess)``.
 
     ``model`` is a ``cn_clip.clip.model.CLIP`` in fp32 and eval mode on ``device`` (CUDA when there is
@@ -513,7 +516,10 @@ def load_model(path_or_name, device=None, vision_model=None, text_model=None, in
     (transparent pixels composited on white, padded to a square on white, then upstream's
     ``image_transform`` at the model's resolution), so the same picture gets the same answer
     through every door. ``vision_model`` and ``text_model`` force config names;
-    ``input_resolution`` runs a ViT at another resolution. :func:`load_checkpoint` gives the same
+    ``input_resolution`` runs a ViT at another resolution; ``views="turns"`` makes the doors that take the
+    preprocess from here (classify, search, evaluate, the page) also show the model each picture turned and
+    smaller (``images.VIEWS``; ``preprocess(picture)`` stays the picture as it is, ``preprocess.views_of``
+    gives every view). :func:`load_checkpoint` gives the same
     plus ``captions``, the names the checkpoint was trained to tell apart.
     """
     loaded = load_checkpoint(
@@ -523,6 +529,7 @@ def load_model(path_or_name, device=None, vision_model=None, text_model=None, in
         text_model=text_model,
         input_resolution=input_resolution,
         download_root=download_root,
+        views=views,
     )
     return loaded.model, loaded.preprocess
 

@@ -12,6 +12,10 @@ composited on white, padded to a square as the dataset builder stores pictures, 
 ``image_transform``), the same one the Python API's ``load_model`` returns. Texts go through
 upstream's ``_preprocess_text`` and ``tokenize`` with the model's context length (52 for upstream's
 models), as in training.
+
+With ``--views turns`` (``PicturePreprocess.views``) each picture is encoded as several views (turned,
+smaller): zero-shot probabilities average the views' (:func:`zero_shot_probabilities`), rankings by
+cosine use their weighted mean embedding (:func:`picture_vectors`); the same in every door.
 """
 from cn_clip_pokemon import embedding_cache
 from cn_clip_pokemon.dataset_format import fill_template
@@ -102,14 +106,37 @@ def name_embeddings(loaded, names, templates=DEFAULT_TEMPLATES, cache=True, batc
 
 def zero_shot_probabilities(loaded, image_embeddings, name_embeddings):
     """``[pictures, names]`` softmax over the names of ``logit_scale * cosine`` (the model's learned
-    temperature), for normalized embeddings: the one zero-shot scoring of classify, evaluate and --perturb."""
+    temperature), for normalized embeddings: the one zero-shot scoring of classify, evaluate and --perturb.
+    Embeddings of several views a picture (``[pictures, views, dim]``, ``--views``): each view's softmax,
+    averaged with the preprocess's ``view_weights``."""
     logit_scale = loaded.model.logit_scale.detach().float().exp().cpu()
-    return (logit_scale * image_embeddings @ name_embeddings.T).softmax(dim=-1)
+    probabilities = (logit_scale * image_embeddings @ name_embeddings.T).softmax(dim=-1)
+    if probabilities.dim() == 3:
+        probabilities = (probabilities * _view_weights(loaded, probabilities.shape[1])[None, :, None]).sum(dim=1)
+    return probabilities
+
+
+def _view_weights(loaded, count):
+    weights = loaded.preprocess.view_weights
+    if len(weights) != count:
+        raise ValueError(f"embeddings of {count} views a picture, but the preprocess makes {len(weights)} ({loaded.preprocess.views!r})")
+    return weights
+
+
+def picture_vectors(loaded, image_embeddings):
+    """One normalized vector a picture, ``[pictures, dim]``, for ranking by cosine (search, retrieval):
+    the embeddings as they are for one view a picture; for several (``--views``), their mean weighted
+    by the preprocess's ``view_weights``, normalized again."""
+    if image_embeddings.dim() != 3:
+        return image_embeddings
+    mean = (image_embeddings * _view_weights(loaded, image_embeddings.shape[1])[None, :, None]).sum(dim=1)
+    return mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, description="encoding pictures",
                     each_batch=None, lock=None, preprocess=None):
-    """L2-normalized picture embeddings ``[n, embed_dim]`` for an iterable of PIL pictures.
+    """L2-normalized picture embeddings ``[n, embed_dim]`` for an iterable of PIL pictures; ``[n, views,
+    embed_dim]`` when the preprocess shows the model several views of each (``--views``).
 
     ``preprocess``: ``loaded.preprocess`` unless given (a split's stored pictures, already framed
     like the checkpoint's, use its ``as_stored()``).
@@ -128,10 +155,14 @@ def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, de
     chunks, batch = [], []
     done = [0]
     preprocess = preprocess or loaded.preprocess
+    views = getattr(preprocess, "view_count", 1)
 
     def flush():
+        inputs = torch.stack(batch)
         with lock or contextlib.nullcontext(), torch.inference_mode():
-            features = model.encode_image(torch.stack(batch).to(device)).float()
+            features = model.encode_image(inputs.flatten(0, 1).to(device) if views > 1 else inputs.to(device)).float()
+        if views > 1:
+            features = features.reshape(len(batch), views, -1)
         chunks.append(normalized_embeddings(loaded, features, "pictures"))
         done[0] += len(batch)
         batch.clear()
@@ -143,7 +174,7 @@ def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, de
     for image in images:
         # the one PicturePreprocess every door uses (on white, framed as the checkpoint says, padded square,
         # upstream's transform); its as_stored() for a split's pictures the builder framed already
-        batch.append(preprocess(image))
+        batch.append(preprocess.views_of(image) if views > 1 else preprocess(image))
         if len(batch) == batch_size:
             flush()
             bar.update(1)
@@ -152,7 +183,7 @@ def encode_pictures(loaded, images, count=None, batch_size=32, progress=True, de
         bar.update(1)
     bar.close()
     if not chunks:
-        return torch.zeros(0, loaded.model.text_projection.shape[1])
+        return torch.zeros(0, *([views] if views > 1 else []), loaded.model.text_projection.shape[1])
     return torch.cat(chunks)
 
 
@@ -191,6 +222,8 @@ def split_embeddings(loaded, pictures, cache=True, batch_size=32, progress=True,
         source_sha256=file_digest(pictures.storage, memo_dir=cache_dir),
         resolution=loaded.input_resolution,
         framing=preprocess.framing,
+        # the picture alone keeps the key earlier releases wrote; several views are another entry
+        **({} if preprocess.views == "one" else {"views": preprocess.views}),
     )
     path = cache_dir / f"pictures-{pictures.split}-{embedding_cache.cache_key(parts)}.pt"
     cached = embedding_cache.read_cache(path, parts)

@@ -101,7 +101,7 @@ def evaluate(
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures
-    from cn_clip_pokemon.encoding import name_embeddings, require_positive, split_embeddings, zero_shot_probabilities
+    from cn_clip_pokemon.encoding import name_embeddings, picture_vectors, require_positive, split_embeddings, zero_shot_probabilities
 
     require_positive(batch_size=batch_size)
     if isinstance(worst, bool) or not isinstance(worst, int) or worst < 0:
@@ -135,7 +135,7 @@ def evaluate(
             t2i_positives.append({position[i] for i in entry["image_ids"]})
         if texts:
             text_embeddings = name_embeddings(loaded, [entry["text"] for entry in texts], ["{}"], cache=cache, progress=progress)
-            similarity = text_embeddings @ image_embeddings.T
+            similarity = text_embeddings @ picture_vectors(loaded, image_embeddings).T
             t2i_top = ranked(similarity, max(RECALL_KS))
             text_to_image = recall_at_k(t2i_top, t2i_positives)
             by_image = {}

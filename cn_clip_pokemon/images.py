@@ -470,6 +470,44 @@ def square_picture(source, size, framing="as-is"):
     return fit_square(framed_picture(source, framing), size)
 
 
+# --views, every door's choice of what the model is shown of a picture (VIEWS): "one", the picture as it
+# is; "turns", also the picture turned 15 degrees either way, and each of the three at 85% of its size on
+# white, their zero-shot probabilities averaged with the picture as it is counted PLAIN_VIEW_WEIGHT
+# times (a search ranks by the same weighted mean of their embeddings). Measured on the demo's model
+# (README, "Users' pictures"): a turn, a crop into the Pokemon and a busy background cost far less, clean
+# sprites a few points. Every view is made from the model-sized square (fit_square's), so a dataset's stored
+# picture and the file it was built from give the same views.
+VIEWS = {
+    "one": ((0, 1.0),),
+    "turns": tuple((degrees, size) for size in (1.0, 0.85) for degrees in (0, -15, 15)),
+}
+PLAIN_VIEW_WEIGHT = 2.0
+
+
+def check_views(views):
+    """``views`` when it is one of VIEWS; else a UserError naming the choices."""
+    if views not in VIEWS:
+        raise UserError(f"views must be one of {', '.join(VIEWS)}, not {views!r}")
+    return views
+
+
+def picture_view(square, degrees, size, framing="as-is"):
+    """One view (VIEWS) of ``square``, a model-sized square on white as :func:`fit_square` makes it:
+    turned by ``degrees`` (counter-clockwise, the corners white; framed again to its subject when
+    ``framing`` is "subject", as every door frames a picture), then shrunk to ``size`` of the side and
+    centred on white. ``(0, 1.0)`` is ``square`` itself."""
+    side = square.width
+    view = square
+    if degrees:
+        turned = square.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=WHITE)
+        view = fit_square(frame_subject(turned, cut_out=False) if framing == "subject" else turned, side)
+    if size != 1.0:
+        small = view.resize((max(1, round(side * size)),) * 2, Image.Resampling.BICUBIC)
+        view = Image.new("RGB", (side, side), WHITE)
+        view.paste(small, ((side - small.width) // 2, (side - small.height) // 2))
+    return view
+
+
 class PicturePreprocess:
     """The ``preprocess`` of every door (``load_model``, ``classify``, ``search``, ``evaluate``, the
     page): ``preprocess(picture)`` gives the model's input tensor ``[3, R, R]`` for a path, a binary
@@ -480,21 +518,57 @@ class PicturePreprocess:
     upstream's own ``cn_clip.clip.utils.image_transform(R)`` (kept as ``.transform``): upstream's
     transform alone would show transparent pixels as they are stored, usually black, and squash a
     picture that is not square. A picture that cannot be opened raises :class:`PictureError` naming it.
+
+    ``views`` (VIEWS, ``--views`` of every command): what the doors show the model of each picture;
+    :meth:`views_of` gives their tensors (the first is ``preprocess(picture)``), :attr:`view_weights`
+    how much each counts.
     """
 
-    def __init__(self, resolution, framing="as-is"):
+    def __init__(self, resolution, framing="as-is", views="one"):
         from cn_clip.clip.utils import image_transform
 
         self.resolution = int(resolution)
         self.framing = check_framing(framing)
+        self.views = check_views(views)
+        # how a turned view is framed again: the checkpoint's framing, also for pictures stored framed
+        self.view_framing = self.framing
         self.transform = image_transform(self.resolution)
 
     def __call__(self, picture):
         return self.transform(square_picture(picture, self.resolution, self.framing))
 
+    def views_of(self, picture):
+        """The input tensors of every view of ``picture``, ``[V, 3, R, R]``, in VIEWS order (the first is
+        ``self(picture)``): the picture opened once, each view made from its square (:func:`picture_view`)."""
+        import torch
+
+        square = square_picture(picture, self.resolution, self.framing)
+        return torch.stack([self.transform(picture_view(square, degrees, size, self.view_framing))
+                            for degrees, size in VIEWS[self.views]])
+
+    @property
+    def view_count(self):
+        return len(VIEWS[self.views])
+
+    @property
+    def view_weights(self):
+        """How much each view counts, ``[V]`` summing to 1: the picture as it is PLAIN_VIEW_WEIGHT, each other 1."""
+        import torch
+
+        weights = torch.ones(self.view_count)
+        weights[0] = PLAIN_VIEW_WEIGHT if self.view_count > 1 else 1.0
+        return weights / weights.sum()
+
     def as_stored(self):
-        """The preprocess of pictures a dataset already stores framed: the same, framing "as-is"."""
-        return self if self.framing == "as-is" else PicturePreprocess(self.resolution)
+        """The preprocess of pictures a dataset already stores framed: the same, framing "as-is" (a turned
+        view is still framed again as the checkpoint frames pictures)."""
+        if self.framing == "as-is":
+            return self
+        import copy
+
+        stored = copy.copy(self)
+        stored.framing = "as-is"
+        return stored
 
     @property
     def transforms(self):
@@ -503,7 +577,8 @@ class PicturePreprocess:
 
     def __repr__(self):
         opening = "frame_subject (its subject on white)" if self.framing == "subject" else "open_picture (on white)"
-        return f"PicturePreprocess({self.resolution}, framing={self.framing!r}): {opening} -> fit_square -> {self.transform!r}"
+        views = "" if self.views == "one" else f", views={self.views!r}"
+        return f"PicturePreprocess({self.resolution}, framing={self.framing!r}{views}): {opening} -> fit_square -> {self.transform!r}"
 
 
 def encode_picture(image):

@@ -7,7 +7,7 @@ import json
 import sys
 
 from cn_clip_pokemon.dataset_format import EVAL_SPLIT, SPLITS
-from cn_clip_pokemon.encoding import encode_pictures, encode_texts, fill_templates, require_positive, split_embeddings
+from cn_clip_pokemon.encoding import encode_pictures, encode_texts, fill_templates, picture_vectors, require_positive, split_embeddings
 from cn_clip_pokemon.errors import UserError
 from cn_clip_pokemon.model_options import add_model_options, model_options
 
@@ -67,8 +67,8 @@ def search(
         else:
             from cn_clip_pokemon.images import read_picture
 
-            probe = encode_pictures(loaded, [read_picture(image)], progress=False)
-        scores = (probe @ embeddings.T)[0]
+            probe = picture_vectors(loaded, encode_pictures(loaded, [read_picture(image)], progress=False))
+        scores = (probe @ picture_vectors(loaded, embeddings).T)[0]
         top = scores.topk(min(top_k, len(pictures.image_ids)))
         results = []
         for rank, (score, index) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
