@@ -93,3 +93,5 @@ def print_report(report):
     demo_budget = f" (budget {training['budget_minutes']:g})" if training.get("budget_of") == "demo" else ""
     print(f"total {report['seconds']['total'] / 60:.1f} min{demo_budget}")
     print(f"serve it as a web page ({install_hint('web')}): cn-clip-pokemon serve --checkpoint {shlex.quote(report['files']['checkpoint'])} --dataset {shlex.quote(report['files']['dataset'])}")
+    print("pictures of your own, turned or cropped: add --views turns to classify, search, evaluate or serve "
+          "(six views a picture; README, \"More views of each picture\")")

@@ -470,13 +470,10 @@ def square_picture(source, size, framing="as-is"):
     return fit_square(framed_picture(source, framing), size)
 
 
-# --views, every door's choice of what the model is shown of a picture (VIEWS): "one", the picture as it
-# is; "turns", also the picture turned 15 degrees either way, and each of the three at 85% of its size on
-# white, their zero-shot probabilities averaged with the picture as it is counted PLAIN_VIEW_WEIGHT
-# times (a search ranks by the same weighted mean of their embeddings). Measured on the demo's model
-# (README, "Users' pictures"): a turn, a crop into the Pokemon and a busy background cost far less, clean
-# sprites a few points. Every view is made from the model-sized square (fit_square's), so a dataset's stored
-# picture and the file it was built from give the same views.
+# --views (every door): "one", the picture as it is; "turns", also turned 15 degrees either way, and each of the
+# three at 85% of its size on white, their zero-shot probabilities averaged, the picture as it is counted
+# PLAIN_VIEW_WEIGHT times (README, "More views of each picture": a turn or a crop costs far less, a clean
+# sprite about a point). Views are made from the model-sized square, so a stored picture and its file agree.
 VIEWS = {
     "one": ((0, 1.0),),
     "turns": tuple((degrees, size) for size in (1.0, 0.85) for degrees in (0, -15, 15)),
@@ -546,9 +543,7 @@ class PicturePreprocess:
         return torch.stack([self.transform(picture_view(square, degrees, size, self.view_framing))
                             for degrees, size in VIEWS[self.views]])
 
-    @property
-    def view_count(self):
-        return len(VIEWS[self.views])
+    view_count = property(lambda self: len(VIEWS[self.views]))
 
     @property
     def view_weights(self):
@@ -556,7 +551,7 @@ class PicturePreprocess:
         import torch
 
         weights = torch.ones(self.view_count)
-        weights[0] = PLAIN_VIEW_WEIGHT if self.view_count > 1 else 1.0
+        weights[0] = PLAIN_VIEW_WEIGHT
         return weights / weights.sum()
 
     def as_stored(self):
