@@ -385,7 +385,8 @@ def load_checkpoint(path_or_name, device=None, vision_model=None, text_model=Non
     from cn_clip.clip.model import CLIP, resize_pos_embed
     from cn_clip.clip.utils import _MODEL_INFO, _MODELS
 
-    from cn_clip_pokemon.images import PicturePreprocess, check_views
+    from cn_clip_pokemon.images import PicturePreprocess
+    from cn_clip_pokemon.views import check_views
 
     check_views(views)  # a bad choice is said before any weights are read
     device = pick_device(device)  # a device it cannot use is said before any weights are read
@@ -518,7 +519,7 @@ def load_model(path_or_name, device=None, vision_model=None, text_model=None, in
     through every door. ``vision_model`` and ``text_model`` force config names;
     ``input_resolution`` runs a ViT at another resolution; ``views="turns"`` makes the doors that take the
     preprocess from here (classify, search, evaluate, the page) also show the model each picture turned and
-    smaller (``images.VIEWS``; ``preprocess(picture)`` stays the picture as it is, ``preprocess.views_of``
+    smaller (``views.VIEWS``; ``preprocess(picture)`` stays the picture as it is, ``preprocess.views_of``
     gives every view). :func:`load_checkpoint` gives the same
     plus ``captions``, the names the checkpoint was trained to tell apart.
     """

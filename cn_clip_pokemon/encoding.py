@@ -111,16 +111,15 @@ def zero_shot_probabilities(loaded, image_embeddings, name_embeddings):
     averaged with the preprocess's ``view_weights``."""
     logit_scale = loaded.model.logit_scale.detach().float().exp().cpu()
     probabilities = (logit_scale * image_embeddings @ name_embeddings.T).softmax(dim=-1)
-    if probabilities.dim() == 3:
-        probabilities = (probabilities * _view_weights(loaded, probabilities.shape[1])[None, :, None]).sum(dim=1)
-    return probabilities
+    return _over_views(loaded, probabilities) if probabilities.dim() == 3 else probabilities
 
 
-def _view_weights(loaded, count):
+def _over_views(loaded, values):
+    """``values`` ``[pictures, views, k]`` summed over the views with the preprocess's ``view_weights``."""
     weights = loaded.preprocess.view_weights
-    if len(weights) != count:
-        raise ValueError(f"embeddings of {count} views a picture, but the preprocess makes {len(weights)} ({loaded.preprocess.views!r})")
-    return weights
+    if len(weights) != values.shape[1]:
+        raise ValueError(f"{values.shape[1]} views a picture, but the preprocess makes {len(weights)} ({loaded.preprocess.views!r})")
+    return (values * weights[None, :, None]).sum(dim=1)
 
 
 def picture_vectors(loaded, image_embeddings):
@@ -129,7 +128,7 @@ def picture_vectors(loaded, image_embeddings):
     by the preprocess's ``view_weights``, normalized again."""
     if image_embeddings.dim() != 3:
         return image_embeddings
-    mean = (image_embeddings * _view_weights(loaded, image_embeddings.shape[1])[None, :, None]).sum(dim=1)
+    mean = _over_views(loaded, image_embeddings)
     return mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 from cn_clip_pokemon.dataset_format import check_framing
 from cn_clip_pokemon.errors import UserError, install_hint
 from cn_clip_pokemon.safe_reading import open_regular
+from cn_clip_pokemon.views import VIEWS, check_views, view_weights
 
 WHITE = (255, 255, 255)
 # Longest side of a rendered SVG: larger than any storage size we use, so resizing only shrinks.
@@ -470,26 +471,9 @@ def square_picture(source, size, framing="as-is"):
     return fit_square(framed_picture(source, framing), size)
 
 
-# --views (every door): "one", the picture as it is; "turns", also turned 15 degrees either way, and each of the
-# three at 85% of its size on white, their zero-shot probabilities averaged, the picture as it is counted
-# PLAIN_VIEW_WEIGHT times (README, "More views of each picture": a turn or a crop costs far less, a clean
-# sprite about a point). Views are made from the model-sized square, so a stored picture and its file agree.
-VIEWS = {
-    "one": ((0, 1.0),),
-    "turns": tuple((degrees, size) for size in (1.0, 0.85) for degrees in (0, -15, 15)),
-}
-PLAIN_VIEW_WEIGHT = 2.0
-
-
-def check_views(views):
-    """``views`` when it is one of VIEWS; else a UserError naming the choices."""
-    if views not in VIEWS:
-        raise UserError(f"views must be one of {', '.join(VIEWS)}, not {views!r}")
-    return views
-
-
 def picture_view(square, degrees, size, framing="as-is"):
-    """One view (VIEWS) of ``square``, a model-sized square on white as :func:`fit_square` makes it:
+    """One view (``views.VIEWS``) of ``square``, a model-sized square on white as :func:`fit_square` makes it
+    (so a dataset's stored picture and the file it was built from give the same views):
     turned by ``degrees`` (counter-clockwise, the corners white; framed again to its subject when
     ``framing`` is "subject", as every door frames a picture), then shrunk to ``size`` of the side and
     centred on white. ``(0, 1.0)`` is ``square`` itself."""
@@ -516,7 +500,7 @@ class PicturePreprocess:
     transform alone would show transparent pixels as they are stored, usually black, and squash a
     picture that is not square. A picture that cannot be opened raises :class:`PictureError` naming it.
 
-    ``views`` (VIEWS, ``--views`` of every command): what the doors show the model of each picture;
+    ``views`` (``views.VIEWS``, ``--views`` of every command): what the doors show the model of each picture;
     :meth:`views_of` gives their tensors (the first is ``preprocess(picture)``), :attr:`view_weights`
     how much each counts.
     """
@@ -543,16 +527,14 @@ class PicturePreprocess:
         return torch.stack([self.transform(picture_view(square, degrees, size, self.view_framing))
                             for degrees, size in VIEWS[self.views]])
 
-    view_count = property(lambda self: len(VIEWS[self.views]))
+    @property
+    def view_count(self):
+        return len(VIEWS[self.views])
 
     @property
     def view_weights(self):
-        """How much each view counts, ``[V]`` summing to 1: the picture as it is PLAIN_VIEW_WEIGHT, each other 1."""
-        import torch
-
-        weights = torch.ones(self.view_count)
-        weights[0] = PLAIN_VIEW_WEIGHT
-        return weights / weights.sum()
+        """How much each view counts (``views.view_weights``), ``[V]`` summing to 1."""
+        return view_weights(self.views)
 
     def as_stored(self):
         """The preprocess of pictures a dataset already stores framed: the same, framing "as-is" (a turned

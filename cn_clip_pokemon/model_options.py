@@ -6,7 +6,7 @@ def add_model_options(parser):
     """The options of every command that loads a checkpoint: --checkpoint, --device, --vision-model,
     --text-model, --views, --batch-size, --no-cache (classify, search, evaluate and serve take the same)."""
     from cn_clip_pokemon.arguments import device_name, positive_int
-    from cn_clip_pokemon.images import VIEWS
+    from cn_clip_pokemon.views import VIEWS
 
     parser.add_argument(
         "--checkpoint",

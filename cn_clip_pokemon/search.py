@@ -41,7 +41,8 @@ def search(
     ``pictures``: an open :class:`~cn_clip_pokemon.dataset_split.SplitPictures` to search (then
     ``dataset_dir`` and ``split`` are not read); it stays open, its caller closes it. Without it
     the split is opened here and closed before returning. ``embeddings``: that split's picture
-    embeddings, already computed (:func:`split_embeddings`), so they are not read again.
+    embeddings, already computed (:func:`split_embeddings`, or their :func:`picture_vectors`), so they are not
+    read again.
     """
     from cn_clip_pokemon.checkpoint import load_checkpoint
     from cn_clip_pokemon.dataset_split import SplitPictures

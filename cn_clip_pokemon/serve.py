@@ -172,7 +172,7 @@ class PokedexService:
         Blocks; safe in a background thread: the service's lock is held for each forward pass only,
         and :attr:`encoded` counts the pictures done. Search answers once :attr:`embeddings` is set.
         """
-        from cn_clip_pokemon.encoding import split_embeddings
+        from cn_clip_pokemon.encoding import picture_vectors, split_embeddings
 
         def each_batch(done):
             self.encoded = done
@@ -186,7 +186,8 @@ class PokedexService:
             self.encoding_error = str(error)
             raise
         self.encoded = len(self.pictures.image_ids)
-        self.embeddings = embeddings
+        # one vector a picture (several views averaged once, not at every search)
+        self.embeddings = picture_vectors(self.loaded, embeddings)
 
     def start_encoding(self):
         """:meth:`encode_split` in a background thread (once); a failure is one line on stderr, and

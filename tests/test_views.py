@@ -15,7 +15,8 @@ from cn_clip_pokemon.classify import Classifier  # noqa: E402
 from cn_clip_pokemon.cli import main  # noqa: E402
 from cn_clip_pokemon.encoding import encode_pictures  # noqa: E402
 from cn_clip_pokemon.errors import UserError  # noqa: E402
-from cn_clip_pokemon.images import VIEWS, PicturePreprocess, square_picture  # noqa: E402
+from cn_clip_pokemon.images import PicturePreprocess, square_picture  # noqa: E402
+from cn_clip_pokemon.views import VIEWS  # noqa: E402
 from conftest import random_checkpoint  # noqa: E402
 
 WHITE = (255, 255, 255)
@@ -144,6 +145,23 @@ def test_evaluate_classify_and_search_give_one_answer_with_views(framed_checkpoi
     found = search(framed_checkpoint, framed_dataset, image=files[0], loaded=loaded, progress=False, top_k=3)
     assert found["results"][0]["image_id"] == scores["image_ids"][0]
     assert found["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    # the page: its classify and search answer as the commands do (its split's views averaged once, when encoded)
+    from cn_clip_pokemon.serve import PokedexService
+
+    service = PokedexService(framed_checkpoint, dataset=framed_dataset, names=scores["names"], device="cpu",
+                             progress=False, views="turns")
+    try:
+        assert service.embeddings.dim() == 2
+        page = service.classify_upload(str(files[0]))[0]
+        assert (page["name"], page["probability"]) == (by_file[0]["predictions"][0]["name"],
+                                                       pytest.approx(by_file[0]["predictions"][0]["probability"], abs=1e-6))
+        query = scores["names"][0]
+        on_page = [result["score"] for result in service.search_text(query, top_k=5)["results"]]
+        by_command = [result["score"] for result in search(framed_checkpoint, framed_dataset, query=query, loaded=loaded,
+                                                           progress=False, top_k=5)["results"]]
+        assert on_page == pytest.approx(by_command, abs=1e-6)
+    finally:
+        service.close()
     # the split's embeddings of one view and of six are two entries of the cache, neither read for the other
     cached = sorted((framed_checkpoint.parent / f"{framed_checkpoint.name}.cache").glob("pictures-test-*.pt"))
     assert sorted(torch.load(path)["embeddings"].dim() for path in cached) == [2, 3]
